@@ -1,0 +1,76 @@
+# The two README commands are `make run` and `make test`. Both set up everything they need
+# on a fresh Debian machine with a Rust toolchain: system packages, a virtualenv, the
+# Cython and maturin builds, and the package itself. Re-running them is cheap: every step
+# is skipped or incremental when nothing changed.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export CARDMINT_REQUIRE_NATIVE := 1
+# Debian packages the builds need (the Cython kernel links OpenSSL's libcrypto).
+DEBS := gcc libc6-dev libssl-dev pkg-config
+
+.PHONY: run test setup system-deps venv install lint rust-check pytest bench-smoke bench bench-full vectors clean
+
+## run: set up, then run the main job (until the server lands: mint 10 codes)
+run: setup
+	$(VENV)/bin/cardmint keys generate -n 10
+
+## test: set up, then run every check and test
+test: setup lint rust-check pytest bench-smoke
+
+setup: system-deps install
+
+system-deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v cargo >/dev/null || { echo "cargo not found: a Rust toolchain (rustup, stable) is required"; exit 1; }
+	@rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+
+$(VENV)/.deps: requirements-dev.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.deps
+
+# Always reinstalls (non-editable, like a user's install); cargo and setuptools keep their
+# build caches in target/ and build/, so an unchanged tree rebuilds in seconds.
+install: venv
+	$(PY) -m pip install -q --no-build-isolation --no-deps . 2>&1 | { grep -v -e '^\s*$$' -e 'Running setup.py' || true; }
+	$(PY) -c "import cardmint.kernel as k; assert k.available_backends() == ['rust', 'cython', 'python'], k.available_backends(); print('kernel backends:', ', '.join(k.available_backends()))"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) kernel/tools/gen_normtable.py --check
+	cd /tmp && $(CURDIR)/$(PY) -m mypy --config-file $(CURDIR)/pyproject.toml -p cardmint.kernel -p cardmint.cli -p cardmint.server -p cardmint.client
+
+rust-check:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -q -- -D warnings
+	cargo test --workspace --locked -q 2>&1 | tail -n 25
+
+pytest: install
+	CARDMINT_REQUIRE_BACKENDS=rust,cython,python $(PY) -m pytest tests
+
+# Every benchmark once, at toy sizes, so none of them can rot.
+bench-smoke: install
+	CARDMINT_BENCH_SIZE=tiny CARDMINT_REQUIRE_BACKENDS=rust,cython,python $(PY) -m pytest benches -q --benchmark-disable -p no:randomly
+
+## bench: the real benchmarks (pytest-benchmark groups) and the cardmint bench table
+bench: setup
+	$(PY) -m pytest benches --benchmark-enable --benchmark-group-by=group --benchmark-columns=min,median,ops,rounds -q
+	$(VENV)/bin/cardmint bench
+
+vectors: install
+	$(PY) -m cardmint.kernel.tools.gen_vectors tests/vectors
+
+clean:
+	rm -rf build target *.egg-info $(VENV)

@@ -1,0 +1,84 @@
+"""The ``cardmint`` command.
+
+    cardmint keys generate -n N [--length L] [--group G] [--prefix P] [--out FILE]
+    cardmint keys check [--issued FILE] [--length L] [FILE|-]
+    cardmint bench [--quick] [--json FILE]
+
+Errors are one line on stderr naming the problem, exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import metadata
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as one line, exit 2."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("cardmint")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cardmint", description="Gift-card codes: mint, check, benchmark.")
+    ap.add_argument("--version", action="version", version=f"cardmint {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = sub.add_parser("keys", help="mint and check codes locally (no server)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="KEYS_COMMAND")
+
+    gen = ksub.add_parser("generate", help="mint unique codes, one per line")
+    gen.add_argument("-n", "--count", type=int, required=True, help="how many codes")
+    gen.add_argument(
+        "--length", type=int, default=16, help="symbols per code incl. check (4..31, default 16)"
+    )
+    gen.add_argument("--group", type=int, default=4, help="symbols between hyphens (0 = none, default 4)")
+    gen.add_argument("--prefix", default="", help="fixed leading symbols, e.g. GC")
+    gen.add_argument("--out", default="-", help="output file (default: stdout)")
+    gen.add_argument("--chunk", type=int, default=1 << 20, help=argparse.SUPPRESS)
+
+    chk = ksub.add_parser("check", help="normalize and check pasted codes, one per line")
+    chk.add_argument("input", nargs="?", default="-", help="file of inputs (default: stdin)")
+    chk.add_argument("--issued", help="file of issued codes: enables unknown/corrected")
+    chk.add_argument("--length", type=int, default=16, help="symbols per code (default 16)")
+
+    bench = sub.add_parser("bench", help="throughput of every kernel backend vs plain Python")
+    bench.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    bench.add_argument("--json", help="also write the results as JSON to this file")
+    bench.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from cardmint.kernel import KernelError
+
+    try:
+        if args.command == "keys" and args.keys_command == "generate":
+            from .keys import generate
+
+            return generate(args)
+        if args.command == "keys" and args.keys_command == "check":
+            from .keys import check
+
+            return check(args)
+        if args.command == "bench":
+            from .bench import run
+
+            return run(args)
+    except (UsageError, KernelError) as e:
+        print(f"cardmint: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"cardmint: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args}")  # pragma: no cover - argparse requires one

@@ -10,6 +10,7 @@ Errors are one line on stderr naming the problem, exit status 2; never a traceba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -81,4 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: say so in one line; the traceback is for developers
+        if os.environ.get("CARDMINT_DEBUG"):
+            raise
+        print(
+            f"cardmint: internal error: {type(e).__name__}: {e} (CARDMINT_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 70
     raise AssertionError(f"unhandled command {args}")  # pragma: no cover - argparse requires one

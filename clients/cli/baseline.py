@@ -90,3 +90,18 @@ def correct(raw: str, index: dict[bytes, int], key: bytes, length: int = 16) -> 
         if cand != s and is_valid(cand) and blake3.blake3(cand.encode(), key=key).digest(16) in index:
             found.append(cand)
     return found[0] if len(found) == 1 else None
+
+
+def keys_check(issued_lines: list[str], input_lines: list[str], key: bytes) -> list[str]:
+    """`cardmint keys check --issued` by hand: a dict of issued digests, then each line."""
+    issued = build_index(digest([c for c in (normalize_check(x) for x in issued_lines) if c], key))
+    out = []
+    for line in input_lines:
+        code = normalize_check(line)
+        if code is None:
+            out.append("bad\t\t")
+        elif blake3.blake3(code.encode(), key=key).digest(16) in issued:
+            out.append(f"ok\t{code}\t")
+        else:
+            out.append(f"unknown\t{code}\t")
+    return out

@@ -48,11 +48,12 @@ class Sizes:
     repeats: int
     scalar_calls: int
     corrections: int
+    cli_lines: int
 
 
-FULL = Sizes(1_000_000, 10_000, 100_000, 10_000_000, 100_000, 1_000_000, 3, 200_000, 2_000)
-QUICK = Sizes(100_000, 2_000, 10_000, 1_000_000, 10_000, 100_000, 3, 50_000, 300)
-TINY = Sizes(2_000, 200, 200, 5_000, 500, 500, 1, 500, 10)
+FULL = Sizes(1_000_000, 10_000, 100_000, 10_000_000, 100_000, 1_000_000, 3, 200_000, 2_000, 1_000_000)
+QUICK = Sizes(100_000, 2_000, 10_000, 1_000_000, 10_000, 100_000, 3, 50_000, 300, 100_000)
+TINY = Sizes(2_000, 200, 200, 5_000, 500, 500, 1, 500, 10, 1_000)
 
 # The issue's targets (2-core machine), for the rust rows: (minimum rate, label).
 TARGETS: dict[str, tuple[float, str]] = {
@@ -64,6 +65,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "index lookup": (10e6, ">= 10M/s"),
     "correct (per call)": (20e3, "<= 50 us"),
     "check_one (scalar)": (1e6, "<= 1 us"),
+    "keys check --issued (e2e)": (1e6 / 3, "1M lines <= 3 s"),
 }
 
 
@@ -159,6 +161,67 @@ def _kernel_rows(k: Kernel, label: str, sizes: Sizes, threads: int) -> list[Row]
     return rows
 
 
+def _cli_files(n: int, tmp: str) -> tuple[str, str]:
+    """n issued codes, and n pasted lines: most issued (lower case, grouped), some typos,
+    some strangers, some junk, like a day of support tickets."""
+    k = Kernel("rust") if "rust" in available_backends() else Kernel("python")
+    issued = k.generate(n, seed=bytes(32)).codes
+    shown = k.display(issued, 4).tolist()
+    strangers = k.display(k.generate(max(1, n // 10), seed=bytes([1] * 32)).codes, 4).tolist()
+    lines = [s.lower() for s in shown[: n - n // 5]] + strangers[: n // 10]
+    lines += [s[:-1] + (b"0" if s[-1:] != b"0" else b"1") for s in shown[: n - len(lines) - 10]]
+    lines += [b"not a code"] * (n - len(lines))
+    issued_path, input_path = os.path.join(tmp, "issued.txt"), os.path.join(tmp, "input.txt")
+    with open(issued_path, "wb") as f:
+        f.write(b"\n".join(shown) + b"\n")
+    with open(input_path, "wb") as f:
+        f.write(b"\n".join(lines) + b"\n")
+    return issued_path, input_path
+
+
+def _cli_rows(sizes: Sizes, names: list[str]) -> list[Row]:
+    """`cardmint keys check --issued` end to end, as a process, per backend."""
+    import subprocess
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        issued, inputs = _cli_files(sizes.cli_lines, tmp)
+        for name in names:
+            n = sizes.cli_lines if name != "python" else max(100, sizes.cli_lines // 100)
+            if name == "python":  # the reference is too slow for the full file
+                with open(inputs, "rb") as f:
+                    head = b"".join(f.readline() for _ in range(n))
+                small = os.path.join(tmp, "input-small.txt")
+                with open(small, "wb") as f:
+                    f.write(head)
+            cmd = [
+                sys.executable,
+                "-m",
+                "cardmint.cli",
+                "keys",
+                "check",
+                "--issued",
+                issued,
+                small if name == "python" else inputs,
+            ]
+            env = {**os.environ, "CARDMINT_KERNEL": name}
+
+            def once(cmd: list[str] = cmd, env: dict[str, str] = env) -> None:
+                subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=False)  # noqa: S603
+
+            secs = _median(once, 1 if name == "python" else sizes.repeats)
+            rows.append(Row("keys check --issued (e2e)", name, n, secs, n / secs))
+        with open(issued) as f:
+            issued_lines = f.read().splitlines()
+        with open(inputs) as f:
+            input_lines = f.read().splitlines()
+        nb = min(len(input_lines), sizes.baseline)
+        secs = _median(lambda: baseline.keys_check(issued_lines[:nb], input_lines[:nb], KEY), 1)
+        rows.append(Row("keys check --issued (e2e)", "plain python", nb, secs, nb / secs))
+    return rows
+
+
 def _baseline_rows(sizes: Sizes) -> list[Row]:
     n, n_idx, reps = sizes.baseline, sizes.index_baseline, 1
     rows: list[Row] = []
@@ -210,7 +273,9 @@ def _baseline_rows(sizes: Sizes) -> list[Row]:
     add(
         "open",
         n,
-        _median(lambda: [aead.decrypt(s[:12], s[12:], d) for s, d in zip(sealed, code_digests, strict=True)], reps),
+        _median(
+            lambda: [aead.decrypt(s[:12], s[12:], d) for s, d in zip(sealed, code_digests, strict=True)], reps
+        ),
     )
     return rows
 
@@ -225,7 +290,9 @@ def measure(sizes: Sizes, backends: list[str] | None = None) -> list[Row]:
             rows += _kernel_rows(k, "rust 1 thread", sizes, threads=1)
         else:
             rows += _kernel_rows(k, name, sizes, threads=0)
-    base = _baseline_rows(sizes)
+    cli = _cli_rows(sizes, names)
+    rows += [r for r in cli if r.backend != "plain python"]
+    base = _baseline_rows(sizes) + [r for r in cli if r.backend == "plain python"]
     by_op = {r.operation: r.rate for r in base}
     for r in rows:
         r.vs_baseline = r.rate / by_op[r.operation]

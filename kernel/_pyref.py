@@ -166,7 +166,10 @@ def _check_one(raw: bytes, length: int) -> tuple[int, bytes]:
 
 def _split(data: Buffer, offsets: Buffer) -> list[bytes]:
     raw = bytes(data)
-    offs = memoryview(bytes(offsets)).cast("q")
+    packed = bytes(offsets)
+    if len(packed) % 8:
+        raise ValueError(f"offsets must be int64: {len(packed)} bytes is not a multiple of 8")
+    offs = memoryview(packed).cast("q")
     if len(offs) < 1:
         raise ValueError("offsets must hold n + 1 entries")
     rows = []

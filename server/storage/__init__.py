@@ -1,0 +1,115 @@
+"""cardmint.server.storage: where cards, money and their history are kept.
+
+One interface (``Storage`` hands out ``UnitOfWork`` transactions, ``interface.py``), two
+backends: SQLite (embedded default) and PostgreSQL (production). ``open_storage(url)``
+picks one from a URL. docs/storage.md describes the schema and the locking choices.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ._sql import GENESIS_HASH, audit_hash, utcnow
+from .errors import (
+    ConflictError,
+    IdempotencyConflictError,
+    LotStateError,
+    MigrationError,
+    NotFoundError,
+    StorageError,
+    TransientError,
+)
+from .interface import Storage, UnitOfWork
+from .models import (
+    Account,
+    AttemptKind,
+    AuditEntry,
+    BindOutcome,
+    BindResult,
+    Card,
+    CardBatch,
+    CardStatus,
+    Delivery,
+    IdempotencyClaim,
+    IndexChange,
+    LedgerEntry,
+    LedgerKind,
+    Lot,
+    LotStatus,
+    MoneyOutcome,
+    MoneyResult,
+    NewProduct,
+    Product,
+    Role,
+    Token,
+)
+from .sqlite import SQLiteStorage
+
+if TYPE_CHECKING:
+    from ._sql import Clock
+
+__all__ = [
+    "GENESIS_HASH",
+    "Account",
+    "AttemptKind",
+    "AuditEntry",
+    "BindOutcome",
+    "BindResult",
+    "Card",
+    "CardBatch",
+    "CardStatus",
+    "ConflictError",
+    "Delivery",
+    "IdempotencyClaim",
+    "IdempotencyConflictError",
+    "IndexChange",
+    "LedgerEntry",
+    "LedgerKind",
+    "Lot",
+    "LotStateError",
+    "LotStatus",
+    "MigrationError",
+    "MoneyOutcome",
+    "MoneyResult",
+    "NewProduct",
+    "NotFoundError",
+    "Product",
+    "Role",
+    "SQLiteStorage",
+    "Storage",
+    "StorageError",
+    "Token",
+    "TransientError",
+    "UnitOfWork",
+    "audit_hash",
+    "open_storage",
+    "utcnow",
+]
+
+
+def open_storage(url: str, *, clock: Clock = utcnow) -> Storage:
+    """``postgresql://…`` (or ``postgres://…``) → PostgreSQL; ``sqlite:///path`` or a path → SQLite.
+
+    Opening applies any pending schema migrations.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        # Imported here so the embedded SQLite server starts without psycopg installed.
+        from .postgres import PostgresStorage
+
+        return PostgresStorage(url, clock=clock)
+    path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
+    if not path or path == ":memory:":
+        raise StorageError("SQLite storage needs a file path (readers use their own connections)")
+    if "://" in path or "=" in path:
+        # A libpq keyword DSN or another scheme would otherwise become a stray SQLite file.
+        raise StorageError(f"not a database URL: {url!r} (use postgresql://... or sqlite:///path)")
+    return SQLiteStorage(Path(path), clock=clock)
+
+
+if TYPE_CHECKING:
+    # mypy proves both backends satisfy the interface.
+    from .postgres import PostgresStorage
+
+    _sqlite_ok: type[Storage] = SQLiteStorage
+    _postgres_ok: type[Storage] = PostgresStorage

@@ -1,0 +1,951 @@
+"""The operations, written once in SQL both backends accept; subclasses fill in the rest.
+
+Placeholders are written ``?`` and translated for psycopg. Each backend subclass supplies
+how a statement runs, how timestamps travel, the row lock clause, the named transaction
+locks and the bulk card insert (executemany on SQLite, COPY on PostgreSQL).
+"""
+
+# Every f-string in a statement below only splices the fixed column lists defined in this
+# module or a run of "?" placeholders; values always travel as bound parameters.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import blake3
+import numpy as np
+import numpy.typing as npt
+
+from .errors import IdempotencyConflictError, LotStateError, NotFoundError, StorageError
+from .models import (
+    Account,
+    AttemptKind,
+    AuditEntry,
+    BindOutcome,
+    BindResult,
+    Card,
+    CardBatch,
+    CardStatus,
+    Delivery,
+    IdempotencyClaim,
+    IndexChange,
+    LedgerEntry,
+    LedgerKind,
+    Lot,
+    LotStatus,
+    MoneyOutcome,
+    MoneyResult,
+    NewProduct,
+    Product,
+    Role,
+    Token,
+)
+
+__all__ = ["CARD_COLUMNS", "GENESIS_HASH", "CardRows", "Clock", "SqlTx", "audit_hash", "utcnow"]
+
+Clock = Callable[[], datetime]
+GENESIS_HASH = bytes(32)
+DIGEST_CHUNK = 65_536
+
+# Names of the transaction-scoped locks; PostgreSQL maps them to advisory locks, SQLite's
+# single writer already holds everything.
+LOCK_AUDIT = 1
+LOCK_INDEX = 2
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def audit_hash(
+    prev_hash: bytes, seq: int, at: datetime, actor: str, action: str, subject: str, detail: str
+) -> bytes:
+    """BLAKE3 over the previous hash and the event, length-prefixed so fields cannot slide."""
+    h = blake3.blake3(prev_hash)
+    at_us = (at - _EPOCH) // timedelta(microseconds=1)
+    h.update(struct.pack("<Qq", seq, at_us))
+    for field in (actor, action, subject, detail):
+        raw = field.encode("utf-8")
+        h.update(struct.pack("<I", len(raw)))
+        h.update(raw)
+    return h.digest(32)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _positive(value: int, what: str) -> int:
+    # bool is an int subclass and floats sneak in from JSON: refuse both before SQL sees them.
+    if type(value) is not int:
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{what} must be positive, got {value}")
+    return value
+
+
+def _money(value: int, what: str = "amount") -> int:
+    """A positive amount in integer minor units (fen, cents), never a float."""
+    return _positive(value, what)
+
+
+def _currency(code: str) -> str:
+    if len(code) != 3 or not code.isascii() or not code.isalpha() or not code.isupper():
+        raise ValueError(f"currency must be an ISO 4217 code such as 'CNY', got {code!r}")
+    return code
+
+
+@dataclass(frozen=True)
+class CardRows:
+    """A chunk of new cards, column-wise, for a backend's bulk insert."""
+
+    serials: list[str]
+    digests: npt.NDArray[np.uint8]  # (n, digest width), C-contiguous
+    sealed: npt.NDArray[np.uint8]  # (n, sealed width), C-contiguous
+    key_id: int
+    lot: Lot
+    expires_at: datetime | None
+    created_at: datetime
+
+    def tuples(self, ts: Callable[[datetime], Any]) -> Iterator[tuple[Any, ...]]:
+        """Row tuples in the column order of ``CARD_COLUMNS``."""
+        dw, sw = self.digests.shape[1], self.sealed.shape[1]
+        digests, sealed = self.digests.tobytes(), self.sealed.tobytes()
+        lot, exp, now = (
+            self.lot,
+            None if self.expires_at is None else ts(self.expires_at),
+            ts(self.created_at),
+        )
+        for i, serial in enumerate(self.serials):
+            yield (
+                serial,
+                digests[i * dw : (i + 1) * dw],
+                sealed[i * sw : (i + 1) * sw],
+                self.key_id,
+                lot.id,
+                lot.product_id,
+                lot.face_value,
+                lot.face_value,
+                lot.currency,
+                "active",
+                exp,
+                now,
+            )
+
+
+CARD_COLUMNS = (
+    "serial, digest, sealed, key_id, lot_id, product_id, face_value, balance, currency, status, expires_at,"
+    " created_at"
+)
+
+
+class _Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+_PRODUCT = "id, sku, name, currency, min_amount, max_amount, validity_days, delivery, code_length, created_at"
+_LOT = (
+    "id, product_id, count, face_value, currency, status, serial_prefix, serial_start, created_at,"
+    " created_by, completed_at, voided_at, plaintext_exported"
+)
+_CARD = (
+    "id, serial, digest, sealed, key_id, lot_id, product_id, face_value, balance, currency, status,"
+    " expires_at, account_id, bound_at, transfers, created_at"
+)
+_ENTRY = "id, card_id, account_id, kind, amount, balance_after, currency, request_id, reverses_id, created_at"
+_TOKEN_ROW = "id, token_hash, role, label, account_id, created_at, revoked_at"  # noqa: S105 - column names, not a secret
+_AUDIT = "id, at, actor, action, subject, detail, prev_hash, hash"
+
+
+class SqlTx(ABC):
+    """One unit of work: every call runs inside the transaction that opened it.
+
+    A failed statement dooms the unit of work on both backends alike: PostgreSQL cannot go
+    on after an error inside a transaction, so SQLite is held to the same rule and the
+    transaction's exit rolls back and raises even when the caller caught the first error.
+    """
+
+    FOR_UPDATE = ""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.failed: StorageError | None = None
+
+    def _fail(self, error: StorageError) -> StorageError:
+        self.failed = error
+        return error
+
+    # -- what each backend supplies
+    @abstractmethod
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor: ...
+
+    @abstractmethod
+    def _ts(self, value: datetime) -> Any: ...
+
+    @abstractmethod
+    def _dt(self, value: Any) -> datetime: ...
+
+    @abstractmethod
+    def _lock(self, name: int) -> None: ...
+
+    @abstractmethod
+    def _insert_cards(self, rows: CardRows) -> None: ...
+
+    # -- helpers
+    def now(self) -> datetime:
+        return self._clock()
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._execute(sql, params).fetchall()
+
+    def _odt(self, value: Any) -> datetime | None:
+        return None if value is None else self._dt(value)
+
+    def _product(self, row: Any) -> Product:
+        denoms = self._all(
+            "SELECT amount FROM product_denominations WHERE product_id = ? ORDER BY amount", (row[0],)
+        )
+        return Product(
+            id=row[0],
+            sku=row[1],
+            name=row[2],
+            currency=row[3],
+            denominations=tuple(int(d[0]) for d in denoms),
+            amount_range=None if row[4] is None else (int(row[4]), int(row[5])),
+            validity_days=row[6],
+            delivery=Delivery(row[7]),
+            code_length=row[8],
+            created_at=self._dt(row[9]),
+        )
+
+    def _lot(self, row: Any) -> Lot:
+        return Lot(
+            id=row[0],
+            product_id=row[1],
+            count=row[2],
+            face_value=row[3],
+            currency=row[4],
+            status=LotStatus(row[5]),
+            serial_prefix=row[6],
+            serial_start=row[7],
+            created_at=self._dt(row[8]),
+            created_by=row[9],
+            completed_at=self._odt(row[10]),
+            voided_at=self._odt(row[11]),
+            plaintext_exported=bool(row[12]),
+        )
+
+    def _card(self, row: Any) -> Card:
+        return Card(
+            id=row[0],
+            serial=row[1],
+            digest=bytes(row[2]),
+            sealed=bytes(row[3]),
+            key_id=row[4],
+            lot_id=row[5],
+            product_id=row[6],
+            face_value=row[7],
+            balance=row[8],
+            currency=row[9],
+            status=CardStatus(row[10]),
+            expires_at=self._odt(row[11]),
+            account_id=row[12],
+            bound_at=self._odt(row[13]),
+            transfers=row[14],
+            created_at=self._dt(row[15]),
+        )
+
+    def _entry(self, row: Any) -> LedgerEntry:
+        return LedgerEntry(
+            id=row[0],
+            card_id=row[1],
+            account_id=row[2],
+            kind=LedgerKind(row[3]),
+            amount=row[4],
+            balance_after=row[5],
+            currency=row[6],
+            request_id=row[7],
+            reverses_id=row[8],
+            created_at=self._dt(row[9]),
+        )
+
+    def _token(self, row: Any) -> Token:
+        return Token(
+            id=row[0],
+            token_hash=bytes(row[1]),
+            role=Role(row[2]),
+            label=row[3],
+            account_id=row[4],
+            created_at=self._dt(row[5]),
+            revoked_at=self._odt(row[6]),
+        )
+
+    def _audit(self, row: Any) -> AuditEntry:
+        return AuditEntry(
+            id=row[0],
+            at=self._dt(row[1]),
+            actor=row[2],
+            action=row[3],
+            subject=row[4],
+            detail=row[5],
+            prev_hash=bytes(row[6]),
+            hash=bytes(row[7]),
+        )
+
+    def _ledger(
+        self,
+        kind: LedgerKind,
+        currency: str,
+        amount: int,
+        *,
+        card_id: int | None = None,
+        account_id: int | None = None,
+        balance_after: int | None = None,
+        request_id: str | None = None,
+        reverses_id: int | None = None,
+    ) -> LedgerEntry:
+        row = self._one(
+            "INSERT INTO ledger_entries (card_id, account_id, kind, amount, balance_after, currency,"
+            f" request_id, reverses_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_ENTRY}",
+            (
+                card_id,
+                account_id,
+                kind.value,
+                amount,
+                balance_after,
+                currency,
+                request_id,
+                reverses_id,
+                self._ts(self.now()),
+            ),
+        )
+        return self._entry(row)
+
+    # -- catalog
+    def create_product(self, new: NewProduct) -> Product:
+        if bool(new.denominations) == (new.amount_range is not None):
+            raise ValueError("a product has either fixed denominations or an amount range, not both")
+        for d in new.denominations:
+            _money(d, "denomination")
+        if len(set(new.denominations)) != len(new.denominations):
+            raise ValueError(f"duplicate denominations in {new.denominations}")
+        if new.validity_days is not None:
+            _positive(new.validity_days, "validity_days")
+        _positive(new.code_length, "code_length")
+        lo, hi = new.amount_range if new.amount_range is not None else (None, None)
+        if lo is not None and hi is not None and _money(hi, "max amount") < _money(lo, "min amount"):
+            raise ValueError(f"amount range {lo}..{hi} is empty")
+        row = self._one(
+            "INSERT INTO products (sku, name, currency, min_amount, max_amount, validity_days, delivery,"
+            f" code_length, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_PRODUCT}",
+            (
+                new.sku,
+                new.name,
+                _currency(new.currency),
+                lo,
+                hi,
+                new.validity_days,
+                Delivery(new.delivery).value,
+                new.code_length,
+                self._ts(self.now()),
+            ),
+        )
+        for d in new.denominations:
+            self._execute("INSERT INTO product_denominations (product_id, amount) VALUES (?, ?)", (row[0], d))
+        return self._product(row)
+
+    def get_product(self, product_id: int) -> Product | None:
+        row = self._one(f"SELECT {_PRODUCT} FROM products WHERE id = ?", (product_id,))
+        return None if row is None else self._product(row)
+
+    def get_product_by_sku(self, sku: str) -> Product | None:
+        row = self._one(f"SELECT {_PRODUCT} FROM products WHERE sku = ?", (sku,))
+        return None if row is None else self._product(row)
+
+    def list_products(self, after_id: int = 0, limit: int = 100) -> list[Product]:
+        rows = self._all(
+            f"SELECT {_PRODUCT} FROM products WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        )
+        return [self._product(r) for r in rows]
+
+    # -- accounts
+    def ensure_account(self, external_id: str) -> Account:
+        self._execute(
+            "INSERT INTO accounts (external_id, created_at) VALUES (?, ?) ON CONFLICT (external_id) DO NOTHING",
+            (external_id, self._ts(self.now())),
+        )
+        row = self._one(
+            "SELECT id, external_id, created_at FROM accounts WHERE external_id = ?", (external_id,)
+        )
+        return Account(row[0], row[1], self._dt(row[2]))
+
+    def get_account(self, account_id: int) -> Account | None:
+        row = self._one("SELECT id, external_id, created_at FROM accounts WHERE id = ?", (account_id,))
+        return None if row is None else Account(row[0], row[1], self._dt(row[2]))
+
+    # -- lots
+    def reserve_serials(self, prefix: str, count: int) -> int:
+        """The first of ``count`` fresh sequence numbers under ``prefix`` (1-based, never reused)."""
+        _positive(count, "count")
+        self._execute(
+            "INSERT INTO serial_counters (prefix, next_value) VALUES (?, 1) ON CONFLICT (prefix) DO NOTHING",
+            (prefix,),
+        )
+        row = self._one(
+            "UPDATE serial_counters SET next_value = next_value + ? WHERE prefix = ? RETURNING next_value",
+            (count, prefix),
+        )
+        return int(row[0]) - count
+
+    def create_lot(
+        self,
+        product_id: int,
+        count: int,
+        face_value: int,
+        *,
+        serial_prefix: str,
+        serial_start: int,
+        created_by: str,
+    ) -> Lot:
+        """A lot in ``minting`` state. Commit it on its own, then fill it (see ``add_cards``)."""
+        product = self.get_product(product_id)
+        if product is None:
+            raise NotFoundError(f"product {product_id} does not exist")
+        row = self._one(
+            "INSERT INTO lots (product_id, count, face_value, currency, status, serial_prefix, serial_start,"
+            f" created_at, created_by) VALUES (?, ?, ?, ?, 'minting', ?, ?, ?, ?) RETURNING {_LOT}",
+            (
+                product_id,
+                _positive(count, "count"),
+                _money(face_value, "face value"),
+                product.currency,
+                serial_prefix,
+                serial_start,
+                self._ts(self.now()),
+                created_by,
+            ),
+        )
+        return self._lot(row)
+
+    def get_lot(self, lot_id: int) -> Lot | None:
+        row = self._one(f"SELECT {_LOT} FROM lots WHERE id = ?", (lot_id,))
+        return None if row is None else self._lot(row)
+
+    def list_lots(self, product_id: int | None = None, after_id: int = 0, limit: int = 100) -> list[Lot]:
+        if product_id is None:
+            rows = self._all(f"SELECT {_LOT} FROM lots WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+        else:
+            rows = self._all(
+                f"SELECT {_LOT} FROM lots WHERE product_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (product_id, after_id, limit),
+            )
+        return [self._lot(r) for r in rows]
+
+    def add_cards(self, lot: Lot, batch: CardBatch, expires_at: datetime | None) -> None:
+        """Insert one chunk of ``lot``'s cards (call repeatedly, then ``complete_lot``).
+
+        All chunks and ``complete_lot`` belong in one transaction: the cards become visible
+        together with the lot's ``complete`` status, or never.
+        """
+        if expires_at is not None and expires_at.tzinfo is None:
+            raise ValueError("expires_at must be timezone-aware (UTC)")
+        # Stands in for the foreign keys the cards table does without (migrations.py).
+        row = self._one("SELECT product_id, status FROM lots WHERE id = ?", (lot.id,))
+        if row is None or row[0] != lot.product_id:
+            raise NotFoundError(f"lot {lot.id} of product {lot.product_id} does not exist")
+        if row[1] != LotStatus.MINTING.value:
+            raise LotStateError(f"lot {lot.id} is {row[1]}, not minting")
+        serials = batch.serials
+        if isinstance(serials, np.ndarray):
+            serials = [s.decode("ascii") for s in serials.tolist()]
+        self._insert_cards(
+            CardRows(
+                serials=list(serials),
+                digests=np.ascontiguousarray(batch.digests),
+                sealed=np.ascontiguousarray(batch.sealed),
+                key_id=batch.key_id,
+                lot=lot,
+                expires_at=expires_at,
+                created_at=self.now(),
+            )
+        )
+
+    def complete_lot(self, lot_id: int) -> Lot:
+        """Flip a filled lot to ``complete`` and announce its codes to every server's index."""
+        row = self._one("SELECT count FROM lots WHERE id = ?", (lot_id,))
+        if row is None:
+            raise NotFoundError(f"lot {lot_id} does not exist")
+        have = self._one("SELECT COUNT(*) FROM cards WHERE lot_id = ?", (lot_id,))[0]
+        if have != row[0]:
+            raise LotStateError(f"lot {lot_id} holds {have} cards, expected {row[0]}")
+        now = self._ts(self.now())
+        # Conditional: a recovery sweep may have voided this lot meanwhile; then nothing flips
+        # and the whole fill rolls back.
+        done = self._one(
+            f"UPDATE lots SET status = 'complete', completed_at = ? WHERE id = ? AND status = 'minting'"
+            f" RETURNING {_LOT}",
+            (now, lot_id),
+        )
+        if done is None:
+            raise LotStateError(f"lot {lot_id} is no longer minting")
+        self._index_change(lot_id, "add")
+        return self._lot(done)
+
+    def void_lot(self, lot_id: int) -> Lot:
+        before = self.get_lot(lot_id)
+        if before is None:
+            raise NotFoundError(f"lot {lot_id} does not exist")
+        row = self._one(
+            f"UPDATE lots SET status = 'void', voided_at = ? WHERE id = ? AND status <> 'void' RETURNING {_LOT}",
+            (self._ts(self.now()), lot_id),
+        )
+        if row is None:
+            raise LotStateError(f"lot {lot_id} is already void")
+        self._execute("UPDATE cards SET status = 'void' WHERE lot_id = ?", (lot_id,))
+        if before.status is LotStatus.COMPLETE:
+            self._index_change(lot_id, "remove")
+        return self._lot(row)
+
+    def abandon_stale_lots(self, older_than: datetime) -> list[int]:
+        """Void lots still ``minting`` that were created before ``older_than``.
+
+        A lot whose filling process died keeps ``minting`` with no cards (the fill rolled
+        back with the process). Voiding one that is in fact still being filled is safe:
+        that fill's ``complete_lot`` then fails and rolls back.
+        """
+        rows = self._all(
+            "SELECT id FROM lots WHERE status = 'minting' AND created_at < ? ORDER BY id",
+            (self._ts(older_than),),
+        )
+        for (lot_id,) in rows:
+            self.void_lot(lot_id)
+        return [r[0] for r in rows]
+
+    def mark_lot_exported(self, lot_id: int) -> bool:
+        """True exactly once per lot: the caller that gets True may export the plaintext freely."""
+        cur = self._execute(
+            "UPDATE lots SET plaintext_exported = TRUE WHERE id = ? AND status = 'complete'"
+            " AND plaintext_exported = FALSE",
+            (lot_id,),
+        )
+        return cur.rowcount == 1
+
+    def lot_cards(self, lot_id: int, after_id: int = 0, limit: int = 10_000) -> list[Card]:
+        rows = self._all(
+            f"SELECT {_CARD} FROM cards WHERE lot_id = ? AND id > ? ORDER BY id LIMIT ?",
+            (lot_id, after_id, limit),
+        )
+        return [self._card(r) for r in rows]
+
+    def count_lot_cards(self, lot_id: int) -> int:
+        return int(self._one("SELECT COUNT(*) FROM cards WHERE lot_id = ?", (lot_id,))[0])
+
+    # -- cards
+    def get_card(self, card_id: int) -> Card | None:
+        row = self._one(f"SELECT {_CARD} FROM cards WHERE id = ?", (card_id,))
+        return None if row is None else self._card(row)
+
+    def get_card_by_digest(self, digest: bytes) -> Card | None:
+        row = self._one(f"SELECT {_CARD} FROM cards WHERE digest = ?", (bytes(digest),))
+        return None if row is None else self._card(row)
+
+    def get_card_by_serial(self, serial: str) -> Card | None:
+        row = self._one(f"SELECT {_CARD} FROM cards WHERE serial = ?", (serial,))
+        return None if row is None else self._card(row)
+
+    def account_cards(self, account_id: int) -> list[Card]:
+        rows = self._all(f"SELECT {_CARD} FROM cards WHERE account_id = ? ORDER BY id", (account_id,))
+        return [self._card(r) for r in rows]
+
+    def set_card_status(
+        self, card_id: int, status: CardStatus, *, only_from: Iterable[CardStatus]
+    ) -> Card | None:
+        """Move a card to ``status`` if it is in one of ``only_from``; None when it was not."""
+        allowed = [CardStatus(s).value for s in only_from]
+        if not allowed:
+            raise ValueError("only_from must name at least one status")
+        marks = ", ".join("?" * len(allowed))
+        row = self._one(
+            f"UPDATE cards SET status = ? WHERE id = ? AND status IN ({marks}) RETURNING {_CARD}",
+            (CardStatus(status).value, card_id, *allowed),
+        )
+        if row is None:
+            return None
+        card = self._card(row)
+        kind = {
+            CardStatus.FROZEN: LedgerKind.FREEZE,
+            CardStatus.ACTIVE: LedgerKind.UNFREEZE,
+            CardStatus.VOID: LedgerKind.VOID,
+        }[card.status]
+        self._ledger(
+            kind, card.currency, 0, card_id=card.id, account_id=card.account_id, balance_after=card.balance
+        )
+        return card
+
+    def _expired(self, card: Card) -> bool:
+        return card.expires_at is not None and card.expires_at <= self.now()
+
+    def bind_card(self, card_id: int, account_id: int) -> BindResult:
+        now = self._ts(self.now())
+        row = self._one(
+            "UPDATE cards SET account_id = ?, bound_at = ? WHERE id = ? AND account_id IS NULL"
+            f" AND status = 'active' AND (expires_at IS NULL OR expires_at > ?) RETURNING {_CARD}",
+            (account_id, now, card_id, now),
+        )
+        if row is not None:
+            card = self._card(row)
+            kind = LedgerKind.BIND_TRANSFER if card.transfers > 0 else LedgerKind.BIND
+            entry = self._ledger(
+                kind, card.currency, 0, card_id=card.id, account_id=account_id, balance_after=card.balance
+            )
+            return BindResult(BindOutcome.BOUND, card, entry)
+        found = self.get_card(card_id)
+        if found is None:
+            return BindResult(BindOutcome.NOT_FOUND, None)
+        card = found
+        if card.account_id == account_id:
+            return BindResult(BindOutcome.ALREADY_BOUND_HERE, card)
+        if card.account_id is not None:
+            return BindResult(BindOutcome.ALREADY_BOUND, card)
+        if card.status is CardStatus.FROZEN:
+            return BindResult(BindOutcome.FROZEN, card)
+        if card.status is CardStatus.VOID:
+            return BindResult(BindOutcome.VOID, card)
+        return BindResult(BindOutcome.EXPIRED, card)
+
+    def unbind_card(self, card_id: int, account_id: int) -> BindResult:
+        row = self._one(
+            "UPDATE cards SET account_id = NULL, bound_at = NULL, transfers = transfers + 1"
+            f" WHERE id = ? AND account_id = ? RETURNING {_CARD}",
+            (card_id, account_id),
+        )
+        if row is None:
+            card = self.get_card(card_id)
+            return BindResult(BindOutcome.NOT_FOUND if card is None else BindOutcome.NOT_BOUND, card)
+        card = self._card(row)
+        entry = self._ledger(
+            LedgerKind.UNBIND,
+            card.currency,
+            0,
+            card_id=card.id,
+            account_id=account_id,
+            balance_after=card.balance,
+        )
+        return BindResult(BindOutcome.BOUND, card, entry)
+
+    def count_binds(self, account_id: int, since: datetime, *, transferred_only: bool = False) -> int:
+        kinds = ("bind_transfer",) if transferred_only else ("bind", "bind_transfer")
+        marks = ", ".join("?" * len(kinds))
+        row = self._one(
+            f"SELECT COUNT(*) FROM ledger_entries WHERE account_id = ? AND kind IN ({marks}) AND created_at >= ?",
+            (account_id, *kinds, self._ts(since)),
+        )
+        return int(row[0])
+
+    def account_balances(self, account_id: int) -> dict[str, int]:
+        """Spendable balance per currency: active, unexpired cards bound to the account."""
+        rows = self._all(
+            "SELECT currency, COALESCE(SUM(balance), 0) FROM cards WHERE account_id = ? AND status = 'active'"
+            " AND (expires_at IS NULL OR expires_at > ?) GROUP BY currency ORDER BY currency",
+            (account_id, self._ts(self.now())),
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    def account_total(self, account_id: int, kind: LedgerKind, since: datetime) -> int:
+        """Sum of |amount| of ``kind`` movements since ``since`` (daily limits, AML thresholds)."""
+        row = self._one(
+            "SELECT COALESCE(SUM(amount), 0) FROM ledger_entries WHERE account_id = ? AND kind = ?"
+            " AND created_at >= ?",
+            (account_id, LedgerKind(kind).value, self._ts(since)),
+        )
+        return abs(int(row[0]))
+
+    # -- money
+    def redeem(self, card_id: int, amount: int, currency: str, request_id: str | None = None) -> MoneyResult:
+        """Take ``amount`` off the card if it holds that much; one conditional UPDATE decides.
+
+        The guard ``balance >= amount`` is evaluated against the latest committed balance
+        (SQLite: one writer; PostgreSQL: the row lock, then a re-check of the WHERE clause),
+        so concurrent redemptions can never take a card below zero.
+        """
+        _money(amount)
+        now = self._ts(self.now())
+        row = self._one(
+            "UPDATE cards SET balance = balance - ? WHERE id = ? AND status = 'active' AND currency = ?"
+            " AND balance >= ? AND (expires_at IS NULL OR expires_at > ?) RETURNING balance, account_id",
+            (amount, card_id, currency, amount, now),
+        )
+        if row is not None:
+            entry = self._ledger(
+                LedgerKind.REDEEM,
+                currency,
+                -amount,
+                card_id=card_id,
+                account_id=row[1],
+                balance_after=row[0],
+                request_id=request_id,
+            )
+            return MoneyResult(MoneyOutcome.OK, int(row[0]), entry)
+        card = self.get_card(card_id)
+        if card is None:
+            return MoneyResult(MoneyOutcome.NOT_FOUND, None)
+        if card.currency != currency:
+            outcome = MoneyOutcome.CURRENCY_MISMATCH
+        elif card.status is not CardStatus.ACTIVE:
+            outcome = MoneyOutcome.NOT_ACTIVE
+        elif self._expired(card):
+            outcome = MoneyOutcome.EXPIRED
+        else:
+            outcome = MoneyOutcome.INSUFFICIENT
+        return MoneyResult(outcome, card.balance)
+
+    def reverse(self, redeem_entry_id: int, amount: int, request_id: str | None = None) -> MoneyResult:
+        """Give back up to what a redemption took, never more in total over all its reversals."""
+        _money(amount)
+        src = self._one(
+            "SELECT card_id, kind, amount, currency, account_id FROM ledger_entries WHERE id = ?",
+            (redeem_entry_id,),
+        )
+        if src is None:
+            return MoneyResult(MoneyOutcome.NOT_FOUND, None)
+        card_id, kind, taken, currency = src[0], src[1], -int(src[2]), src[3]
+        if kind != LedgerKind.REDEEM.value or card_id is None:
+            return MoneyResult(MoneyOutcome.NOT_REVERSIBLE, None)
+        # Lock the card first so that two reversals of one redemption see each other's rows.
+        card_row = self._one(f"SELECT status, balance FROM cards WHERE id = ?{self.FOR_UPDATE}", (card_id,))
+        if card_row[0] == CardStatus.VOID.value:
+            return MoneyResult(MoneyOutcome.NOT_ACTIVE, int(card_row[1]))
+        given = self._one(
+            "SELECT COALESCE(SUM(amount), 0) FROM ledger_entries WHERE reverses_id = ?", (redeem_entry_id,)
+        )[0]
+        if amount > taken - int(given):
+            return MoneyResult(MoneyOutcome.NOT_REVERSIBLE, int(card_row[1]))
+        row = self._one(
+            "UPDATE cards SET balance = balance + ? WHERE id = ? AND balance + ? <= face_value"
+            " RETURNING balance, account_id",
+            (amount, card_id, amount),
+        )
+        if row is None:
+            return MoneyResult(MoneyOutcome.NOT_REVERSIBLE, int(card_row[1]))
+        entry = self._ledger(
+            LedgerKind.REVERSE,
+            currency,
+            amount,
+            card_id=card_id,
+            account_id=row[1],
+            balance_after=row[0],
+            request_id=request_id,
+            reverses_id=redeem_entry_id,
+        )
+        return MoneyResult(MoneyOutcome.OK, int(row[0]), entry)
+
+    def get_ledger_entry(self, entry_id: int) -> LedgerEntry | None:
+        row = self._one(f"SELECT {_ENTRY} FROM ledger_entries WHERE id = ?", (entry_id,))
+        return None if row is None else self._entry(row)
+
+    def list_ledger(
+        self,
+        *,
+        card_id: int | None = None,
+        account_id: int | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[LedgerEntry]:
+        """Newest first; pass the last entry's id as ``before_id`` for the next page."""
+        if (card_id is None) == (account_id is None):
+            raise ValueError("list_ledger needs exactly one of card_id or account_id")
+        column, value = ("card_id", card_id) if card_id is not None else ("account_id", account_id)
+        bound = before_id if before_id is not None else 2**63 - 1
+        rows = self._all(
+            f"SELECT {_ENTRY} FROM ledger_entries WHERE {column} = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (value, bound, limit),
+        )
+        return [self._entry(r) for r in rows]
+
+    # -- idempotency
+    def claim_idempotency(self, scope: str, key: str, fingerprint: bytes) -> IdempotencyClaim:
+        """Claim ``key`` for this request inside the transaction that will make its effect.
+
+        New key: recorded, ``replay`` None; do the work, then ``complete_idempotency``.
+        Known key, same fingerprint: ``replay`` is the stored response; do nothing else.
+        Known key, other fingerprint: ``IdempotencyConflictError``. A concurrent first claim of the
+        same key waits on the primary key until the other transaction ends.
+        """
+        cur = self._execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, created_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (scope, key) DO NOTHING",
+            (scope, key, bytes(fingerprint), self._ts(self.now())),
+        )
+        if cur.rowcount == 1:
+            return IdempotencyClaim(scope, key, None)
+        row = self._one(
+            "SELECT fingerprint, response FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)
+        )
+        if bytes(row[0]) != bytes(fingerprint):
+            raise IdempotencyConflictError(scope, key)
+        if row[1] is None:
+            # Claim and response commit together, so only a caller that committed without
+            # complete_idempotency can leave this behind: a bug, not a state to replay.
+            raise StorageError(f"idempotency key {key!r} for {scope} was claimed but never completed")
+        return IdempotencyClaim(scope, key, bytes(row[1]))
+
+    def complete_idempotency(self, scope: str, key: str, response: bytes) -> None:
+        cur = self._execute(
+            "UPDATE idempotency_keys SET response = ? WHERE scope = ? AND key = ? AND response IS NULL",
+            (bytes(response), scope, key),
+        )
+        if cur.rowcount != 1:
+            raise NotFoundError(f"no open idempotency claim {key!r} for {scope}")
+
+    def purge_idempotency(self, before: datetime) -> int:
+        return self._execute(
+            "DELETE FROM idempotency_keys WHERE created_at < ?", (self._ts(before),)
+        ).rowcount
+
+    # -- failed-attempt counters
+    def _window(self, window_seconds: int) -> datetime:
+        now = self.now()
+        secs = (now - _EPOCH) // timedelta(seconds=1)
+        return _EPOCH + timedelta(seconds=secs - secs % window_seconds)
+
+    def record_attempt(self, kind: AttemptKind, subject: str, window_seconds: int) -> tuple[int, datetime]:
+        """Count one failed attempt; returns the count in the current window and when it ends.
+
+        One upsert both increments and reads, so N concurrent failures see N distinct counts.
+        """
+        start = self._window(window_seconds)
+        row = self._one(
+            "INSERT INTO attempt_counters (subject_kind, subject, window_seconds, window_start, count)"
+            " VALUES (?, ?, ?, ?, 1) ON CONFLICT (subject_kind, subject, window_seconds, window_start)"
+            " DO UPDATE SET count = attempt_counters.count + 1 RETURNING count",
+            (AttemptKind(kind).value, subject, window_seconds, self._ts(start)),
+        )
+        return int(row[0]), start + timedelta(seconds=window_seconds)
+
+    def attempt_count(self, kind: AttemptKind, subject: str, window_seconds: int) -> tuple[int, datetime]:
+        start = self._window(window_seconds)
+        row = self._one(
+            "SELECT count FROM attempt_counters WHERE subject_kind = ? AND subject = ? AND window_seconds = ?"
+            " AND window_start = ?",
+            (AttemptKind(kind).value, subject, window_seconds, self._ts(start)),
+        )
+        return (0 if row is None else int(row[0])), start + timedelta(seconds=window_seconds)
+
+    def clear_attempts(self, kind: AttemptKind, subject: str) -> None:
+        self._execute(
+            "DELETE FROM attempt_counters WHERE subject_kind = ? AND subject = ?",
+            (AttemptKind(kind).value, subject),
+        )
+
+    def purge_attempts(self, before: datetime) -> int:
+        return self._execute(
+            "DELETE FROM attempt_counters WHERE window_start < ?", (self._ts(before),)
+        ).rowcount
+
+    # -- tokens
+    def create_token(
+        self, token_hash: bytes, role: Role, label: str = "", account_id: int | None = None
+    ) -> Token:
+        row = self._one(
+            f"INSERT INTO tokens (token_hash, role, label, account_id, created_at) VALUES (?, ?, ?, ?, ?)"
+            f" RETURNING {_TOKEN_ROW}",
+            (bytes(token_hash), Role(role).value, label, account_id, self._ts(self.now())),
+        )
+        return self._token(row)
+
+    def find_token(self, token_hash: bytes) -> Token | None:
+        row = self._one(f"SELECT {_TOKEN_ROW} FROM tokens WHERE token_hash = ?", (bytes(token_hash),))
+        return None if row is None else self._token(row)
+
+    def list_tokens(self, after_id: int = 0, limit: int = 100) -> list[Token]:
+        rows = self._all(
+            f"SELECT {_TOKEN_ROW} FROM tokens WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        )
+        return [self._token(r) for r in rows]
+
+    def revoke_token(self, token_id: int) -> bool:
+        cur = self._execute(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (self._ts(self.now()), token_id),
+        )
+        return cur.rowcount == 1
+
+    # -- audit
+    def append_audit(self, actor: str, action: str, subject: str, detail: str = "") -> AuditEntry:
+        """Chain one event onto the audit log.
+
+        Appends are serialized until commit (PostgreSQL: an advisory lock), so call this
+        last in a transaction to keep that window short.
+        """
+        self._lock(LOCK_AUDIT)
+        last = self._one("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+        seq, prev = (1, GENESIS_HASH) if last is None else (int(last[0]) + 1, bytes(last[1]))
+        at = self.now()
+        digest = audit_hash(prev, seq, at, actor, action, subject, detail)
+        self._execute(
+            "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, self._ts(at), actor, action, subject, detail, prev, digest),
+        )
+        return AuditEntry(seq, at, actor, action, subject, detail, prev, digest)
+
+    def audit_entries(self, after_id: int = 0, limit: int = 10_000) -> list[AuditEntry]:
+        rows = self._all(
+            f"SELECT {_AUDIT} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        )
+        return [self._audit(r) for r in rows]
+
+    # -- the issued-codes index feed
+    def _index_change(self, lot_id: int, change: str) -> None:
+        self._lock(LOCK_INDEX)
+        row = self._one("SELECT COALESCE(MAX(seq), 0) FROM index_changes")
+        self._execute(
+            "INSERT INTO index_changes (seq, lot_id, change, at) VALUES (?, ?, ?, ?)",
+            (int(row[0]) + 1, lot_id, change, self._ts(self.now())),
+        )
+
+    def index_cursor(self) -> int:
+        """The newest change seq; read it in the same read transaction as the digests."""
+        return int(self._one("SELECT COALESCE(MAX(seq), 0) FROM index_changes")[0])
+
+    def index_changes(self, since_seq: int, limit: int = 1000) -> list[IndexChange]:
+        rows = self._all(
+            "SELECT seq, lot_id, change, at FROM index_changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (since_seq, limit),
+        )
+        return [IndexChange(r[0], r[1], r[2], self._dt(r[3])) for r in rows]
+
+    def _digest_chunks(self, where: str, params: tuple[Any, ...], chunk: int) -> Iterator[bytes]:
+        after = 0
+        while True:
+            rows = self._all(
+                f"SELECT c.id, c.digest FROM cards c JOIN lots l ON l.id = c.lot_id WHERE {where}"
+                " AND c.id > ? ORDER BY c.id LIMIT ?",
+                (*params, after, chunk),
+            )
+            if not rows:
+                return
+            yield b"".join(bytes(r[1]) for r in rows)
+            if len(rows) < chunk:
+                return
+            after = rows[-1][0]
+
+    def issued_digests(self, chunk: int = DIGEST_CHUNK) -> Iterator[bytes]:
+        """Digests of every card of every complete lot, concatenated, ``chunk`` cards at a time."""
+        return self._digest_chunks("l.status = 'complete'", (), chunk)
+
+    def lot_digests(self, lot_id: int, chunk: int = DIGEST_CHUNK) -> Iterator[bytes]:
+        return self._digest_chunks("l.id = ?", (lot_id,), chunk)

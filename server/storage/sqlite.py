@@ -1,0 +1,238 @@
+"""SQLite backend: the embedded default.
+
+WAL journal, ``synchronous=FULL`` (a committed redemption survives power loss), foreign
+keys on. Every write goes through one writer connection, behind a process-local lock and
+``BEGIN IMMEDIATE``: the lock orders this process's threads without spinning on SQLITE_BUSY,
+and ``BEGIN IMMEDIATE`` takes the database write lock up front, so two server processes on
+one file queue on the busy timeout instead of failing at their first write (which a
+deferred ``BEGIN`` that reads first would do). Readers use their own read-only connections
+and, under WAL, see a consistent snapshot while the writer works.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._sql import CARD_COLUMNS, CardRows, Clock, SqlTx, utcnow
+from .errors import ConflictError, MigrationError, StorageError, TransientError
+from .migrations import MIGRATIONS
+
+__all__ = ["SQLiteStorage"]
+
+T = TypeVar("T")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_MIN_VERSION = (3, 37, 0)  # STRICT tables; RETURNING needs 3.35
+
+
+def _translate(exc: sqlite3.Error) -> StorageError:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ConflictError(str(exc))
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return TransientError(str(exc))
+    return StorageError(f"{type(exc).__name__}: {exc}")
+
+
+class _SQLiteTx(SqlTx):
+    def __init__(self, conn: sqlite3.Connection, clock: Clock) -> None:
+        super().__init__(clock)
+        self._conn = conn
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, params)
+        except sqlite3.Error as e:
+            raise self._fail(_translate(e)) from e
+
+    def _ts(self, value: datetime) -> int:
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware (UTC)")
+        return (value - _EPOCH) // _US
+
+    def _dt(self, value: Any) -> datetime:
+        return _EPOCH + timedelta(microseconds=int(value))
+
+    def _lock(self, name: int) -> None:
+        # Inside BEGIN IMMEDIATE this connection already holds the only write lock.
+        return
+
+    def _insert_cards(self, rows: CardRows) -> None:
+        try:
+            self._conn.executemany(
+                f"INSERT INTO cards ({CARD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                rows.tuples(self._ts),
+            )
+        except sqlite3.Error as e:
+            raise self._fail(_translate(e)) from e
+
+
+class SQLiteStorage:
+    """Storage on one SQLite file; safe to share between threads and between processes."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path, *, clock: Clock = utcnow, busy_timeout_ms: int = 30_000) -> None:
+        if sqlite3.sqlite_version_info < _MIN_VERSION:
+            raise StorageError(f"SQLite {sqlite3.sqlite_version} is too old; cardmint needs 3.37 or newer")
+        self.path = Path(path)
+        self._clock = clock
+        self._busy_ms = busy_timeout_ms
+        self._write_lock = threading.Lock()
+        self._owner = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect(readonly=False)
+        # WAL is a property of the file: set once, before any transaction.
+        mode = self._writer.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise StorageError(f"could not switch {self.path} to WAL (journal_mode={mode})")
+        self._migrate()
+
+    def _connect(self, *, readonly: bool) -> sqlite3.Connection:
+        if readonly:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        else:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_ms)}")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, checksum TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT"
+            )
+            applied = {int(v): c for v, c in conn.execute("SELECT version, checksum FROM schema_migrations")}
+            known = {m.version for m in MIGRATIONS}
+            if applied and max(applied) > max(known):
+                raise MigrationError(
+                    f"{self.path} has schema v{max(applied)}; this cardmint knows v{max(known)}"
+                )
+            for m in MIGRATIONS:
+                if m.version in applied:
+                    if applied[m.version] != m.checksum("sqlite"):
+                        raise MigrationError(f"migration {m.version} ({m.name}) changed after it was applied")
+                    continue
+                # executescript would COMMIT first; run the statements one by one instead.
+                for stmt in _statements(m.sql("sqlite")):
+                    conn.execute(stmt)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, ?)",
+                    (m.version, m.name, m.checksum("sqlite"), (self._clock() - _EPOCH) // _US),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def schema_version(self) -> int:
+        with self.read() as tx:
+            return int(tx._one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[_SQLiteTx]:
+        """A write transaction (``BEGIN IMMEDIATE``): commits on exit, rolls back on error."""
+        if getattr(self._owner, "active", False):
+            raise StorageError("transactions do not nest; pass the open one down instead")
+        with self._write_lock:
+            self._owner.active = True
+            conn = self._writer
+            try:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as e:
+                    raise _translate(e) from e
+                tx = _SQLiteTx(conn, self._clock)
+                try:
+                    yield tx
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                if tx.failed is not None:
+                    conn.execute("ROLLBACK")
+                    raise StorageError(f"transaction rolled back after an earlier error: {tx.failed}")
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as e:
+                    conn.execute("ROLLBACK")
+                    raise _translate(e) from e
+            finally:
+                self._owner.active = False
+
+    @contextmanager
+    def read(self) -> Iterator[_SQLiteTx]:
+        """A read-only snapshot on a reader connection; writes in it fail."""
+        with self._readers_lock:
+            conn: sqlite3.Connection | None = self._readers.pop() if self._readers else None
+        if conn is None:
+            conn = self._connect(readonly=True)
+        try:
+            conn.execute("BEGIN")
+            yield _SQLiteTx(conn, self._clock)
+        finally:
+            try:
+                conn.execute("ROLLBACK")
+                keep = True
+            except sqlite3.Error:  # BEGIN itself failed: this connection is suspect
+                keep = False
+            with self._readers_lock:
+                if keep and not self._closed:
+                    self._readers.append(conn)
+                else:
+                    conn.close()
+
+    def run(self, work: Callable[[_SQLiteTx], T], attempts: int = 5) -> T:
+        """``work`` in a write transaction, retried when the database reports a lost race."""
+        for attempt in range(attempts):
+            try:
+                with self.transaction() as tx:
+                    return work(tx)
+            except TransientError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def close(self) -> None:
+        with self._write_lock, self._readers_lock:
+            self._closed = True
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+            self._writer.close()
+
+    def __enter__(self) -> SQLiteStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script on the statement boundaries sqlite3 itself recognises."""
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise MigrationError(f"incomplete SQL statement at the end of a migration: {buf.strip()[:80]}")
+    return out

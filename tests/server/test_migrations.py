@@ -1,0 +1,79 @@
+"""Schema migrations: applied once, recorded, verified, safe when processes start together."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from cardmint.server.storage import MigrationError, Storage, StorageError, open_storage
+from cardmint.server.storage.migrations import MIGRATIONS
+
+from .conftest import FakeClock
+
+
+def _applied(storage: Storage) -> list[tuple[int, str]]:
+    with storage.read() as tx:
+        return [
+            (int(r[0]), r[1]) for r in tx._all("SELECT version, name FROM schema_migrations ORDER BY version")
+        ]  # type: ignore[attr-defined]
+
+
+def test_applied_once_and_recorded(opener: Callable[[], Storage]) -> None:
+    first = opener()
+    latest = max(m.version for m in MIGRATIONS)
+    assert first.schema_version() == latest
+    first.close()
+    again = opener()  # reopening finds nothing to do
+    assert again.schema_version() == latest
+    assert _applied(again) == [(m.version, m.name) for m in MIGRATIONS]
+
+
+def test_concurrent_first_open(opener: Callable[[], Storage]) -> None:
+    """Eight handles (separate connections, as separate processes have) open one empty database."""
+    barrier = threading.Barrier(8)
+    handles: list[Storage] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def start() -> None:
+        barrier.wait(timeout=30)
+        try:
+            s = opener()
+        except BaseException as e:  # collected and asserted on below
+            with lock:
+                errors.append(e)
+            return
+        with lock:
+            handles.append(s)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and len(handles) == 8
+    assert _applied(handles[0]) == [(m.version, m.name) for m in MIGRATIONS]
+
+
+def test_edited_migration_is_refused(storage: Storage, storage_url: str, clock: FakeClock) -> None:
+    with storage.transaction() as tx:
+        tx._execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")  # type: ignore[attr-defined]
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        open_storage(storage_url, clock=clock)
+
+
+def test_newer_schema_is_refused(storage: Storage, storage_url: str, clock: FakeClock) -> None:
+    with storage.transaction() as tx:
+        tx._execute(  # type: ignore[attr-defined]
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at)"
+            " SELECT 999, 'from the future', 'x', applied_at FROM schema_migrations WHERE version = 1"
+        )
+    with pytest.raises(MigrationError, match="v999"):
+        open_storage(storage_url, clock=clock)
+
+
+@pytest.mark.parametrize("url", ["", ":memory:", "host=127.0.0.1 dbname=x", "mysql://h/db"])
+def test_open_refuses_what_is_not_a_database_url(url: str) -> None:
+    with pytest.raises(StorageError):
+        open_storage(url)

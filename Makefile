@@ -8,8 +8,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export CARDMINT_REQUIRE_NATIVE := 1
-# Debian packages the builds need (the Cython kernel links OpenSSL's libcrypto).
-DEBS := gcc libc6-dev libssl-dev pkg-config
+# Debian packages the builds and tests need: the Cython kernel links OpenSSL's libcrypto;
+# the storage tests start a throwaway PostgreSQL cluster from the postgresql package.
+DEBS := gcc libc6-dev libssl-dev pkg-config postgresql
 
 .PHONY: run test setup system-deps venv install lint rust-check pytest bench-smoke bench bench-full vectors clean
 
@@ -50,7 +51,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) kernel/tools/gen_normtable.py --check
-	cd /tmp && $(CURDIR)/$(PY) -m mypy --config-file $(CURDIR)/pyproject.toml -p cardmint.kernel -p cardmint.cli -p cardmint.server -p cardmint.client
+	cd /tmp && $(abspath $(PY)) -m mypy --config-file $(CURDIR)/pyproject.toml -p cardmint.kernel -p cardmint.cli -p cardmint.server -p cardmint.client
 
 rust-check:
 	cargo fmt --all --check

@@ -96,9 +96,9 @@ class BuildNative(build_ext):
                     raise RuntimeError(
                         f"expected one cardmint/kernel/_rust*.so in {wheels[0].name}, got {mods}"
                     )
-                (dest / Path(mods[0]).name).write_bytes(zf.read(mods[0]))
-                if self.inplace:
-                    (ROOT / "kernel" / Path(mods[0]).name).write_bytes(zf.read(mods[0]))
+                # The module and its type stub (checked by mypy against the face).
+                for name in [mods[0], "cardmint/kernel/_rust.pyi"]:
+                    (dest / Path(name).name).write_bytes(zf.read(name))
 
 
 class NativeDistribution(Distribution):

@@ -580,6 +580,13 @@ class Kernel:
     # -- serials
     def serials(self, prefix: str, start: int, count: int, width: int = 9) -> npt.NDArray[np.bytes_]:
         """Card numbers: prefix digits, start..start+count-1 padded to ``width``, Verhoeff digit."""
+        for name, v in (("start", start), ("count", count), ("width", width)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise KernelError(f"serial {name} must be an int, got {type(v).__name__}")
+        if not 1 <= width <= 18:
+            raise KernelError(f"serial width must be 1..18, got {width}")
+        if start < 0 or count < 0 or start + count > 10**width:
+            raise KernelError(f"serials {start}..{start + count} do not fit in {width} digits")
         try:
             out = self.backend.serials(prefix.encode("ascii", "replace"), int(start), int(count), int(width))
         except (ValueError, OverflowError) as e:

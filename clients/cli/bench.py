@@ -189,12 +189,10 @@ def _cli_rows(sizes: Sizes, names: list[str]) -> list[Row]:
         issued, inputs = _cli_files(sizes.cli_lines, tmp)
         for name in names:
             n = sizes.cli_lines if name != "python" else max(100, sizes.cli_lines // 100)
+            small = os.path.join(tmp, "input-small.txt")
             if name == "python":  # the reference is too slow for the full file
-                with open(inputs, "rb") as f:
-                    head = b"".join(f.readline() for _ in range(n))
-                small = os.path.join(tmp, "input-small.txt")
-                with open(small, "wb") as f:
-                    f.write(head)
+                with open(inputs, "rb") as src, open(small, "wb") as dst:
+                    dst.write(b"".join(src.readline() for _ in range(n)))
             cmd = [
                 sys.executable,
                 "-m",
@@ -212,10 +210,10 @@ def _cli_rows(sizes: Sizes, names: list[str]) -> list[Row]:
 
             secs = _median(once, 1 if name == "python" else sizes.repeats)
             rows.append(Row("keys check --issued (e2e)", name, n, secs, n / secs))
-        with open(issued) as f:
-            issued_lines = f.read().splitlines()
-        with open(inputs) as f:
-            input_lines = f.read().splitlines()
+        with open(issued, encoding="utf-8") as text:
+            issued_lines = text.read().splitlines()
+        with open(inputs, encoding="utf-8") as text:
+            input_lines = text.read().splitlines()
         nb = min(len(input_lines), sizes.baseline)
         secs = _median(lambda: baseline.keys_check(issued_lines[:nb], input_lines[:nb], KEY), 1)
         rows.append(Row("keys check --issued (e2e)", "plain python", nb, secs, nb / secs))

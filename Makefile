@@ -56,7 +56,7 @@ lint: venv
 rust-check:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -q -- -D warnings
-	cargo test --workspace --locked -q 2>&1 | tail -n 25
+	cargo test --workspace --locked -q 2>&1 | grep -E "^(test result|failures|---- )" || { echo "cargo test failed"; exit 1; }
 
 pytest: install
 	CARDMINT_REQUIRE_BACKENDS=rust,cython,python $(PY) -m pytest tests

@@ -14,15 +14,16 @@ from __future__ import annotations
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import blake3
 import numpy as np
 import numpy.typing as npt
 
-from .errors import IdempotencyConflictError, LotStateError, NotFoundError, StorageError
+from .errors import IdempotencyConflictError, LotStateError, NotFoundError, StorageError, TransientError
 from .models import (
     Account,
     AttemptKind,
@@ -57,6 +58,25 @@ DIGEST_CHUNK = 65_536
 # single writer already holds everything.
 LOCK_AUDIT = 1
 LOCK_INDEX = 2
+
+
+_Tx = TypeVar("_Tx")
+_T = TypeVar("_T")
+
+
+def run_retrying(
+    transaction: Callable[[], AbstractContextManager[_Tx]], work: Callable[[_Tx], _T], attempts: int
+) -> _T:
+    """``work`` in a fresh write transaction, again when the database reports a lost race
+    (deadlock, serialization failure, busy); the last failure propagates."""
+    for attempt in range(attempts):
+        try:
+            with transaction() as tx:
+                return work(tx)
+        except TransientError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 def utcnow() -> datetime:

@@ -25,7 +25,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
 
-from ._sql import CARD_COLUMNS, CardRows, Clock, SqlTx, utcnow
+from ._sql import CARD_COLUMNS, CardRows, Clock, SqlTx, run_retrying, utcnow
 from .errors import ConflictError, MigrationError, StorageError, TransientError
 from .migrations import MIGRATIONS
 
@@ -236,14 +236,7 @@ class PostgresStorage:
 
     def run(self, work: Callable[[_PgTx], T], attempts: int = 5) -> T:
         """``work`` in a write transaction, retried on deadlock or serialization failure."""
-        for attempt in range(attempts):
-            try:
-                with self.transaction() as tx:
-                    return work(tx)
-            except TransientError:
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable: the loop returns or raises")
+        return run_retrying(self.transaction, work, attempts)
 
     def close(self) -> None:
         self._pool.close()

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ._sql import CARD_COLUMNS, CardRows, Clock, SqlTx, utcnow
+from ._sql import CARD_COLUMNS, CardRows, Clock, SqlTx, run_retrying, utcnow
 from .errors import ConflictError, MigrationError, StorageError, TransientError
 from .migrations import MIGRATIONS
 
@@ -199,14 +199,7 @@ class SQLiteStorage:
 
     def run(self, work: Callable[[_SQLiteTx], T], attempts: int = 5) -> T:
         """``work`` in a write transaction, retried when the database reports a lost race."""
-        for attempt in range(attempts):
-            try:
-                with self.transaction() as tx:
-                    return work(tx)
-            except TransientError:
-                if attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable: the loop returns or raises")
+        return run_retrying(self.transaction, work, attempts)
 
     def close(self) -> None:
         with self._write_lock, self._readers_lock:

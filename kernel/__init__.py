@@ -141,6 +141,9 @@ class Normalized:
     status: npt.NDArray[np.uint8]
 
 
+_CORRECTION_STATUS = {int(s): s for s in CorrectionStatus}
+
+
 @dataclass(frozen=True)
 class Correction:
     status: CorrectionStatus
@@ -527,15 +530,31 @@ class Kernel:
         self, raw: str | bytes, index: DigestIndex, key: bytes, length: int = DEFAULT_LENGTH
     ) -> Correction:
         """Issued codes one edit away from a mistyped ``raw`` (code-format §8)."""
+        return self.correct_many([raw], index, key, length)[0]
+
+    def correct_many(
+        self, raws: Sequence[str | bytes], index: DigestIndex, key: bytes, length: int = DEFAULT_LENGTH
+    ) -> list[Correction]:
+        """``correct`` for each input, checking the arguments once."""
         if not isinstance(index, DigestIndex) or index._kernel.name != self.name:
             raise KernelError(f"index must be a DigestIndex of the {self.name} kernel")
-        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
-        status, normalized, cands = self.backend.correct(data, _length(length), index._raw, _key(key))
-        return Correction(
-            CorrectionStatus(status),
-            normalized.decode("ascii"),
-            tuple(c.decode("ascii") for c in cands),
-        )
+        length, key = _length(length), _key(key)
+        fn, raw_index, status_of = self.backend.correct, index._raw, _CORRECTION_STATUS
+        out = []
+        for item in raws:
+            if isinstance(item, str):
+                raw = item.encode("utf-8", "surrogatepass")
+            elif isinstance(item, bytes):
+                raw = item
+            else:
+                raise KernelError(f"expected str or bytes, got {type(item).__name__}")
+            status, normalized, cands = fn(raw, length, raw_index, key)
+            out.append(
+                Correction(
+                    status_of[status], normalized.decode("ascii"), tuple(c.decode("ascii") for c in cands)
+                )
+            )
+        return out
 
     # -- sealing
     def seal(

@@ -186,30 +186,27 @@ def _format(
     key: bytes,
     length: int,
 ) -> bytes:
-    code_list = codes.tolist()
-    st_list = status.tolist()
-    found_list = found.tolist() if found is not None else None
-    data = bytes(memoryview(lines.data).cast("B"))
-    offs = lines.offsets
-    parts: list[bytes] = []
-    for i, st in enumerate(st_list):
-        if st == Status.OK:
-            word = b"ok" if found_list is None or found_list[i] else b"unknown"
-            parts.append(word + b"\t" + code_list[i] + b"\t\n")
-            continue
-        if index is not None and st in (Status.BAD_CHECK, Status.BAD_CHAR):
-            # A wrong check symbol, or one U (read as an erasure): try the one-edit fixes.
-            fix = kernel.correct(data[offs[i] : offs[i + 1]], index, key, length)
+    """The output lines of one block. Well-formed rows (nearly all of a real file) are
+    assembled with numpy string operations; only the others go through Python."""
+    n = len(status)
+    # Wide enough for the longest line: "corrected\t" + code + "\t" + code + "\n".
+    out = np.full(n, b"malformed\t\t\n", dtype=f"S{2 * length + 12}")
+    ok = status == Status.OK
+    word = np.full(n, b"ok\t", dtype="S10")
+    if found is not None:
+        word[~found] = b"unknown\t"
+    out[ok] = np.strings.add(np.strings.add(word[ok], codes[ok]), b"\t\n")
+    bad_check = status == Status.BAD_CHECK
+    out[bad_check] = np.strings.add(np.strings.add(b"bad_check\t", codes[bad_check]), b"\t\n")
+    if index is not None:
+        # A wrong check symbol, or one U (read as an erasure): try the one-edit fixes.
+        rows = np.flatnonzero(bad_check | (status == Status.BAD_CHAR))
+        data = bytes(memoryview(lines.data).cast("B"))
+        starts, ends = lines.offsets[rows].tolist(), lines.offsets[rows + 1].tolist()
+        fixes = kernel.correct_many(
+            [data[a:b] for a, b in zip(starts, ends, strict=True)], index, key, length
+        )
+        for row, fix in zip(rows.tolist(), fixes, strict=True):
             if fix.status == CorrectionStatus.CORRECTED:
-                parts.append(
-                    b"corrected\t" + fix.normalized.encode() + b"\t" + fix.candidates[0].encode() + b"\n"
-                )
-                continue
-            if st == Status.BAD_CHECK:
-                parts.append(b"bad_check\t" + code_list[i] + b"\t\n")
-                continue
-        if st == Status.BAD_CHECK:
-            parts.append(b"bad_check\t" + code_list[i] + b"\t\n")
-        else:
-            parts.append(b"malformed\t\t\n")
-    return b"".join(parts)
+                out[row] = f"corrected\t{fix.normalized}\t{fix.candidates[0]}\n".encode()
+    return b"".join(out.tolist())

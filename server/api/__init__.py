@@ -1,0 +1,1 @@
+"""cardmint.server.api: the gRPC servicers (proto <-> domain), interceptors and wiring."""

@@ -1,0 +1,109 @@
+"""What every service shares: storage, keys, kernel, limits, and the small rules they all
+apply (role checks, turning storage failures into domain errors, input validation)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cardmint.kernel import Kernel
+from cardmint.server.storage import (
+    Account,
+    IdempotencyConflictError,
+    Role,
+    Storage,
+    TransientError,
+    UnitOfWork,
+)
+
+from .auth import Principal
+from .errors import Contention, IdempotencyKeyReused, InvalidArgument, PermissionDenied
+from .issued_index import IssuedIndex
+from .keyring import Keyring
+
+T = TypeVar("T")
+
+STAFF = frozenset({Role.ADMIN, Role.OPERATOR})
+MAX_AMOUNT = 10**12
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    card_failures: int = 3
+    account_failures: int = 5
+    card_lock_seconds: int = 3600
+    account_lock_seconds: int = 900
+    transfers_per_year: int = 3
+    max_check_batch: int = 1_000_000
+    max_generate: int = 1_000_000
+    max_lot: int = 10_000_000
+    lot_chunk: int = 65_536
+    stream_chunk: int = 10_000
+    page_limit_max: int = 500
+
+
+@dataclass(frozen=True)
+class Context:
+    storage: Storage
+    keyring: Keyring
+    kernel: Kernel
+    config: DomainConfig
+    index: IssuedIndex
+
+    def run(self, work: Callable[[UnitOfWork], T]) -> T:
+        """``work`` in one transaction, retried when the database aborts it under contention."""
+        try:
+            return self.storage.run(work)
+        except TransientError as e:
+            raise Contention() from e
+        except IdempotencyConflictError as e:
+            raise IdempotencyKeyReused() from e
+
+
+def require(principal: Principal, roles: Collection[Role]) -> None:
+    if principal.role not in roles:
+        raise PermissionDenied(metadata={"role": principal.role.value})
+
+
+def int_arg(value: object, field: str, lo: int, hi: int) -> int:
+    # bool is an int subclass and float money is refused outright: no float ever gets in.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument.of(field, "must be an integer")
+    if not lo <= value <= hi:
+        raise InvalidArgument.of(field, f"must be between {lo} and {hi}")
+    return value
+
+
+def request_id_arg(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 128
+        or not value.isascii()
+        or not value.isprintable()
+    ):
+        raise InvalidArgument.of("request_id", "must be 1-128 printable ASCII characters")
+    return value
+
+
+def resolve_account(tx: UnitOfWork, principal: Principal, account: str | None) -> Account:
+    """The account an operation acts on: customers only ever their own; staff name one.
+
+    Call inside a write transaction: a staff-named account is created on first use (an
+    account row is only a name, and creating it reveals nothing).
+    """
+    if principal.role is Role.CUSTOMER:
+        if account is not None and account != principal.account:
+            raise PermissionDenied("customers act on their own account only", metadata={"role": "customer"})
+        found = tx.get_account(principal.account_id) if principal.account_id is not None else None
+        if found is None:
+            raise PermissionDenied("this customer token has no account", metadata={"role": "customer"})
+        return found
+    if account is None or not account.strip() or len(account) > 128:
+        raise InvalidArgument.of("account", "an account id (1-128 characters) is required")
+    return tx.ensure_account(account)
+
+
+def detail(**kw: object) -> str:
+    return json.dumps(kw, sort_keys=True, default=str)

@@ -1,0 +1,103 @@
+"""Bearer tokens: minted with a role, stored as a hash, verified into a ``Principal``."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import blake3
+from cardmint.server.storage import Role, Storage, UnitOfWork
+
+from .errors import InvalidArgument, PermissionDenied, Unauthenticated
+
+__all__ = ["AuthService", "IssuedToken", "Principal", "hash_token"]
+
+TOKEN_PREFIX = "cm_"  # noqa: S105 - a marker that makes leaked tokens greppable, not a secret
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: int
+    role: Role
+    account_id: int | None
+    account: str | None
+    label: str
+
+    @property
+    def actor(self) -> str:
+        return f"token:{self.token_id}"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str
+    token_id: int
+    role: Role
+    account: str | None
+
+
+def hash_token(token: str) -> bytes:
+    # Tokens carry 256 random bits, so an unkeyed hash suffices: nothing to brute-force,
+    # and a stolen table of hashes cannot be turned back into tokens.
+    return blake3.blake3(b"cardmint token v1\0" + token.encode("utf-8")).digest()
+
+
+class AuthService:
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    def create_token(self, role: Role | str, *, label: str = "", account: str | None = None) -> IssuedToken:
+        try:
+            r = Role(role)
+        except ValueError:
+            raise InvalidArgument.of("role", f"one of {', '.join(x.value for x in Role)}") from None
+        if r is Role.CUSTOMER and not account:
+            raise InvalidArgument.of("account", "a customer token needs an account")
+        if r is not Role.CUSTOMER and account:
+            raise InvalidArgument.of("account", "only customer tokens belong to an account")
+        if len(label) > 200:
+            raise InvalidArgument.of("label", "at most 200 characters")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+        def work(tx: UnitOfWork) -> IssuedToken:
+            acct = tx.ensure_account(account) if account else None
+            row = tx.create_token(hash_token(token), r, label, acct.id if acct else None)
+            tx.append_audit("cli", "token.create", f"token:{row.id}", f'{{"role": "{r.value}"}}')
+            return IssuedToken(token, row.id, r, account)
+
+        return self._storage.run(work)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthenticated()
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            raise Unauthenticated()
+        digest = hash_token(token)
+        with self._storage.read() as tx:
+            row = tx.find_token(digest)
+            account = (
+                tx.get_account(row.account_id) if row is not None and row.account_id is not None else None
+            )
+        # find_token matched by the hash already; compare again in constant time so the
+        # answer's timing never depends on how much of a guessed hash matched.
+        if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_hash, digest):
+            raise Unauthenticated()
+        return Principal(
+            row.id, row.role, row.account_id, account.external_id if account else None, row.label
+        )
+
+    def revoke_token(self, principal: Principal, token_id: int) -> None:
+        if principal.role is not Role.ADMIN:
+            raise PermissionDenied(metadata={"role": principal.role.value})
+
+        def work(tx: UnitOfWork) -> bool:
+            done = tx.revoke_token(token_id)
+            if done:
+                tx.append_audit(principal.actor, "token.revoke", f"token:{token_id}")
+            return done
+
+        # Revoking an unknown or already revoked token is a no-op: the end state is the same.
+        self._storage.run(work)

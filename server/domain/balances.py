@@ -1,0 +1,271 @@
+"""Balances: what a card or an account holds, and money moving off and back onto cards.
+
+Money moves are idempotent on the caller's request id: the claim, the move, its ledger
+entry and the stored answer commit together, so a retry after a lost reply replays the
+answer instead of moving money twice. A refused move stores nothing, so its id stays free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+
+import blake3
+from cardmint.server.storage import LedgerEntry, MoneyOutcome, MoneyResult, Role, UnitOfWork
+
+from ._context import MAX_AMOUNT, STAFF, Context, int_arg, request_id_arg, require, resolve_account
+from .auth import Principal
+from .cards import CardService
+from .currencies import ISO_4217
+from .errors import (
+    CardExpired,
+    CardFrozen,
+    CardVoid,
+    CurrencyMismatch,
+    DomainError,
+    InsufficientFunds,
+    InvalidArgument,
+    NotReversible,
+    TransactionNotFound,
+)
+
+__all__ = [
+    "AccountBalance",
+    "BalanceService",
+    "CardBalance",
+    "Money",
+    "MoneyReceipt",
+    "Transaction",
+    "TransactionPage",
+]
+
+_REDEEMERS = STAFF | {Role.MERCHANT, Role.CUSTOMER}
+_REVERSERS = STAFF | {Role.MERCHANT}
+_ACCOUNT_READERS = STAFF | {Role.CUSTOMER}
+
+
+@dataclass(frozen=True)
+class Money:
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class CardBalance:
+    serial: str
+    balance: Money
+    sufficient: bool | None
+
+
+@dataclass(frozen=True)
+class AccountBalance:
+    account: str
+    balances: tuple[Money, ...]
+    sufficient: bool | None
+
+
+@dataclass(frozen=True)
+class MoneyReceipt:
+    entry_id: int
+    serial: str
+    amount: int
+    currency: str
+    balance_after: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Transaction:
+    id: int
+    kind: str
+    amount: int
+    currency: str
+    balance_after: int | None
+    serial: str | None
+    request_id: str | None
+    reverses_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TransactionPage:
+    items: tuple[Transaction, ...]
+    next_before_id: int | None
+
+
+def _fingerprint(*parts: object) -> bytes:
+    return blake3.blake3(json.dumps(parts).encode()).digest()
+
+
+def _encode(receipt: MoneyReceipt) -> bytes:
+    return json.dumps(asdict(receipt)).encode()
+
+
+def _decode(raw: bytes) -> MoneyReceipt:
+    return replace(MoneyReceipt(**json.loads(raw)), replayed=True)
+
+
+def _refusal(res: MoneyResult, currency: str) -> DomainError:
+    match res.outcome:
+        case MoneyOutcome.INSUFFICIENT:
+            return InsufficientFunds(metadata={"balance": str(res.balance), "currency": currency})
+        case MoneyOutcome.CURRENCY_MISMATCH:
+            return CurrencyMismatch()
+        case MoneyOutcome.EXPIRED:
+            return CardExpired()
+        case MoneyOutcome.NOT_REVERSIBLE:
+            return NotReversible()
+        case MoneyOutcome.NOT_FOUND:
+            return TransactionNotFound()
+        case _:
+            return CardVoid()
+
+
+class BalanceService:
+    def __init__(self, ctx: Context, cards: CardService) -> None:
+        self._ctx = ctx
+        self._cards = cards
+
+    def _currency(self, currency: object) -> str:
+        if not isinstance(currency, str) or currency not in ISO_4217:
+            raise InvalidArgument.of("currency", "an ISO 4217 currency code")
+        return currency
+
+    def card_balance(self, principal: Principal, serial: str, *, amount: int | None = None) -> CardBalance:
+        if amount is not None:
+            int_arg(amount, "amount", 1, MAX_AMOUNT)
+        with self._ctx.storage.read() as tx:
+            card = self._cards.visible_card(tx, principal, serial)
+            now = tx.now()
+        spendable = card.status.value == "active" and (card.expires_at is None or card.expires_at > now)
+        sufficient = None if amount is None else spendable and card.balance >= amount
+        return CardBalance(card.serial, Money(card.balance, card.currency), sufficient)
+
+    def account_balance(
+        self,
+        principal: Principal,
+        account: str | None = None,
+        *,
+        amount: int | None = None,
+        currency: str | None = None,
+    ) -> AccountBalance:
+        require(principal, _ACCOUNT_READERS)
+        if amount is not None:
+            int_arg(amount, "amount", 1, MAX_AMOUNT)
+            if currency is None:
+                raise InvalidArgument.of("currency", "required with amount")
+        if currency is not None:
+            self._currency(currency)
+
+        def work(tx: UnitOfWork) -> tuple[str, dict[str, int]]:
+            acct = resolve_account(tx, principal, account)
+            return acct.external_id, tx.account_balances(acct.id)
+
+        name, by_currency = self._ctx.run(work)
+        balances = tuple(Money(v, c) for c, v in sorted(by_currency.items()))
+        sufficient = None if amount is None else by_currency.get(currency or "", 0) >= amount
+        return AccountBalance(name, balances, sufficient)
+
+    def redeem(
+        self, principal: Principal, *, serial: str, amount: int, currency: str, request_id: str
+    ) -> MoneyReceipt:
+        require(principal, _REDEEMERS)
+        amount = int_arg(amount, "amount", 1, MAX_AMOUNT)
+        currency = self._currency(currency)
+        request_id = request_id_arg(request_id)
+        fingerprint = _fingerprint("redeem", serial, amount, currency)
+
+        def work(tx: UnitOfWork) -> MoneyReceipt:
+            card = self._cards.visible_card(tx, principal, serial)
+            claim = tx.claim_idempotency("redeem", request_id, fingerprint)
+            if claim.replay is not None:
+                return _decode(claim.replay)
+            res = tx.redeem(card.id, amount, currency, request_id)
+            if not res.ok or res.entry is None or res.balance is None:
+                if res.outcome is MoneyOutcome.NOT_ACTIVE:
+                    raise CardFrozen() if card.status.value == "frozen" else CardVoid()
+                # Raised inside: the claim rolls back with the refused move.
+                raise _refusal(res, card.currency)
+            receipt = MoneyReceipt(res.entry.id, card.serial, amount, currency, res.balance)
+            tx.complete_idempotency("redeem", request_id, _encode(receipt))
+            return receipt
+
+        return self._ctx.run(work)
+
+    def reverse(self, principal: Principal, *, entry_id: int, amount: int, request_id: str) -> MoneyReceipt:
+        require(principal, _REVERSERS)
+        entry_id = int_arg(entry_id, "entry_id", 1, 2**63 - 1)
+        amount = int_arg(amount, "amount", 1, MAX_AMOUNT)
+        request_id = request_id_arg(request_id)
+        fingerprint = _fingerprint("reverse", entry_id, amount)
+
+        def work(tx: UnitOfWork) -> MoneyReceipt:
+            claim = tx.claim_idempotency("reverse", request_id, fingerprint)
+            if claim.replay is not None:
+                return _decode(claim.replay)
+            src = tx.get_ledger_entry(entry_id)
+            card = tx.get_card(src.card_id) if src is not None and src.card_id is not None else None
+            if src is None:
+                raise TransactionNotFound()
+            if card is None:
+                raise NotReversible()
+            res = tx.reverse(entry_id, amount, request_id)
+            if not res.ok or res.entry is None or res.balance is None:
+                raise _refusal(res, card.currency)
+            receipt = MoneyReceipt(res.entry.id, card.serial, amount, card.currency, res.balance)
+            tx.complete_idempotency("reverse", request_id, _encode(receipt))
+            return receipt
+
+        return self._ctx.run(work)
+
+    def list_transactions(
+        self,
+        principal: Principal,
+        *,
+        serial: str | None = None,
+        account: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> TransactionPage:
+        limit = int_arg(limit, "limit", 1, self._ctx.config.page_limit_max)
+        if before_id is not None:
+            int_arg(before_id, "before_id", 1, 2**63 - 1)
+        if serial is not None and account is not None:
+            raise InvalidArgument.of("serial", "give a card number or an account, not both")
+        if serial is None and account is None and principal.role is not Role.CUSTOMER:
+            raise InvalidArgument.of("serial", "give a card number or an account")
+
+        def work(tx: UnitOfWork) -> tuple[list[LedgerEntry], dict[int, str]]:
+            if serial is not None:
+                card = self._cards.visible_card(tx, principal, serial)
+                entries = tx.list_ledger(card_id=card.id, before_id=before_id, limit=limit + 1)
+            else:
+                require(principal, _ACCOUNT_READERS)
+                acct = resolve_account(tx, principal, account)
+                entries = tx.list_ledger(account_id=acct.id, before_id=before_id, limit=limit + 1)
+            serials: dict[int, str] = {}
+            for e in entries[:limit]:
+                if e.card_id is not None and e.card_id not in serials:
+                    c = tx.get_card(e.card_id)
+                    if c is not None:
+                        serials[e.card_id] = c.serial
+            return entries, serials
+
+        entries, serials = self._ctx.run(work)
+        items = tuple(
+            Transaction(
+                id=e.id,
+                kind=e.kind.value,
+                amount=e.amount,
+                currency=e.currency,
+                balance_after=e.balance_after,
+                serial=serials.get(e.card_id) if e.card_id is not None else None,
+                request_id=e.request_id,
+                reverses_id=e.reverses_id,
+                created_at=e.created_at,
+            )
+            for e in entries[:limit]
+        )
+        more = len(entries) > limit
+        return TransactionPage(items, items[-1].id if more and items else None)

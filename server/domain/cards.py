@@ -1,0 +1,279 @@
+"""Cards: binding a code to an account, unbinding, and what an owner may see of a card."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+from cardmint.kernel import CorrectionStatus, KernelError, Status
+from cardmint.server.storage import (
+    Account,
+    AttemptKind,
+    BindOutcome,
+    Card,
+    CardStatus,
+    Role,
+    UnitOfWork,
+)
+
+from ._context import STAFF, Context, detail, require, resolve_account
+from .auth import Principal
+from .errors import (
+    AccountLocked,
+    BadCheck,
+    CardAlreadyBound,
+    CardExpired,
+    CardFrozen,
+    CardLocked,
+    CardNotFound,
+    CardVoid,
+    DomainError,
+    FieldViolation,
+    MalformedCode,
+    TransferLimitReached,
+)
+from .keys import display
+
+__all__ = ["BindReceipt", "CardService", "CardView"]
+
+_BINDERS = STAFF | {Role.CUSTOMER}
+_VIEWERS = STAFF | {Role.MERCHANT, Role.CUSTOMER}
+_MAX_INPUT = 1024
+_MALFORMED = {
+    Status.EMPTY: "empty",
+    Status.BAD_LENGTH: "wrong number of symbols",
+    Status.BAD_CHAR: "a character that is not a code symbol",
+    Status.BAD_UTF8: "not valid UTF-8",
+    Status.TOO_LONG: "too long",
+}
+
+
+@dataclass(frozen=True)
+class CardView:
+    serial: str
+    status: str
+    masked_code: str
+    face_value: int
+    balance: int
+    currency: str
+    expires_at: datetime | None
+    bound: bool
+    bound_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BindReceipt:
+    card: CardView
+    already_bound_here: bool
+    transferred: bool
+
+
+def card_state(card: Card, now: datetime) -> str:
+    if card.status is CardStatus.ACTIVE and card.expires_at is not None and card.expires_at <= now:
+        return "expired"
+    return card.status.value
+
+
+class CardService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    # -- views
+    def view(self, card: Card, now: datetime) -> CardView:
+        ctx = self._ctx
+        sealed = np.frombuffer(card.sealed, np.uint8).reshape(1, -1)
+        digest = np.frombuffer(card.digest, np.uint8).reshape(1, -1)
+        code = ctx.kernel.open(sealed, digest, ctx.keyring.seal_keys[card.key_id])[0].decode("ascii")
+        masked = display("*" * (len(code) - 4) + code[-4:])
+        return CardView(
+            serial=card.serial,
+            status=card_state(card, now),
+            masked_code=masked,
+            face_value=card.face_value,
+            balance=card.balance,
+            currency=card.currency,
+            expires_at=card.expires_at,
+            bound=card.account_id is not None,
+            bound_at=card.bound_at,
+        )
+
+    def visible_card(self, tx: UnitOfWork, principal: Principal, serial: str) -> Card:
+        """The card named by ``serial``, if this caller may see it; CardNotFound otherwise.
+
+        A customer asking about someone else's card hears the same as for a card that does
+        not exist: card numbers are public, so "exists but not yours" would be a leak.
+        """
+        require(principal, _VIEWERS)
+        card = tx.get_card_by_serial(serial) if isinstance(serial, str) and len(serial) <= 64 else None
+        if card is None:
+            raise CardNotFound()
+        if principal.role is Role.CUSTOMER and (
+            principal.account_id is None or card.account_id != principal.account_id
+        ):
+            raise CardNotFound()
+        return card
+
+    def get_card(self, principal: Principal, serial: str) -> CardView:
+        with self._ctx.storage.read() as tx:
+            card = self.visible_card(tx, principal, serial)
+            now = tx.now()
+        return self.view(card, now)
+
+    def account_cards(self, principal: Principal, account: str | None = None) -> list[CardView]:
+        require(principal, _BINDERS)
+
+        def work(tx: UnitOfWork) -> tuple[list[Card], datetime]:
+            acct = resolve_account(tx, principal, account)
+            return tx.account_cards(acct.id), tx.now()
+
+        cards, now = self._ctx.run(work)
+        return [self.view(c, now) for c in cards]
+
+    # -- binding
+    def _code_lengths(self, tx: UnitOfWork, serial: str | None) -> list[int]:
+        if serial is not None:
+            card = tx.get_card_by_serial(serial) if len(serial) <= 64 else None
+            product = tx.get_product(card.product_id) if card is not None else None
+            if product is not None:
+                return [product.code_length]
+        # Without a card number the code's own length picks the product format; the default
+        # 16 first, so the common case costs one check.
+        lengths = {p.code_length for p in tx.list_products(0, 1000)}
+        return sorted(lengths | {16}, key=lambda n: (n != 16, n))
+
+    def bind(
+        self, principal: Principal, code: str, *, serial: str | None = None, account: str | None = None
+    ) -> BindReceipt:
+        require(principal, _BINDERS)
+        ctx = self._ctx
+        # Corrections read the in-memory index; bring it up to date (to within a second:
+        # other processes' lots) before the transaction, which must not nest a read.
+        ctx.index.refresh(max_age=1.0)
+        result = ctx.run(lambda tx: self._bind(tx, principal, code, serial, account))
+        # Errors are returned from the transaction, not raised in it, so that the failed
+        # attempt it counted commits; raising inside would roll the count back.
+        if isinstance(result, DomainError):
+            raise result
+        return result
+
+    def _bind(
+        self, tx: UnitOfWork, principal: Principal, code: object, serial: str | None, account: str | None
+    ) -> BindReceipt | DomainError:
+        cfg = self._ctx.config
+        acct = resolve_account(tx, principal, account)
+        now = tx.now()
+        if serial is not None and (not isinstance(serial, str) or not serial or len(serial) > 64):
+            return CardNotFound()
+
+        n, until = tx.attempt_count(AttemptKind.ACCOUNT, str(acct.id), cfg.account_lock_seconds)
+        if n >= cfg.account_failures:
+            return AccountLocked(retry_after=(until - now).total_seconds())
+        if serial is not None:
+            n, until = tx.attempt_count(AttemptKind.CARD, serial, cfg.card_lock_seconds)
+            if n >= cfg.card_failures:
+                return CardLocked(retry_after=(until - now).total_seconds())
+
+        outcome = self._find(tx, code, serial)
+        if isinstance(outcome, DomainError):
+            return self._failed(tx, acct, serial, outcome, now)
+        card = outcome
+
+        transferred = card.transfers > 0
+        if transferred and card.account_id is None:
+            # Serialize this account's transfer binds: the upsert takes a row lock held to
+            # commit (PostgreSQL), so the count below sees every committed transfer bind
+            # and two concurrent binds cannot both slip under the limit.
+            tx.record_attempt(AttemptKind.ACCOUNT, f"transfer-bind:{acct.id}", 60)
+            if (
+                tx.count_binds(acct.id, now - timedelta(days=365), transferred_only=True)
+                >= cfg.transfers_per_year
+            ):
+                return TransferLimitReached(metadata={"limit": str(cfg.transfers_per_year)})
+
+        res = tx.bind_card(card.id, acct.id)
+        match res.outcome:
+            case BindOutcome.BOUND | BindOutcome.ALREADY_BOUND_HERE:
+                assert res.card is not None
+                if res.outcome is BindOutcome.BOUND:
+                    tx.append_audit(
+                        principal.actor,
+                        "card.bind",
+                        f"card:{card.id}",
+                        detail(account=acct.external_id, transferred=transferred),
+                    )
+                return BindReceipt(
+                    self.view(res.card, now), res.outcome is BindOutcome.ALREADY_BOUND_HERE, transferred
+                )
+            case BindOutcome.ALREADY_BOUND:
+                return CardAlreadyBound()
+            case BindOutcome.FROZEN:
+                return CardFrozen()
+            case BindOutcome.VOID:
+                return CardVoid()
+            case BindOutcome.EXPIRED:
+                return CardExpired()
+            case _:
+                return CardNotFound()
+
+    def _find(self, tx: UnitOfWork, code: object, serial: str | None) -> Card | DomainError:
+        """The card the typed code names, or the guess-type failure it is."""
+        ctx = self._ctx
+        if not isinstance(code, str) or len(code.encode("utf-8", "surrogatepass")) > _MAX_INPUT:
+            return MalformedCode(violations=(FieldViolation("code", "not a code"),))
+        status, canon = Status.EMPTY, b""
+        lengths = self._code_lengths(tx, serial)
+        for length in lengths:
+            try:
+                raw_status, canon = ctx.kernel.check_one(code, length)
+            except KernelError:
+                return MalformedCode(violations=(FieldViolation("code", "not a code"),))
+            status = Status(raw_status)
+            if status is not Status.BAD_LENGTH:
+                break
+        if status.malformed:
+            return MalformedCode(violations=(FieldViolation("code", _MALFORMED.get(status, "malformed")),))
+        if status is Status.BAD_CHECK:
+            corr = ctx.index.correct_many([code], ctx.keyring.digest_key, len(canon))[0]
+            one = corr.suggestion if corr.status is CorrectionStatus.CORRECTED else None
+            return BadCheck(display(one) if one else None)
+        card = tx.get_card_by_digest(ctx.kernel.digest_one(canon, ctx.keyring.digest_key))
+        if card is None or (serial is not None and card.serial != serial):
+            return CardNotFound()
+        return card
+
+    def _failed(
+        self, tx: UnitOfWork, acct: Account, serial: str | None, error: DomainError, now: datetime
+    ) -> DomainError:
+        cfg = self._ctx.config
+        # Count against both subjects before deciding, so neither counter misses a guess.
+        n_acct, acct_until = tx.record_attempt(AttemptKind.ACCOUNT, str(acct.id), cfg.account_lock_seconds)
+        n_card, card_until = (
+            tx.record_attempt(AttemptKind.CARD, serial, cfg.card_lock_seconds)
+            if serial is not None
+            else (0, now)
+        )
+        if n_acct >= cfg.account_failures:
+            return AccountLocked(retry_after=(acct_until - now).total_seconds())
+        if n_card >= cfg.card_failures:
+            return CardLocked(retry_after=(card_until - now).total_seconds())
+        return error
+
+    def unbind(self, principal: Principal, serial: str, *, account: str | None = None) -> CardView:
+        require(principal, _BINDERS)
+
+        def work(tx: UnitOfWork) -> tuple[Card, datetime]:
+            acct = resolve_account(tx, principal, account)
+            card = tx.get_card_by_serial(serial) if isinstance(serial, str) and len(serial) <= 64 else None
+            if card is None:
+                raise CardNotFound()
+            res = tx.unbind_card(card.id, acct.id)
+            if res.outcome is not BindOutcome.BOUND or res.card is None:
+                raise CardNotFound()
+            tx.append_audit(
+                principal.actor, "card.unbind", f"card:{card.id}", detail(account=acct.external_id)
+            )
+            return res.card, tx.now()
+
+        card, now = self._ctx.run(work)
+        return self.view(card, now)

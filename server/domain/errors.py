@@ -1,0 +1,285 @@
+"""Domain errors: plain Python, no grpc. The API layer maps ``kind`` to a status code,
+``reason`` to ``google.rpc.ErrorInfo``, ``violations`` to ``BadRequest`` and
+``retry_after`` to ``RetryInfo`` (docs/domain-api.md has the table)."""
+
+# The classes are named after the outcome they report (CardFrozen, not CardFrozenError),
+# as python-api-core names its exceptions after status codes; the API contract uses them.
+# ruff: noqa: N818
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+__all__ = [
+    "ALL_ERRORS",
+    "AccountLocked",
+    "BadCheck",
+    "CardAlreadyBound",
+    "CardExpired",
+    "CardFrozen",
+    "CardLocked",
+    "CardNotFound",
+    "CardVoid",
+    "Contention",
+    "CurrencyMismatch",
+    "DomainError",
+    "ErrorKind",
+    "ExportNeedsAdmin",
+    "FieldViolation",
+    "IdempotencyKeyReused",
+    "InsufficientFunds",
+    "InvalidArgument",
+    "KeyringError",
+    "LotNotFound",
+    "LotNotReady",
+    "LotVoid",
+    "MalformedCode",
+    "NotReversible",
+    "PermissionDenied",
+    "ProductExists",
+    "ProductNotFound",
+    "TransactionNotFound",
+    "TransferLimitReached",
+    "Unauthenticated",
+]
+
+
+class ErrorKind(enum.StrEnum):
+    """gRPC status names, spelled out so the domain never imports grpc."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    ABORTED = "ABORTED"
+    INTERNAL = "INTERNAL"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class KeyringError(Exception):
+    """Key material is missing, malformed or exposed; a startup failure, not a call's answer."""
+
+
+class DomainError(Exception):
+    kind: ClassVar[ErrorKind] = ErrorKind.INTERNAL
+    reason: ClassVar[str] = "INTERNAL"
+    default_message: ClassVar[str] = "internal error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        violations: tuple[FieldViolation, ...] = (),
+        retry_after: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+        self.violations = violations
+        self.retry_after = retry_after
+        self.metadata: Mapping[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(DomainError):
+    kind, reason, default_message = ErrorKind.INVALID_ARGUMENT, "INVALID_ARGUMENT", "invalid argument"
+
+    @classmethod
+    def of(cls, field: str, description: str) -> InvalidArgument:
+        return cls(f"{field}: {description}", violations=(FieldViolation(field, description),))
+
+
+class MalformedCode(DomainError):
+    kind, reason, default_message = ErrorKind.INVALID_ARGUMENT, "CODE_MALFORMED", "the code is malformed"
+
+
+class BadCheck(DomainError):
+    kind, reason = ErrorKind.INVALID_ARGUMENT, "CODE_BAD_CHECK"
+    default_message = "the code has a typo (its check character does not match)"
+
+    def __init__(self, suggestion: str | None = None) -> None:
+        desc = "check character does not match" + (f"; did you mean {suggestion}?" if suggestion else "")
+        super().__init__(
+            violations=(FieldViolation("code", desc),),
+            metadata={"suggestion": suggestion} if suggestion else None,
+        )
+        self.suggestion = suggestion
+
+
+class Unauthenticated(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.UNAUTHENTICATED,
+        "UNAUTHENTICATED",
+        "a valid 'authorization: Bearer <token>' is required",
+    )
+
+
+class PermissionDenied(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.PERMISSION_DENIED,
+        "PERMISSION_DENIED",
+        "not allowed for this role",
+    )
+
+
+class ExportNeedsAdmin(PermissionDenied):
+    reason = "EXPORT_NEEDS_ADMIN"
+    default_message = "this lot was exported once; a later export needs the admin role"
+
+
+class ProductNotFound(DomainError):
+    kind, reason, default_message = ErrorKind.NOT_FOUND, "PRODUCT_NOT_FOUND", "no such product"
+
+
+class ProductExists(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.ALREADY_EXISTS,
+        "PRODUCT_EXISTS",
+        "a product with this sku exists",
+    )
+
+
+class LotNotFound(DomainError):
+    kind, reason, default_message = ErrorKind.NOT_FOUND, "LOT_NOT_FOUND", "no such lot"
+
+
+class LotNotReady(DomainError):
+    kind, reason, default_message = ErrorKind.FAILED_PRECONDITION, "LOT_NOT_READY", "the lot is still minting"
+
+
+class LotVoid(DomainError):
+    kind, reason, default_message = ErrorKind.FAILED_PRECONDITION, "LOT_VOID", "the lot is void"
+
+
+class CardNotFound(DomainError):
+    kind, reason = ErrorKind.NOT_FOUND, "CARD_NOT_FOUND"
+    # One message for "no such code", "wrong card number" and "not yours": the answer must
+    # not tell a guesser which of those it was.
+    default_message = "card number or password does not match"
+
+
+class CardAlreadyBound(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.ALREADY_EXISTS,
+        "CARD_ALREADY_BOUND",
+        "the card is bound to another account",
+    )
+
+
+class CardFrozen(DomainError):
+    kind, reason, default_message = ErrorKind.FAILED_PRECONDITION, "CARD_FROZEN", "the card is frozen"
+
+
+class CardExpired(DomainError):
+    kind, reason, default_message = ErrorKind.FAILED_PRECONDITION, "CARD_EXPIRED", "the card has expired"
+
+
+class CardVoid(DomainError):
+    kind, reason, default_message = ErrorKind.FAILED_PRECONDITION, "CARD_VOID", "the card is void"
+
+
+class TransferLimitReached(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "TRANSFER_LIMIT_REACHED",
+        "this account has bound its yearly number of transferred cards",
+    )
+
+
+class CardLocked(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.RESOURCE_EXHAUSTED,
+        "CARD_LOCKED",
+        "too many failed attempts on this card; try again later",
+    )
+
+
+class AccountLocked(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.RESOURCE_EXHAUSTED,
+        "ACCOUNT_LOCKED",
+        "too many failed attempts on this account; try again later",
+    )
+
+
+class InsufficientFunds(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "INSUFFICIENT_FUNDS",
+        "insufficient balance",
+    )
+
+
+class CurrencyMismatch(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "CURRENCY_MISMATCH",
+        "the card holds another currency",
+    )
+
+
+class TransactionNotFound(DomainError):
+    kind, reason, default_message = ErrorKind.NOT_FOUND, "TRANSACTION_NOT_FOUND", "no such transaction"
+
+
+class NotReversible(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "NOT_REVERSIBLE",
+        "not a redemption, or more than is left of it",
+    )
+
+
+class IdempotencyKeyReused(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "IDEMPOTENCY_KEY_REUSED",
+        "this request id was used before with different parameters",
+    )
+
+
+class Contention(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.ABORTED,
+        "CONTENTION",
+        "the database aborted the transaction under contention; retry",
+    )
+
+
+ALL_ERRORS: tuple[type[DomainError], ...] = (
+    InvalidArgument,
+    MalformedCode,
+    BadCheck,
+    Unauthenticated,
+    PermissionDenied,
+    ExportNeedsAdmin,
+    ProductNotFound,
+    ProductExists,
+    LotNotFound,
+    LotNotReady,
+    LotVoid,
+    CardNotFound,
+    CardAlreadyBound,
+    CardFrozen,
+    CardExpired,
+    CardVoid,
+    TransferLimitReached,
+    CardLocked,
+    AccountLocked,
+    InsufficientFunds,
+    CurrencyMismatch,
+    TransactionNotFound,
+    NotReversible,
+    IdempotencyKeyReused,
+    Contention,
+)

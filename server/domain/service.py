@@ -1,0 +1,61 @@
+"""``Domain``: one object per process holding every service, for the API layer to call."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cardmint.kernel import Kernel, get_kernel
+from cardmint.server.storage import Storage, UnitOfWork
+
+from ._context import Context, DomainConfig
+from .auth import AuthService
+from .balances import BalanceService
+from .cards import CardService
+from .catalog import CatalogService
+from .issued_index import IssuedIndex
+from .keyring import Keyring
+from .keys import KeyService
+from .lots import LotService
+
+__all__ = ["Domain"]
+
+
+class Domain:
+    """Every service over one storage, one keyring and one in-memory issued-codes index.
+
+    Thread-safe: the services hold no per-call state, storage hands out a transaction per
+    call, and the index guards itself.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        keyring: Keyring,
+        *,
+        kernel: Kernel | None = None,
+        config: DomainConfig | None = None,
+    ) -> None:
+        k = kernel or get_kernel()
+        self.storage = storage
+        self.keyring = keyring
+        self.kernel = k
+        self.config = config or DomainConfig()
+        self.index = IssuedIndex(storage, k)
+        ctx = Context(storage, keyring, k, self.config, self.index)
+        self.auth = AuthService(storage)
+        self.keys = KeyService(ctx)
+        self.catalog = CatalogService(ctx)
+        self.lots = LotService(ctx)
+        self.cards = CardService(ctx)
+        self.balances = BalanceService(ctx, self.cards)
+
+    def refresh_index(self) -> None:
+        self.index.refresh()
+
+    def abandon_stale_lots(self, older_than_seconds: int = 3600) -> list[int]:
+        """Void lots a dead process left ``minting`` (run on start and now and then)."""
+
+        def work(tx: UnitOfWork) -> list[int]:
+            return tx.abandon_stale_lots(tx.now() - timedelta(seconds=older_than_seconds))
+
+        return self.storage.run(work)

@@ -1,0 +1,140 @@
+"""Catalog validation, tokens and roles, key files, and the error table."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cardmint.server.domain import (
+    ALL_ERRORS,
+    Delivery,
+    Domain,
+    ErrorKind,
+    InvalidArgument,
+    Keyring,
+    KeyringError,
+    PermissionDenied,
+    ProductExists,
+    ProductNotFound,
+    Role,
+    Unauthenticated,
+)
+from cardmint.server.domain.auth import hash_token
+from hypothesis import given
+from hypothesis import strategies as st
+
+from .conftest import Callers
+
+
+def test_error_table_is_complete_and_consistent() -> None:
+    reasons = [cls.reason for cls in ALL_ERRORS]
+    assert len(reasons) == len(set(reasons))
+    for cls in ALL_ERRORS:
+        err = cls()
+        assert isinstance(err.kind, ErrorKind) and err.kind is not ErrorKind.INTERNAL
+        assert err.reason.isupper() and err.message
+        if err.kind is ErrorKind.RESOURCE_EXHAUSTED:
+            assert cls(retry_after=5.0).retry_after == 5.0
+    # The domain never imports grpc (the API layer owns the mapping): check in a fresh process.
+    probe = "import sys, cardmint.server.domain; print([m for m in sys.modules if m.split('.')[0] == 'grpc'])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_create_product_and_violations(domain: Domain, who: Callers) -> None:
+    p = domain.catalog.create_product(
+        who.operator, sku="R-1", name="Range card", currency="USD", amount_range=(1, 5000), delivery="manual"
+    )
+    assert p.amount_range == (1, 5000) and p.delivery is Delivery.REVIEW and p.validity_days is None
+    assert domain.catalog.get_product(who.alice, "R-1") == p
+    assert [x.sku for x in domain.catalog.list_products(who.merchant)] == ["R-1"]
+    with pytest.raises(ProductExists):
+        domain.catalog.create_product(who.admin, sku="R-1", name="x", currency="USD", denominations=(1,))
+    with pytest.raises(ProductNotFound):
+        domain.catalog.get_product(who.alice, "R-2")
+    with pytest.raises(PermissionDenied):
+        domain.catalog.create_product(who.merchant, sku="M", name="x", currency="USD", denominations=(1,))
+    with pytest.raises(InvalidArgument) as bad:
+        domain.catalog.create_product(
+            who.admin,
+            sku="bad sku!",
+            name="",
+            currency="usd",
+            denominations=(100, 100),
+            validity_days=4000,
+            delivery="later",
+            code_length=40,
+        )
+    fields = {v.field for v in bad.value.violations}
+    assert fields == {"sku", "name", "currency", "denominations", "validity_days", "delivery", "code_length"}
+
+
+@given(lo=st.integers(-5, 10), hi=st.integers(-5, 10), flt=st.booleans())
+def test_amount_range_rules(lo: int, hi: int, flt: bool) -> None:
+    from cardmint.server.domain.catalog import validate_product
+
+    rng = (float(lo), hi) if flt else (lo, hi)
+    kw: dict[str, object] = {
+        "sku": "S",
+        "name": "n",
+        "currency": "EUR",
+        "denominations": (),
+        "validity_days": None,
+        "delivery": "auto",
+        "code_length": 16,
+    }
+    if not flt and 1 <= lo <= hi:
+        assert validate_product(amount_range=rng, **kw).amount_range == (lo, hi)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(InvalidArgument) as e:
+            validate_product(amount_range=rng, **kw)  # type: ignore[arg-type]
+        assert [v.field for v in e.value.violations] == ["amount_range"]
+
+
+def test_tokens(domain: Domain) -> None:
+    issued = domain.auth.create_token("merchant", label="shop")
+    who = domain.auth.authenticate(f"bearer {issued.token}")
+    assert who.role is Role.MERCHANT and who.account_id is None and who.actor == f"token:{issued.token_id}"
+    with domain.storage.read() as tx:
+        stored = tx.find_token(hash_token(issued.token))
+        assert stored is not None and issued.token.encode() not in stored.token_hash
+    for bad in (None, "", issued.token, f"Basic {issued.token}", "Bearer cm_nope", "Bearer " + "x" * 500):
+        with pytest.raises(Unauthenticated):
+            domain.auth.authenticate(bad)
+    admin = domain.auth.authenticate("Bearer " + domain.auth.create_token(Role.ADMIN).token)
+    with pytest.raises(PermissionDenied):
+        domain.auth.revoke_token(who, issued.token_id)
+    domain.auth.revoke_token(admin, issued.token_id)
+    with pytest.raises(Unauthenticated):
+        domain.auth.authenticate(f"Bearer {issued.token}")
+    with pytest.raises(InvalidArgument):
+        domain.auth.create_token(Role.CUSTOMER)
+    with pytest.raises(InvalidArgument):
+        domain.auth.create_token(Role.ADMIN, account="a")
+    with pytest.raises(InvalidArgument):
+        domain.auth.create_token("root")
+    cust = domain.auth.authenticate("Bearer " + domain.auth.create_token(Role.CUSTOMER, account="zoe").token)
+    assert cust.account == "zoe" and cust.account_id is not None
+
+
+def test_keyring_files(tmp_path: Path) -> None:
+    first = Keyring.load_or_create(tmp_path)
+    keys = tmp_path / "keys"
+    for f in keys.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+    second = Keyring.load_or_create(tmp_path)
+    assert second.digest_key == first.digest_key and second.seal_key == first.seal_key
+    assert first.digest_key.hex() not in repr(first)
+    os.chmod(keys / "digest.key", 0o644)
+    with pytest.raises(KeyringError):
+        Keyring.load_or_create(tmp_path)
+    os.chmod(keys / "digest.key", 0o600)
+    (keys / "seal-2.key").write_bytes(b"short")
+    os.chmod(keys / "seal-2.key", 0o600)
+    with pytest.raises(KeyringError):
+        Keyring.load_or_create(tmp_path)

@@ -1,0 +1,206 @@
+"""Lots (all or nothing, plaintext once, void) and the bulk check against issued codes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from cardmint.kernel import get_kernel
+from cardmint.server.domain import (
+    CheckStatus,
+    Domain,
+    ExportNeedsAdmin,
+    InvalidArgument,
+    LotNotFound,
+    LotStatus,
+    LotVoid,
+    PermissionDenied,
+    ProductNotFound,
+)
+from cardmint.server.storage import CardStatus, Storage
+
+from .conftest import Callers, FakeClock, MintedLot
+from .test_cards import _typo, _unknown
+
+
+def test_lot_mints_stores_and_reports_progress(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot]
+) -> None:
+    make_lot(1)  # creates the product
+    seen: list[tuple[int, int]] = []
+    lot = domain.lots.create_lot(
+        who.operator, sku="GC-500", count=20, face_value=1000, progress=lambda d, t: seen.append((d, t))
+    )
+    assert lot.status is LotStatus.COMPLETE and lot.count == 20 and lot.currency == "CNY"
+    assert seen == [(7, 20), (14, 20), (20, 20)]  # lot_chunk=7 in the fixture
+    assert domain.lots.get_lot(who.admin, lot.id) == lot
+    with pytest.raises(LotNotFound):
+        domain.lots.get_lot(who.admin, 10**6)
+    codes = [c for chunk in domain.lots.stream_lot(who.operator, lot.id) for c in chunk.codes]
+    assert len(codes) == len(set(codes)) == 20
+    assert all(get_kernel().check_one(c, 16)[0] == 0 for c in codes)
+    serials = [s for chunk in domain.lots.stream_lot(who.admin, lot.id) for s in chunk.serials]
+    assert len(set(serials)) == 20 and get_kernel().validate_serials([s.encode() for s in serials]).all()
+    with pytest.raises(InvalidArgument) as bad:
+        domain.lots.create_lot(who.operator, sku="GC-500", count=5, face_value=700)
+    assert bad.value.violations[0].field == "face_value"
+    with pytest.raises(ProductNotFound):
+        domain.lots.create_lot(who.operator, sku="nope", count=5, face_value=100)
+    with pytest.raises(PermissionDenied):
+        domain.lots.create_lot(who.merchant, sku="GC-500", count=5, face_value=100)
+
+
+def test_plaintext_once_then_admin_only_and_audited(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot]
+) -> None:
+    minted = make_lot(4)  # the fixture already streamed it once, as operator
+    with pytest.raises(ExportNeedsAdmin):
+        domain.lots.stream_lot(who.operator, minted.lot.id)
+    again = {
+        s: c
+        for ch in domain.lots.stream_lot(who.admin, minted.lot.id)
+        for s, c in zip(ch.serials, ch.codes, strict=True)
+    }
+    assert again == minted.cards
+    with domain.storage.read() as tx:
+        exports = [e for e in tx.audit_entries() if e.action == "lot.export"]
+    assert [e.detail for e in exports] == ['{"count": 4, "first": true}', '{"count": 4, "first": false}']
+    assert exports[1].actor == who.admin.actor
+    with pytest.raises(LotNotFound):
+        domain.lots.stream_lot(who.admin, 999)
+
+
+def test_lot_is_all_or_nothing(domain: Domain, who: Callers, make_lot: Callable[..., MintedLot]) -> None:
+    make_lot(1)
+
+    def boom(done: int, total: int) -> None:
+        if done >= 14:
+            raise RuntimeError("killed midway")
+
+    with pytest.raises(RuntimeError):
+        domain.lots.create_lot(who.operator, sku="GC-500", count=20, face_value=100, progress=boom)
+    lots = domain.lots.list_lots(who.admin, sku="GC-500")
+    failed = lots[-1]
+    assert failed.status is LotStatus.VOID
+    with domain.storage.read() as tx:
+        assert tx.count_lot_cards(failed.id) == 0
+    with pytest.raises(LotVoid):
+        domain.lots.stream_lot(who.admin, failed.id)
+
+
+def test_stale_minting_lots_are_swept(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot], storage: Storage, clock: FakeClock
+) -> None:
+    minted = make_lot(1)
+    with storage.transaction() as tx:  # what a process killed between the two steps leaves
+        stale = tx.create_lot(
+            minted.lot.product_id, 5, 100, serial_prefix="x", serial_start=1, created_by="t"
+        )
+    clock.advance(hours=2)
+    assert domain.abandon_stale_lots(3600) == [stale.id]
+
+
+def test_check_statuses(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot], storage: Storage, clock: FakeClock
+) -> None:
+    pairs = make_lot(6).pairs
+    stranger = get_kernel().generate(1).codes[0].decode()
+    with storage.transaction() as tx:
+        frozen = tx.get_card_by_serial(pairs[1][0])
+        void = tx.get_card_by_serial(pairs[2][0])
+        assert frozen is not None and void is not None
+        tx.set_card_status(frozen.id, CardStatus.FROZEN, only_from=[CardStatus.ACTIVE])
+        tx.set_card_status(void.id, CardStatus.VOID, only_from=[CardStatus.ACTIVE])
+    inputs = [
+        pairs[0][1],
+        pairs[1][1],
+        pairs[2][1],
+        _unknown(pairs[3][1]),
+        _typo(pairs[3][1]),
+        _typo(stranger),
+        "??",
+        "",
+    ]
+    got = domain.keys.check(who.merchant, inputs)
+    assert [r.status for r in got] == [
+        CheckStatus.OK,
+        CheckStatus.FROZEN,
+        CheckStatus.VOID,
+        CheckStatus.UNKNOWN,
+        CheckStatus.CORRECTED,
+        CheckStatus.BAD_CHECK,
+        CheckStatus.MALFORMED,
+        CheckStatus.MALFORMED,
+    ]
+    assert got[4].suggestion == pairs[3][1] and got[5].suggestion is None
+    assert got[0].normalized == pairs[0][1].replace("-", "")
+    clock.advance(days=400)
+    assert domain.keys.check(who.merchant, [pairs[0][1]])[0].status is CheckStatus.EXPIRED
+    with pytest.raises(PermissionDenied):
+        domain.keys.check(who.alice, inputs)
+
+
+def test_void_lot_leaves_the_index(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot], storage: Storage
+) -> None:
+    keep, gone = make_lot(3), make_lot(3)
+    # A second server process on the same database sees the void through the feed.
+    other = Domain(storage, domain.keyring)
+    assert len(other.index) == 6
+    domain.lots.void_lot(who.admin, gone.lot.id)
+    with pytest.raises(LotVoid):
+        domain.lots.void_lot(who.admin, gone.lot.id)
+    with pytest.raises(PermissionDenied):
+        domain.lots.void_lot(who.operator, keep.lot.id)
+    other.refresh_index()
+    assert len(other.index) == 3
+    typo = _typo(gone.pairs[0][1])
+    assert domain.keys.check(who.merchant, [typo])[0].status is CheckStatus.BAD_CHECK
+    third = make_lot(2)
+    other.refresh_index()
+    assert (
+        len(other.index) == 5
+        and other.keys.check(who.merchant, [third.pairs[0][1]])[0].status is CheckStatus.OK
+    )
+
+
+def test_generate(domain: Domain, who: Callers) -> None:
+    codes = domain.keys.generate(who.merchant, 50, length=12, group=4, prefix="AB")
+    assert len(set(codes)) == 50 and all(c.startswith("AB") and len(c) == 14 for c in codes)
+    assert {r.status for r in domain.keys.check(who.merchant, codes, length=12)} == {CheckStatus.UNKNOWN}
+    with pytest.raises(InvalidArgument):
+        domain.keys.generate(who.merchant, 0)
+    with pytest.raises(InvalidArgument):
+        domain.keys.generate(who.merchant, 5, prefix="I*")
+
+
+def test_no_plaintext_code_reaches_storage(
+    domain: Domain,
+    who: Callers,
+    make_lot: Callable[..., MintedLot],
+    backend: str,
+    storage_url: str,
+    tmp_path: Path,
+) -> None:
+    minted = make_lot(25)
+    serial, code = minted.pairs[0]
+    domain.cards.bind(who.alice, code)
+    domain.balances.redeem(who.merchant, serial=serial, amount=5, currency="CNY", request_id="x")
+    needles = [c.replace("-", "").encode() for c in minted.cards.values()]
+    needles += [c.encode() for c in minted.cards.values()]
+    if backend == "sqlite":
+        blobs = [p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("cardmint.db")]
+    else:
+        with psycopg.connect(storage_url.replace("postgresql://", "postgres://", 1)) as conn:
+            tables = [
+                r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            ]
+            blobs = [
+                "\n".join(str(r) for r in conn.execute(f'SELECT t::text FROM "{t}" t')).encode()
+                for t in tables
+            ]
+    joined = b"\n".join(blobs)
+    assert serial.encode() in joined  # the search does see what is stored in clear
+    assert not [n for n in needles if n in joined]

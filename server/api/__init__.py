@@ -1,1 +1,68 @@
-"""cardmint.server.api: the gRPC servicers (proto <-> domain), interceptors and wiring."""
+"""cardmint.server.api: the gRPC servicers (proto <-> domain), interceptors and wiring.
+
+Servicers only translate between proto messages and the domain's values and make one
+domain call each; the domain checks roles and rules. ``ErrorInterceptor`` maps domain
+errors to statuses, ``AuthInterceptor`` resolves the caller. ``cardmint.server.app`` builds
+the process around them.
+"""
+
+from __future__ import annotations
+
+import grpc
+from cardmint.server.domain import Domain
+from cardmint.v1 import (
+    balance_pb2,
+    balance_pb2_grpc,
+    card_pb2,
+    card_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+    lot_pb2,
+    lot_pb2_grpc,
+)
+
+from .auth import OPEN_SERVICES, AuthInterceptor, current_principal
+from .balances import BalanceServicer
+from .cards import CardServicer
+from .catalog import CatalogServicer
+from .errors import ErrorInterceptor, status_of
+from .keys import KeyServicer
+from .lots import LotServicer
+
+__all__ = [
+    "OPEN_SERVICES",
+    "SERVICE_NAMES",
+    "AuthInterceptor",
+    "ErrorInterceptor",
+    "add_services",
+    "current_principal",
+    "interceptors",
+    "status_of",
+]
+
+# Full names of the cardmint services, for reflection and health.
+SERVICE_NAMES: tuple[str, ...] = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (keys_pb2, "KeyService"),
+        (catalog_pb2, "CatalogService"),
+        (lot_pb2, "LotService"),
+        (card_pb2, "CardService"),
+        (balance_pb2, "BalanceService"),
+    )
+)
+
+
+def interceptors(domain: Domain) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
+    """Error mapping outermost, so a refused token is answered like every other error."""
+    return [ErrorInterceptor(), AuthInterceptor(domain.auth.authenticate)]
+
+
+def add_services(server: grpc.Server, domain: Domain) -> None:
+    keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(domain), server)
+    catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(domain), server)
+    lot_pb2_grpc.add_LotServiceServicer_to_server(LotServicer(domain), server)
+    card_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(domain), server)
+    balance_pb2_grpc.add_BalanceServiceServicer_to_server(BalanceServicer(domain), server)

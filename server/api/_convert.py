@@ -1,0 +1,84 @@
+"""Proto ↔ Python values shared by the servicers: times, money, packed strings, pages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from cardmint.server.domain.errors import InvalidArgument
+from cardmint.v1 import common_pb2
+from google.protobuf import timestamp_pb2
+
+# A packed chunk may not hold more than this many strings or bytes: bounds the memory one
+# request can make the server spend before the domain's own limits see it.
+MAX_PACKED_STRINGS = 1_000_000
+MAX_PACKED_BYTES = 64 << 20
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def money(amount: int, currency: str) -> common_pb2.Money:
+    return common_pb2.Money(minor_units=amount, currency=currency)
+
+
+def pack(strings: Sequence[str]) -> common_pb2.PackedStrings:
+    """Strings as one buffer; equal lengths (the common case: codes) need no length list.
+
+    All-empty strings (e.g. no suggestions at all) keep the length list: width 0 means
+    "lengths are listed", so it cannot also say "every string is empty".
+    """
+    encoded = [s.encode("utf-8") for s in strings]
+    widths = {len(e) for e in encoded}
+    data = b"".join(encoded)
+    if len(widths) == 1 and data:
+        return common_pb2.PackedStrings(data=data, width=widths.pop())
+    return common_pb2.PackedStrings(data=data, lengths=[len(e) for e in encoded])
+
+
+def unpack(packed: common_pb2.PackedStrings, field: str) -> list[bytes]:
+    """The strings of a request's ``PackedStrings``; inconsistent framing is INVALID_ARGUMENT."""
+    data = packed.data
+    if len(data) > MAX_PACKED_BYTES:
+        raise InvalidArgument.of(field, f"at most {MAX_PACKED_BYTES} bytes per chunk")
+    if packed.width:
+        if packed.lengths:
+            raise InvalidArgument.of(field, "give either width or lengths, not both")
+        if len(data) % packed.width:
+            raise InvalidArgument.of(field, "data length is not a multiple of width")
+        w = packed.width
+        count = len(data) // w
+        if count > MAX_PACKED_STRINGS:
+            raise InvalidArgument.of(field, f"at most {MAX_PACKED_STRINGS} strings per chunk")
+        return [data[i : i + w] for i in range(0, len(data), w)]
+    lengths = packed.lengths
+    if len(lengths) > MAX_PACKED_STRINGS:
+        raise InvalidArgument.of(field, f"at most {MAX_PACKED_STRINGS} strings per chunk")
+    if sum(lengths) != len(data):
+        raise InvalidArgument.of(field, "lengths do not add up to the data length")
+    out: list[bytes] = []
+    start = 0
+    for n in lengths:
+        out.append(data[start : start + n])
+        start += n
+    return out
+
+
+def page_size(page: common_pb2.PageRequest, maximum: int, default: int = 50) -> int:
+    size = page.page_size or default
+    return min(size, maximum)
+
+
+def page_cursor(page: common_pb2.PageRequest) -> int | None:
+    """The id a page token carries (tokens are ids in decimal; opaque to clients)."""
+    token = page.page_token
+    if not token:
+        return None
+    if not token.isascii() or not token.isdigit() or len(token) > 19:
+        raise InvalidArgument.of("page.page_token", "not a token this server issued")
+    return int(token)

@@ -1,0 +1,148 @@
+"""Domain errors → gRPC statuses, in one place, for every kind of handler.
+
+The domain raises plain exceptions that carry a ``kind`` (named after a gRPC status code),
+a ``reason``, field violations, a retry time and metadata (docs/domain-api.md). This module
+turns them into a ``google.rpc.Status`` with ``ErrorInfo`` (always), ``BadRequest`` (when
+there are violations) and ``RetryInfo`` (when a lock lifts at a known time), sent in the
+``grpc-status-details-bin`` trailer where ``grpc_status`` (and our client) read it.
+
+Anything else that escapes a handler is a server fault: logged with its traceback here and
+answered INTERNAL with no detail of its own, so a bug never leaks internals to a caller and
+no handler ever ends in grpc's default UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import grpc
+from cardmint.server.domain.errors import DomainError, ErrorKind
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status
+
+__all__ = ["DOMAIN", "KIND_TO_CODE", "ErrorInterceptor", "rewrap", "status_of"]
+
+log = logging.getLogger("cardmint.server.api")
+
+DOMAIN = "cardmint"
+
+# The domain names its kinds after gRPC codes; the table still spells each one out so that
+# a kind added there without a decision here fails the walk-every-error test, not a caller.
+KIND_TO_CODE: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    out = any_pb2.Any()
+    out.Pack(message)
+    return out
+
+
+def _code_number(code: grpc.StatusCode) -> int:
+    number: int = code.value[0]
+    return number
+
+
+def status_of(exc: BaseException) -> status_pb2.Status:
+    """The rich status a caller receives for ``exc``."""
+    if not isinstance(exc, DomainError):
+        info = error_details_pb2.ErrorInfo(reason="INTERNAL", domain=DOMAIN)
+        return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error", details=[_pack(info)])
+    code = KIND_TO_CODE[exc.kind]
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=dict(exc.metadata))
+    details = [_pack(info)]
+    if exc.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in exc.violations
+            ]
+        )
+        details.append(_pack(bad))
+    if exc.retry_after is not None:
+        # Rounded up: a client that waits exactly this long must find the lock gone.
+        wait = max(0, math.ceil(exc.retry_after))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=wait))))
+    return status_pb2.Status(code=_code_number(code), message=exc.message, details=details)
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    if not isinstance(exc, DomainError):
+        log.exception("internal error in a handler", exc_info=exc)
+    context.abort_with_status(rpc_status.to_status(status_of(exc)))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover - it always raises
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    unary: Callable[[Behavior], Behavior],
+    streaming: Callable[[Behavior], Behavior],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with its behavior wrapped: by ``unary`` when it answers one message, by
+    ``streaming`` when it answers a stream (then the wrapper must return an iterator)."""
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), des, ser)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), des, ser)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), des, ser)
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(streaming(handler.stream_stream), des, ser)
+    raise TypeError(f"method handler without a behavior: {handler!r}")
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Outermost interceptor: every exception a handler raises becomes a proper status.
+
+    Handlers (and the interceptors inside this one) signal failure by raising, never by
+    calling ``context.abort`` themselves: grpcio's abort raises a bare ``Exception`` that
+    would be indistinguishable here from a bug.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+            return None
+        return rewrap(handler, _guard_unary, _guard_streaming)
+
+
+def _guard_unary(behavior: Behavior) -> Behavior:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except Exception as exc:
+            _abort(context, exc)
+
+    return call
+
+
+def _guard_streaming(behavior: Behavior) -> Behavior:
+    def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        # Errors can come at any point of a stream, after messages were sent: the status
+        # then ends the stream that far.
+        try:
+            yield from behavior(request, context)
+        except Exception as exc:
+            _abort(context, exc)
+
+    return call

@@ -14,9 +14,9 @@ DEBS := gcc libc6-dev libssl-dev pkg-config postgresql
 
 .PHONY: run test setup system-deps venv install lint rust-check pytest bench-smoke bench bench-full vectors clean
 
-## run: set up, then run the main job (until the server lands: mint 10 codes)
+## run: set up, then run the main job: the gRPC server on SQLite under ./var, 127.0.0.1:50051
 run: setup
-	$(VENV)/bin/cardmint keys generate -n 10
+	$(VENV)/bin/cardmint serve
 
 ## test: set up, then run every check and test
 test: setup lint rust-check pytest bench-smoke
@@ -51,6 +51,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) kernel/tools/gen_normtable.py --check
+	$(PY) proto/generate.py --check
 	cd /tmp && $(abspath $(PY)) -m mypy --config-file $(CURDIR)/pyproject.toml -p cardmint.kernel -p cardmint.cli -p cardmint.server -p cardmint.client
 
 rust-check:

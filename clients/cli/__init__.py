@@ -3,6 +3,8 @@
     cardmint keys generate -n N [--length L] [--group G] [--prefix P] [--out FILE]
     cardmint keys check [--issued FILE] [--length L] [FILE|-]
     cardmint bench [--quick] [--json FILE]
+    cardmint serve [--db URL] [--listen ADDR]
+    cardmint token create --role ROLE [--db URL]
 
 Errors are one line on stderr naming the problem, exit status 2; never a traceback.
 """
@@ -54,7 +56,25 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     bench.add_argument("--json", help="also write the results as JSON to this file")
     bench.add_argument("--size", type=int, help=argparse.SUPPRESS)
+
+    from . import admin, serve
+
+    serve.add_parser(sub)
+    admin.add_parser(sub)
     return ap
+
+
+def _is_setup_error(e: Exception) -> bool:
+    """Storage and key-material errors, looked up only if the server modules were loaded
+    (the kernel commands never import them, and stay quick to start)."""
+    kinds = [
+        getattr(sys.modules.get(mod), name, None)
+        for mod, name in (
+            ("cardmint.server.storage.errors", "StorageError"),
+            ("cardmint.server.domain.errors", "KeyringError"),
+        )
+    ]
+    return any(isinstance(k, type) and isinstance(e, k) for k in kinds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .bench import run
 
             return run(args)
+        if args.command == "serve":
+            from .serve import run as run_serve
+
+            return run_serve(args)
+        if args.command == "token":  # its one subcommand, create, is required by the parser
+            from .admin import run as run_token
+
+            return run_token(args)
     except (UsageError, KernelError) as e:
         print(f"cardmint: {e}", file=sys.stderr)
         return 2
@@ -82,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # a bug: say so in one line; the traceback is for developers
+    except Exception as e:
+        if _is_setup_error(e):  # a bad --db, unreadable keys: the user's to fix
+            print(f"cardmint: {e}", file=sys.stderr)
+            return 2
+        # Anything else is a bug: say so in one line; the traceback is for developers.
         if os.environ.get("CARDMINT_DEBUG"):
             raise
         print(

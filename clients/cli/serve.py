@@ -1,0 +1,49 @@
+"""``cardmint serve``: run the gRPC server (cardmint.server.app) until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the gRPC server (SQLite under ./var by default)")
+    p.add_argument(
+        "--db",
+        help="database URL: postgresql://user@host:port/db or sqlite:///path (default: ./var/cardmint.db)",
+    )
+    p.add_argument(
+        "--listen", default="127.0.0.1:50051", help="address to listen on (default 127.0.0.1:50051)"
+    )
+    p.add_argument("--var", default="var", help="directory for the SQLite file and the keys (default ./var)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds to let in-flight calls finish on SIGTERM (default 30)",
+    )
+    p.add_argument("--workers", type=int, default=32, help="threads handling calls (default 32)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cardmint.server.app import serve
+
+    from . import UsageError
+
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.grace < 0:
+        raise UsageError("--grace must not be negative")
+    return serve(args.db, args.listen, Path(args.var), grace=args.grace, workers=args.workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cardmint.cli.serve`` (same options as ``cardmint serve``)."""
+    ap = argparse.ArgumentParser(prog="cardmint")
+    add_parser(ap.add_subparsers(dest="command", required=True))
+    return run(ap.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,27 +5,78 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
+import numpy.typing as npt
+from cardmint.kernel import Packed
 from cardmint.server.domain import CheckStatus, Domain
-from cardmint.v1 import keys_pb2, keys_pb2_grpc
+from cardmint.server.domain.errors import InvalidArgument
+from cardmint.server.domain.keys import STATUS_CODE
+from cardmint.v1 import common_pb2, keys_pb2, keys_pb2_grpc
 
-from ._convert import pack, unpack
+from ._convert import MAX_PACKED_BYTES, MAX_PACKED_STRINGS, pack
 from .auth import current_principal
 
 __all__ = ["KeyServicer"]
 
-# One byte per code on the wire; the values are the proto enum's.
-_STATUS_BYTE: dict[CheckStatus, int] = {
-    CheckStatus.OK: keys_pb2.CODE_STATUS_OK,
-    CheckStatus.UNKNOWN: keys_pb2.CODE_STATUS_UNKNOWN,
-    CheckStatus.CORRECTED: keys_pb2.CODE_STATUS_CORRECTED,
-    CheckStatus.BAD_CHECK: keys_pb2.CODE_STATUS_BAD_CHECK,
-    CheckStatus.MALFORMED: keys_pb2.CODE_STATUS_MALFORMED,
-    CheckStatus.FROZEN: keys_pb2.CODE_STATUS_FROZEN,
-    CheckStatus.EXPIRED: keys_pb2.CODE_STATUS_EXPIRED,
-    CheckStatus.VOID: keys_pb2.CODE_STATUS_VOID,
-}
+# The domain's status bytes are the proto's CodeStatus values, so they go on the wire as is.
+if any(STATUS_CODE[s] != keys_pb2.CodeStatus.Value(f"CODE_STATUS_{s.name}") for s in CheckStatus):
+    raise RuntimeError("domain STATUS_CODE and the proto's CodeStatus disagree")
 DEFAULT_GENERATE_CHUNK = 65_536
 MAX_GENERATE_CHUNK = 1 << 20
+
+
+_MALFORMED = STATUS_CODE[CheckStatus.MALFORMED]
+
+
+def _unpack_packed(packed: common_pb2.PackedStrings, field: str) -> Packed:
+    """A request's ``PackedStrings`` as the kernel's ``Packed``, without a Python object per string.
+
+    The same framing rules and limits as ``_convert.unpack``.
+    """
+    data = packed.data
+    if len(data) > MAX_PACKED_BYTES:
+        raise InvalidArgument.of(field, f"at most {MAX_PACKED_BYTES} bytes per chunk")
+    if packed.width:
+        if len(packed.lengths):
+            raise InvalidArgument.of(field, "give either width or lengths, not both")
+        w = packed.width
+        if len(data) % w:
+            raise InvalidArgument.of(field, "data length is not a multiple of width")
+        count = len(data) // w
+        if count > MAX_PACKED_STRINGS:
+            raise InvalidArgument.of(field, f"at most {MAX_PACKED_STRINGS} strings per chunk")
+        return Packed(data, np.arange(count + 1, dtype=np.int64) * w)
+    if len(packed.lengths) > MAX_PACKED_STRINGS:
+        raise InvalidArgument.of(field, f"at most {MAX_PACKED_STRINGS} strings per chunk")
+    lengths = np.array(packed.lengths, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] != len(data):
+        raise InvalidArgument.of(field, "lengths do not add up to the data length")
+    return Packed(data, offsets)
+
+
+def _pack_codes(codes: npt.NDArray[np.bytes_], present: npt.NDArray[np.bool_]) -> common_pb2.PackedStrings:
+    """Fixed-width codes, empty where ``present`` is False, as ``PackedStrings`` (cf. ``_convert.pack``)."""
+    width = codes.dtype.itemsize
+    if len(codes) and bool(present.all()):
+        return common_pb2.PackedStrings(data=codes.tobytes(), width=width)
+    data = codes[present].tobytes()
+    lengths = np.where(present, width, 0).astype(np.uint32)
+    return common_pb2.PackedStrings(data=data, lengths=lengths.tolist())
+
+
+def _pack_suggestions(count: int, suggestions: dict[int, str]) -> common_pb2.PackedStrings:
+    """``count`` strings, empty except at the rows of ``suggestions``."""
+    lengths = np.zeros(count, dtype=np.uint32)
+    parts = []
+    for i in sorted(suggestions):
+        encoded = suggestions[i].encode("utf-8")
+        lengths[i] = len(encoded)
+        parts.append(encoded)
+    if count and len(suggestions) == count and len(set(lengths.tolist())) == 1:
+        return common_pb2.PackedStrings(data=b"".join(parts), width=int(lengths[0]))
+    return common_pb2.PackedStrings(data=b"".join(parts), lengths=lengths.tolist())
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
@@ -40,11 +91,13 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         for request in request_iterator:
             if length is None:  # the first chunk sets the length for the whole stream
                 length = request.length or 16
-            results = self._keys.check(principal, unpack(request.codes, "codes"), length=length)
+            checked = self._keys.check_packed(
+                principal, _unpack_packed(request.codes, "codes"), length=length
+            )
             yield keys_pb2.CheckResponse(
-                status=bytes(_STATUS_BYTE[r.status] for r in results),
-                normalized=pack([r.normalized for r in results]),
-                suggestions=pack([r.suggestion or "" for r in results]),
+                status=checked.status.tobytes(),
+                normalized=_pack_codes(checked.normalized, checked.status != _MALFORMED),
+                suggestions=_pack_suggestions(len(checked), checked.suggestions),
             )
 
     def Generate(  # noqa: N802 - grpc's generated method names

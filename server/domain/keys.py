@@ -10,15 +10,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from cardmint.kernel import DEFAULT_GROUP, CorrectionStatus, KernelError, Status
-from cardmint.server.storage import CardStatus, Role
+import numpy.typing as npt
+from cardmint.kernel import DEFAULT_GROUP, CorrectionStatus, KernelError, Packed, Status
+from cardmint.server.storage import CardState, Role
 
 from ._context import Context, int_arg, require
 from .auth import Principal
 from .errors import InvalidArgument
 from .keyring import Keyring
 
-__all__ = ["CheckResult", "CheckStatus", "KeyService", "Keyring"]
+__all__ = ["STATUS_CODE", "CheckArrays", "CheckResult", "CheckStatus", "KeyService", "Keyring"]
 
 _KEY_ROLES = frozenset({Role.ADMIN, Role.OPERATOR, Role.MERCHANT})
 
@@ -49,6 +50,52 @@ def display(code: str, group: int = DEFAULT_GROUP) -> str:
     return "-".join(code[i : i + group] for i in range(0, len(code), group))
 
 
+# The byte each status travels as in ``CheckArrays.status`` (the proto's CodeStatus values).
+STATUS_CODE: dict[CheckStatus, int] = {
+    CheckStatus.OK: 1,
+    CheckStatus.UNKNOWN: 2,
+    CheckStatus.CORRECTED: 3,
+    CheckStatus.BAD_CHECK: 4,
+    CheckStatus.MALFORMED: 5,
+    CheckStatus.FROZEN: 6,
+    CheckStatus.EXPIRED: 7,
+    CheckStatus.VOID: 8,
+}
+_STATUS_OF_CODE = {code: status for status, code in STATUS_CODE.items()}
+# storage CardState byte -> CheckStatus byte, for codes the index says are issued.
+_FROM_STATE = np.zeros(256, dtype=np.uint8)
+_FROM_STATE[:] = STATUS_CODE[CheckStatus.UNKNOWN]
+_FROM_STATE[CardState.MISSING] = STATUS_CODE[CheckStatus.UNKNOWN]
+_FROM_STATE[CardState.ACTIVE] = STATUS_CODE[CheckStatus.OK]
+_FROM_STATE[CardState.FROZEN] = STATUS_CODE[CheckStatus.FROZEN]
+_FROM_STATE[CardState.VOID] = STATUS_CODE[CheckStatus.VOID]
+_FROM_STATE[CardState.EXPIRED] = STATUS_CODE[CheckStatus.EXPIRED]
+
+
+@dataclass(frozen=True)
+class CheckArrays:
+    """Verdicts on a batch as arrays, row i for input i.
+
+    ``status``: one ``STATUS_CODE`` byte per row. ``normalized``: canonical codes
+    (``S{length}``, all-NUL, i.e. b"", where malformed). ``suggestions``: row -> display-form
+    suggestion, only for CORRECTED rows.
+    """
+
+    status: npt.NDArray[np.uint8]
+    normalized: npt.NDArray[np.bytes_]
+    suggestions: dict[int, str]
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def results(self) -> list[CheckResult]:
+        """The same verdicts as one ``CheckResult`` per row."""
+        return [
+            CheckResult(code.decode("ascii"), _STATUS_OF_CODE[st], self.suggestions.get(i))
+            for i, (st, code) in enumerate(zip(self.status.tolist(), self.normalized.tolist(), strict=True))
+        ]
+
+
 class KeyService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -56,54 +103,71 @@ class KeyService:
     def check(
         self, principal: Principal, codes: Sequence[str | bytes], *, length: int = 16
     ) -> list[CheckResult]:
+        """``check_packed`` with one ``CheckResult`` per code (for callers holding few codes)."""
         require(principal, _KEY_ROLES)
         length = code_length_arg(length)
-        ctx = self._ctx
-        if len(codes) > ctx.config.max_check_batch:
-            raise InvalidArgument.of("codes", f"at most {ctx.config.max_check_batch} codes per call")
+        if len(codes) > self._ctx.config.max_check_batch:
+            raise InvalidArgument.of("codes", f"at most {self._ctx.config.max_check_batch} codes per call")
         if not codes:
             return []
         raws = [c.encode("utf-8", "surrogatepass") if isinstance(c, str) else bytes(c) for c in codes]
-        ctx.index.refresh()
-        checked = ctx.kernel.check(raws, length)
-        status = checked.status
-        results: list[CheckResult | None] = [None] * len(raws)
+        offsets = np.zeros(len(raws) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in raws], out=offsets[1:])
+        return self.check_packed(principal, Packed(b"".join(raws), offsets), length=length).results()
 
-        ok = np.flatnonzero(status == Status.OK)
+    def check_packed(self, principal: Principal, codes: Packed, *, length: int = 16) -> CheckArrays:
+        """Bulk check of raw codes packed in one buffer (``Packed``: data + n + 1 offsets).
+
+        Array work throughout: the kernel checks and digests every row, the issued index
+        looks the digests up, storage reports the state of the rows found in one query per
+        large chunk, and only bad-check rows go through typo correction one by one.
+        """
+        require(principal, _KEY_ROLES)
+        length = code_length_arg(length)
+        ctx = self._ctx
+        n = codes.rows
+        if n > ctx.config.max_check_batch:
+            raise InvalidArgument.of("codes", f"at most {ctx.config.max_check_batch} codes per call")
+        status = np.full(n, STATUS_CODE[CheckStatus.MALFORMED], dtype=np.uint8)
+        suggestions: dict[int, str] = {}
+        if n == 0:
+            return CheckArrays(status, np.zeros(0, dtype=f"S{length}"), suggestions)
+        ctx.index.refresh()
+        try:
+            checked = ctx.kernel.check(codes, length)
+        except KernelError as e:
+            raise InvalidArgument.of("codes", str(e)) from None
+        verdict = checked.status
+        normalized = checked.codes.copy()
+
+        ok = np.flatnonzero(verdict == Status.OK)
         if len(ok):
-            canon = checked.codes[ok]
-            digests = ctx.kernel.digest(canon, ctx.keyring.digest_key)
+            digests = ctx.kernel.digest(normalized[ok], ctx.keyring.digest_key)
             issued = ctx.index.lookup(digests)
+            status[ok] = STATUS_CODE[CheckStatus.UNKNOWN]
             hits = ok[issued]
-            for i in ok[~issued]:
-                results[i] = CheckResult(checked.codes[i].decode("ascii"), CheckStatus.UNKNOWN)
             if len(hits):
                 # The index says "issued"; the database is the truth for the card's state.
                 with ctx.storage.read() as tx:
-                    now = tx.now()
-                    for i, d in zip(hits.tolist(), digests[issued], strict=True):
-                        card = tx.get_card_by_digest(d.tobytes())
-                        code = checked.codes[i].decode("ascii")
-                        if card is None or card.status is CardStatus.VOID:
-                            st = CheckStatus.VOID if card is not None else CheckStatus.UNKNOWN
-                        elif card.status is CardStatus.FROZEN:
-                            st = CheckStatus.FROZEN
-                        elif card.expires_at is not None and card.expires_at <= now:
-                            st = CheckStatus.EXPIRED
-                        else:
-                            st = CheckStatus.OK
-                        results[i] = CheckResult(code, st)
+                    states = tx.card_states(digests[issued])
+                status[hits] = _FROM_STATE[states]
 
-        bad = np.flatnonzero(status == Status.BAD_CHECK).tolist()
-        if bad:
-            corrections = ctx.index.correct_many([raws[i] for i in bad], ctx.keyring.digest_key, length)
-            for i, corr in zip(bad, corrections, strict=True):
+        bad = np.flatnonzero(verdict == Status.BAD_CHECK)
+        if len(bad):
+            offsets = np.asarray(codes.offsets)
+            data = memoryview(codes.data).cast("B")
+            raws: list[str | bytes] = [bytes(data[offsets[i] : offsets[i + 1]]) for i in bad.tolist()]
+            corrections = ctx.index.correct_many(raws, ctx.keyring.digest_key, length)
+            for i, corr in zip(bad.tolist(), corrections, strict=True):
+                normalized[i] = corr.normalized.encode("ascii")
                 if corr.status is CorrectionStatus.CORRECTED and corr.suggestion is not None:
-                    results[i] = CheckResult(corr.normalized, CheckStatus.CORRECTED, display(corr.suggestion))
+                    status[i] = STATUS_CODE[CheckStatus.CORRECTED]
+                    suggestions[i] = display(corr.suggestion)
                 else:
-                    results[i] = CheckResult(corr.normalized, CheckStatus.BAD_CHECK)
+                    status[i] = STATUS_CODE[CheckStatus.BAD_CHECK]
 
-        return [r if r is not None else CheckResult("", CheckStatus.MALFORMED) for r in results]
+        normalized[status == STATUS_CODE[CheckStatus.MALFORMED]] = b""
+        return CheckArrays(status, normalized, suggestions)
 
     def generate(
         self,

@@ -13,6 +13,9 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
 from .models import (
     Account,
     AttemptKind,
@@ -79,6 +82,7 @@ class UnitOfWork(Protocol):
     def get_card(self, card_id: int) -> Card | None: ...
     def get_card_by_digest(self, digest: bytes) -> Card | None: ...
     def get_card_by_serial(self, serial: str) -> Card | None: ...
+    def card_states(self, digests: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]: ...
     def account_cards(self, account_id: int) -> list[Card]: ...
     def set_card_status(
         self, card_id: int, status: CardStatus, *, only_from: Iterable[CardStatus]

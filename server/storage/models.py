@@ -52,6 +52,19 @@ class CardStatus(enum.StrEnum):
     VOID = "void"
 
 
+class CardState(enum.IntEnum):
+    """A card's state as ``card_states`` reports it, one byte per digest.
+
+    Precedence when several apply: void, then frozen, then expired.
+    """
+
+    MISSING = 0  # no card has this digest
+    ACTIVE = 1  # active and not expired
+    FROZEN = 2
+    VOID = 3
+    EXPIRED = 4  # active, but its expiry has passed (by the storage's clock)
+
+
 class LedgerKind(enum.StrEnum):
     REDEEM = "redeem"
     REVERSE = "reverse"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
-from cardmint.kernel import get_kernel
+from cardmint.kernel import Packed, get_kernel
 from cardmint.server.domain import (
     CheckStatus,
     Domain,
@@ -19,6 +20,7 @@ from cardmint.server.domain import (
     PermissionDenied,
     ProductNotFound,
 )
+from cardmint.server.domain.keys import STATUS_CODE
 from cardmint.server.storage import CardStatus, Storage
 
 from .conftest import Callers, FakeClock, MintedLot
@@ -204,3 +206,54 @@ def test_no_plaintext_code_reaches_storage(
     joined = b"\n".join(blobs)
     assert serial.encode() in joined  # the search does see what is stored in clear
     assert not [n for n in needles if n in joined]
+
+
+def test_check_packed_is_the_same_check_as_arrays(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot], storage: Storage, clock: FakeClock
+) -> None:
+    pairs = make_lot(6).pairs
+    stranger = get_kernel().generate(1).codes[0].decode()
+    with storage.transaction() as tx:
+        frozen = tx.get_card_by_serial(pairs[1][0])
+        assert frozen is not None
+        tx.set_card_status(frozen.id, CardStatus.FROZEN, only_from=[CardStatus.ACTIVE])
+    inputs = [
+        pairs[0][1].lower(),
+        pairs[1][1],
+        "",
+        _typo(pairs[3][1]),
+        _unknown(pairs[4][1]),
+        _typo(stranger),
+        "\uff21" * 3,
+        pairs[0][1].replace("-", " "),
+    ]
+    packed = Packed.lines("\n".join(inputs).encode() + b"\n")
+    got = domain.keys.check_packed(who.merchant, packed)
+    assert got.status.dtype == np.uint8 and got.normalized.dtype == np.dtype("S16")
+    assert got.results() == domain.keys.check(who.merchant, inputs)
+    assert got.status.tolist() == [
+        STATUS_CODE[s]
+        for s in (
+            CheckStatus.OK,
+            CheckStatus.FROZEN,
+            CheckStatus.MALFORMED,
+            CheckStatus.CORRECTED,
+            CheckStatus.UNKNOWN,
+            CheckStatus.BAD_CHECK,
+            CheckStatus.MALFORMED,
+            CheckStatus.OK,
+        )
+    ]
+    assert got.suggestions == {3: pairs[3][1]}
+    assert got.normalized[2] == b"" and got.normalized[6] == b""
+    assert got.normalized[0] == got.normalized[7] == pairs[0][1].replace("-", "").encode()
+    clock.advance(days=400)  # frozen outranks expired
+    late = domain.keys.check_packed(who.merchant, packed)
+    expired, frozen_ = STATUS_CODE[CheckStatus.EXPIRED], STATUS_CODE[CheckStatus.FROZEN]
+    assert [late.status[i] for i in (0, 1, 7)] == [expired, frozen_, expired]
+    empty = domain.keys.check_packed(who.merchant, Packed(b"", np.zeros(1, np.int64)))
+    assert len(empty) == 0 and empty.results() == []
+    with pytest.raises(PermissionDenied):
+        domain.keys.check_packed(who.alice, packed)
+    with pytest.raises(InvalidArgument):
+        domain.keys.check_packed(who.merchant, packed, length=3)

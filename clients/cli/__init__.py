@@ -2,11 +2,27 @@
 
     cardmint keys generate -n N [--length L] [--group G] [--prefix P] [--out FILE]
     cardmint keys check [--issued FILE] [--length L] [FILE|-]
-    cardmint bench [--quick] [--json FILE]
+    cardmint bench [--quick] [--json FILE] [--server [--pg DSN]]
     cardmint serve [--db URL] [--listen ADDR]
     cardmint token create --role ROLE [--db URL]
 
-Errors are one line on stderr naming the problem, exit status 2; never a traceback.
+Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
+127.0.0.1:50051, and --token T, default $CARDMINT_TOKEN; amounts in major units):
+
+    cardmint product create --sku SKU --name N --currency CUR (--denominations 100,200 | --min 1 --max 500)
+                            [--validity-days D] [--delivery auto|manual]
+    cardmint product list
+    cardmint lot create --product SKU -n N --out lot.csv|lot.xlsx [--face-value V]
+    cardmint lot export --lot ID --out lot.csv|lot.xlsx
+    cardmint card bind --code CODE [--account A]
+    cardmint card get --serial S
+    cardmint balance [--card SERIAL | --account A]
+    cardmint redeem --card SERIAL --amount N [--request-id ID]
+    cardmint reverse --transaction ID --amount N --currency CUR [--request-id ID]
+
+Errors are one line on stderr naming the problem, exit status 2; never a traceback. A call
+the server refused on business grounds (not found, already bound, insufficient funds,
+locked, ...) exits 1.
 """
 
 from __future__ import annotations
@@ -56,11 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     bench.add_argument("--json", help="also write the results as JSON to this file")
     bench.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    bench.add_argument(
+        "--server", action="store_true", help="the gRPC server vs a bare echo server (in-process, 127.0.0.1)"
+    )
+    bench.add_argument("--pg", metavar="DSN", help="with --server: also bench on this PostgreSQL database")
 
-    from . import admin, serve
+    from . import admin, card, lot, product, serve
 
     serve.add_parser(sub)
     admin.add_parser(sub)
+    product.add_parser(sub)
+    lot.add_parser(sub)
+    card.add_parser(sub)
     return ap
 
 
@@ -90,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .keys import check
 
             return check(args)
+        if args.command == "bench" and args.server:
+            from .bench_server import run as run_bench_server
+
+            return run_bench_server(args)
         if args.command == "bench":
             from .bench import run
 
@@ -102,6 +129,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .admin import run as run_token
 
             return run_token(args)
+        if args.command == "product":
+            from .product import run as run_product
+
+            return run_product(args)
+        if args.command == "lot":
+            from .lot import run as run_lot
+
+            return run_lot(args)
+        if args.command in ("card", "balance", "redeem", "reverse"):
+            from .card import run as run_card
+
+            return run_card(args)
     except (UsageError, KernelError) as e:
         print(f"cardmint: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,497 @@
+"""`cardmint bench --server`: the gRPC server against a bare grpcio echo server, in one run.
+
+Everything runs in this process on 127.0.0.1: an echo server (one trivial unary method, bytes
+in and out, no protobuf) as the baseline, and a cardmint server on SQLite in a temporary
+directory (and on PostgreSQL when ``--pg DSN`` is given). Unary rows are measured with many
+concurrent client threads over a few channels; 'x echo' is a row's calls/s over the echo
+server's calls/s measured in the same run with the same client layout.
+
+The issue's targets (2 cores): Bind and Redeem with 64 clients >= 50% of echo calls/s and
+p99 <= 25 ms; bulk Check >= 2M codes/s; a lot of 10^6 minted, stored and exported <= 20 s;
+redeem race: 64 clients, 10,000 attempts on one card spend exactly its balance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+
+from .bench import Row, _median, table
+
+CURRENCY = "CNY"
+FACE = 10_000_000  # minor units on the unary cards: never runs out at one unit a call
+ECHO_METHOD = "/cardmint.bench.Echo/Echo"
+
+
+@dataclass(frozen=True)
+class ServerSizes:
+    calls: int  # unary calls per row
+    threads: int  # concurrent clients
+    channels: int  # channels the clients share
+    lot: int  # codes minted, stored and exported
+    check: int  # codes in the bulk Check
+    race: int  # redeem attempts on one card
+    limit_s: float  # every concurrent phase stops after this long, done or not
+    repeats: int
+
+
+FULL = ServerSizes(10_000, 64, 4, 1_000_000, 1_000_000, 10_000, 120.0, 1)
+QUICK = ServerSizes(1_000, 64, 4, 100_000, 100_000, 1_000, 60.0, 1)
+TINY = ServerSizes(64, 8, 2, 300, 1_000, 100, 30.0, 1)
+
+
+@dataclass
+class ServerRow(Row):
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a concurrent phase did: calls finished (ok or refused), wall time, latencies."""
+
+    done: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def run_concurrent(call: Callable[[int, int], object], total: int, threads: int, limit_s: float) -> Load:
+    """``call(thread, i)`` for i in 0..total-1 spread over ``threads`` threads, all started
+    together; a thread stops early once ``limit_s`` has passed. An exception counts as a
+    finished (refused) call; the caller's ``call`` handles the refusals it expects."""
+    threads = max(1, min(threads, total))
+    per = [total // threads + (1 if t < total % threads else 0) for t in range(threads)]
+    first = [sum(per[:t]) for t in range(threads)]
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+    go = threading.Barrier(threads + 1)
+    deadline = [0.0]
+
+    def worker(t: int) -> None:
+        go.wait()
+        lat = latencies[t]
+        for i in range(first[t], first[t] + per[t]):
+            if time.perf_counter() > deadline[0]:
+                break
+            s = time.perf_counter()
+            try:
+                call(t, i)
+            except Exception:  # counted; the phase goes on
+                errors[t] += 1
+            lat.append(time.perf_counter() - s)
+
+    pool = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
+    for th in pool:
+        th.start()
+    deadline[0] = time.perf_counter() + limit_s
+    started = time.perf_counter()
+    go.wait()
+    for th in pool:
+        th.join(timeout=limit_s + 60)
+    seconds = time.perf_counter() - started
+    flat = sorted(x for lat in latencies for x in lat)
+    return Load(len(flat), sum(errors), seconds, _percentile(flat, 0.5) * 1e3, _percentile(flat, 0.99) * 1e3)
+
+
+# -- the echo baseline ----------------------------------------------------------------------
+
+
+def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+@contextmanager
+def echo_server(workers: int = 32) -> Iterator[str]:
+    """A bare grpcio server with one unary bytes-in/bytes-out method; yields its address."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="echo"))
+    handler = grpc.method_handlers_generic_handler(
+        "cardmint.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0).wait()
+
+
+@contextmanager
+def channels(addr: str, n: int) -> Iterator[list[grpc.Channel]]:
+    opened = [grpc.insecure_channel(addr) for _ in range(max(1, n))]
+    try:
+        for ch in opened:
+            grpc.channel_ready_future(ch).result(timeout=10)
+        yield opened
+    finally:
+        for ch in opened:
+            ch.close()
+
+
+def measure_echo(addr: str, sizes: ServerSizes) -> Load:
+    with channels(addr, sizes.channels) as chans:
+        stubs = [ch.unary_unary(ECHO_METHOD, None, None) for ch in chans]  # bytes as they are
+        payload = b"x" * 32
+        for s in stubs:  # warm up
+            s(payload, timeout=10)
+        return run_concurrent(
+            lambda t, i: stubs[t % len(stubs)](payload, timeout=10), sizes.calls, sizes.threads, sizes.limit_s
+        )
+
+
+# -- the cardmint server --------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """A started server with a product, a lot and its export, and an admin token."""
+
+    addr: str
+    token: str
+    rows: list[tuple[str, str]]  # (serial, code) of the lot
+    lot_seconds: float
+
+
+@contextmanager
+def cardmint_server(db_url: str | None, var_dir: Path, workers: int = 32) -> Iterator[tuple[str, str]]:
+    """An in-process cardmint server on 127.0.0.1; yields (address, admin token)."""
+    from cardmint.server.app import start
+
+    running = start(db_url, "127.0.0.1:0", var_dir, workers=workers)
+    try:
+        token = running.domain.auth.create_token("admin", label="bench").token
+        yield f"127.0.0.1:{running.port}", token
+    finally:
+        running.stop(grace=0)
+
+
+def make_lot(
+    addr: str, token: str, sku: str, count: int, face: int = FACE
+) -> tuple[list[tuple[str, str]], float]:
+    """Create a product (once per sku) and a lot of ``count``, export it; (rows, seconds)."""
+    from cardmint.client import Client, ProductExists
+
+    with Client(addr, token, timeout=60.0, bulk_timeout=1800.0) as c:
+        with suppress(ProductExists):
+            c.create_product(sku=sku, name="bench card", currency=CURRENCY, amount_range=(1, FACE))
+        t = time.perf_counter()
+        lot = c.create_lot(sku, count, face)
+        rows = list(c.stream_lot(lot.id))
+        return rows, time.perf_counter() - t
+
+
+def measure_unary(
+    addr: str, token: str, rows: list[tuple[str, str]], sizes: ServerSizes, tag: str
+) -> dict[str, Load]:
+    """GetBalance, Redeem and BindCard with ``sizes.threads`` concurrent clients.
+
+    Each client redeems one unit at a time from a card of its own; binds take fresh cards
+    (after the redeem cards) onto fresh accounts."""
+    from cardmint.client import Client
+
+    threads = sizes.threads
+    if len(rows) < threads + sizes.calls:
+        raise ValueError(f"need {threads + sizes.calls} cards, the lot has {len(rows)}")
+    out: dict[str, Load] = {}
+    with channels(addr, sizes.channels) as chans:
+        clients = [Client(addr, token, timeout=30.0, channel=chans[t % len(chans)]) for t in range(threads)]
+        own = [rows[t][0] for t in range(threads)]
+        clients[0].balance(serial=own[0])  # warm up
+        out["GetBalance"] = run_concurrent(
+            lambda t, i: clients[t].balance(serial=own[t]), sizes.calls, threads, sizes.limit_s
+        )
+        out["Redeem"] = run_concurrent(
+            lambda t, i: clients[t].redeem(own[t], 1, CURRENCY, request_id=f"{tag}-r{i}"),
+            sizes.calls,
+            threads,
+            sizes.limit_s,
+        )
+        bind = rows[threads:]
+        out["BindCard"] = run_concurrent(
+            lambda t, i: clients[t].bind_card(bind[i][1], account=f"{tag}-acct-{i}"),
+            sizes.calls,
+            threads,
+            sizes.limit_s,
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Race:
+    attempts: int
+    done: int
+    succeeded: int
+    refused: int
+    other: int
+    face: int
+    balance_after: int
+    seconds: float
+
+    @property
+    def exact(self) -> bool:
+        return self.succeeded == self.face and self.balance_after == 0
+
+
+def measure_race(addr: str, token: str, sizes: ServerSizes, sku: str, tag: str) -> Race:
+    """``sizes.threads`` clients, ``sizes.race`` attempts of one unit on one card holding half
+    as many units: exactly the balance must be spent, the rest refused."""
+    from cardmint.client import Client, InsufficientFunds
+
+    face = max(1, sizes.race // 2)
+    (serial, _code), *_ = make_lot(addr, token, sku, 1, face)[0]
+    ok = [0] * sizes.threads
+    refused = [0] * sizes.threads
+    with channels(addr, sizes.channels) as chans:
+        clients = [
+            Client(addr, token, timeout=30.0, channel=chans[t % len(chans)]) for t in range(sizes.threads)
+        ]
+
+        def attempt(t: int, i: int) -> None:
+            try:
+                clients[t].redeem(serial, 1, CURRENCY, request_id=f"{tag}-race-{i}")
+                ok[t] += 1
+            except InsufficientFunds:
+                refused[t] += 1
+
+        load = run_concurrent(attempt, sizes.race, sizes.threads, sizes.limit_s)
+        bal = clients[0].balance(serial=serial)
+        after = sum(m.minor_units for m in bal.balances)
+    return Race(sizes.race, load.done, sum(ok), sum(refused), load.errors, face, after, load.seconds)
+
+
+def measure_check(
+    addr: str, token: str, issued: list[tuple[str, str]], n: int, repeats: int = 1
+) -> tuple[float, int, int]:
+    """Bulk Check of ``n`` codes, half issued ones (cycled) and half never issued;
+    (median seconds, codes answered, codes found issued and usable)."""
+    from cardmint.client import Client
+    from cardmint.kernel import Kernel, available_backends
+
+    k = Kernel("rust" if "rust" in available_backends() else "python")
+    strangers = [
+        c.decode() for c in k.display(k.generate(n - n // 2, seed=bytes([7] * 32)).codes, 4).tolist()
+    ]
+    known = [issued[i % len(issued)][1] for i in range(n // 2)]
+    codes = [c for pair in zip(known, strangers, strict=False) for c in pair] + strangers[len(known) :]
+    with Client(addr, token, timeout=60.0, bulk_timeout=1800.0) as c:
+        counts = [0, 0]
+
+        def once() -> None:
+            counts[:] = [0, 0]
+            for r in c.check(codes, chunk=min(len(codes), 1 << 18)):
+                counts[0] += 1
+                counts[1] += r.status == "ok"
+
+        secs = _median(once, repeats)
+        return secs, counts[0], counts[1]
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def _row(
+    op: str,
+    backend: str,
+    n: int,
+    secs: float,
+    *,
+    target: str = "",
+    met: bool | None = None,
+    p50_ms: float | None = None,
+    p99_ms: float | None = None,
+    note: str = "",
+) -> ServerRow:
+    rate = n / secs if secs > 0 else float("inf")
+    return ServerRow(op, backend, n, secs, rate, None, target, met, p50_ms, p99_ms, note)
+
+
+def _backend_rows(
+    label: str, db_url: str | None, sizes: ServerSizes, echo_rate: float, races: list[tuple[str, Race]]
+) -> list[ServerRow]:
+    rows: list[ServerRow] = []
+    with tempfile.TemporaryDirectory(prefix="cardmint-bench-") as tmp:
+        url = db_url or f"sqlite://{Path(tmp) / 'cardmint.db'}"
+        with cardmint_server(url, Path(tmp) / "var") as (addr, token):
+            tag = f"b{os.getpid()}-{time.time_ns()}"
+            sku = f"BENCH-{tag}"[:32]
+            lot_rows, lot_secs = make_lot(addr, token, sku, sizes.lot)
+            scaled = lot_secs * 1_000_000 / sizes.lot
+            rows.append(
+                _row(
+                    "lot create+export",
+                    label,
+                    len(lot_rows),
+                    lot_secs,
+                    target="10^6 <= 20 s",
+                    met=scaled <= 20.0 if sizes.lot >= 1_000_000 else None,
+                    note=f"{scaled:.1f} s per 10^6 (linear)",
+                )
+            )
+            loads = measure_unary(addr, token, lot_rows, sizes, tag)
+            for op, load in loads.items():
+                ratio = load.rate / echo_rate
+                target, met = "", None
+                if op in ("Redeem", "BindCard"):
+                    target = ">= 50% echo, p99 <= 25 ms"
+                    # The targets are for 64 clients; smaller runs report without judging.
+                    met = ratio >= 0.5 and load.p99_ms <= 25.0 if sizes.threads >= 64 else None
+                r = _row(
+                    f"{op} ({sizes.threads} clients)",
+                    label,
+                    load.done,
+                    load.seconds,
+                    target=target,
+                    met=met,
+                    p50_ms=round(load.p50_ms, 3),
+                    p99_ms=round(load.p99_ms, 3),
+                    note=f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, {load.errors} refused",
+                )
+                r.vs_baseline = ratio
+                rows.append(r)
+            secs, answered, found = measure_check(addr, token, lot_rows, sizes.check, sizes.repeats)
+            rows.append(
+                _row(
+                    "bulk Check (codes)",
+                    label,
+                    answered,
+                    secs,
+                    target=">= 2M/s",
+                    met=answered / secs >= 2e6 if secs > 0 else None,
+                    note=f"against the {len(lot_rows):,} codes of the lot row, not 10^7 issued (building "
+                    f"10^7 would take ~{10_000_000 / sizes.lot:.0f}x the lot row's time); "
+                    f"half issued ({found:,} ok), half never issued",
+                )
+            )
+            race = measure_race(addr, token, sizes, sku, tag)
+            races.append((label, race))
+            rows.append(
+                _row(
+                    f"redeem race ({sizes.threads} clients)",
+                    label,
+                    race.done,
+                    race.seconds,
+                    target="spent == balance",
+                    met=race.exact,
+                    note=f"{race.succeeded}/{race.attempts} succeeded, face {race.face}, "
+                    f"balance after {race.balance_after}, {race.refused} refused, {race.other} other errors",
+                )
+            )
+    return rows
+
+
+def measure_server(
+    sizes: ServerSizes, pg_dsn: str | None = None, races: list[tuple[str, Race]] | None = None
+) -> list[ServerRow]:
+    """Every server row plus the echo baseline (``vs_baseline`` = calls/s over echo's)."""
+    races = races if races is not None else []
+    with echo_server() as addr:
+        echo = measure_echo(addr, sizes)
+    base = _row(
+        f"echo ({sizes.threads} clients)",
+        "bare grpcio",
+        echo.done,
+        echo.seconds,
+        p50_ms=round(echo.p50_ms, 3),
+        p99_ms=round(echo.p99_ms, 3),
+        note=f"p50 {echo.p50_ms:.1f} ms, p99 {echo.p99_ms:.1f} ms",
+    )
+    base.vs_baseline = 1.0
+    rows = [base]
+    backends: list[tuple[str, str | None]] = [("sqlite", None)]
+    if pg_dsn:
+        backends.append(("postgres", pg_dsn))
+    for label, url in backends:
+        rows += _backend_rows(label, url, sizes, echo.rate, races)
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    tiny = os.environ.get("CARDMINT_BENCH_SIZE") == "tiny"
+    sizes = TINY if tiny else (QUICK if args.quick else FULL)
+    started = time.time()
+    races: list[tuple[str, Race]] = []
+    rows = measure_server(sizes, getattr(args, "pg", None), races)
+    print(
+        f"cardmint bench --server ({'tiny' if tiny else 'quick' if args.quick else 'full'}): "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, grpcio {grpc.__version__}, "
+        f"{sizes.threads} client threads over {sizes.channels} channels"
+    )
+    print(table(list(rows)))
+    print()
+    for r in rows:
+        if r.note:
+            print(f"  {r.operation} [{r.backend}]: {r.note}")
+    for label, race in races:
+        print(
+            f"redeem race [{label}]: {race.succeeded} of {race.attempts} attempts succeeded on a card of "
+            f"{race.face}; balance after {race.balance_after} -> "
+            f"{'exactly its balance spent' if race.exact else 'NOT EXACT'}"
+        )
+    print(f"({time.time() - started:.0f} s; 'x plain' = calls/s / echo calls/s, same run, same clients)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "machine": {
+                        "cores": os.cpu_count(),
+                        "python": platform.python_version(),
+                        "platform": platform.platform(),
+                        "grpcio": grpc.__version__,
+                    },
+                    "sizes": asdict(sizes),
+                    "rows": [asdict(r) for r in rows],
+                    "races": [{"backend": b, **asdict(r), "exact": r.exact} for b, r in races],
+                },
+                f,
+                indent=1,
+            )
+    sys.stdout.flush()
+    return 0 if all(r.exact for _, r in races) else 1
+
+
+__all__ = [
+    "FULL",
+    "QUICK",
+    "TINY",
+    "Load",
+    "Race",
+    "ServerRow",
+    "ServerSizes",
+    "cardmint_server",
+    "echo_server",
+    "make_lot",
+    "measure_check",
+    "measure_echo",
+    "measure_race",
+    "measure_server",
+    "measure_unary",
+    "run",
+    "run_concurrent",
+]

@@ -1,0 +1,132 @@
+"""Cards and money, by hand: ``card bind|get``, ``balance``, ``redeem``, ``reverse``.
+
+    cardmint card bind --code XXXX-XXXX-XXXX-XXXX [--account alice]
+    cardmint card get --serial S
+    cardmint balance [--card SERIAL | --account A]
+    cardmint redeem --card SERIAL --amount 25 [--request-id ID]
+    cardmint reverse --transaction ID --amount 25 --currency CNY [--request-id ID]
+
+Amounts are in the currency's major unit. ``redeem`` and ``reverse`` are idempotent by
+request id: when none is given one is made up and printed (stderr) before the call, so an
+interrupted or failed call can be repeated with ``--request-id`` without moving money twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from typing import TYPE_CHECKING
+
+from . import _remote
+
+if TYPE_CHECKING:
+    from cardmint.v1 import balance_pb2, card_pb2
+
+COMMANDS = ("card", "balance", "redeem", "reverse")
+_STATUS = {1: "active", 2: "frozen", 3: "void", 4: "expired"}
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    card = sub.add_parser("card", help="bind a card to an account, look one up (through the server)")
+    csub = card.add_subparsers(dest="card_action", required=True, metavar="CARD_ACTION")
+    bind = csub.add_parser("bind", help="bind the card with this code to an account")
+    bind.add_argument("--code", required=True, help="the code, as printed (hyphens and case do not matter)")
+    bind.add_argument("--account", default="", help="the account (staff tokens; a customer binds to its own)")
+    _remote.add_common(bind)
+    get = csub.add_parser("get", help="show a card")
+    get.add_argument("--serial", required=True, help="the card's serial number")
+    _remote.add_common(get)
+
+    bal = sub.add_parser("balance", help="a card's or an account's balance")
+    which = bal.add_mutually_exclusive_group()
+    which.add_argument("--card", metavar="SERIAL", help="the card's serial number")
+    which.add_argument("--account", help="the account (default: a customer token's own)")
+    _remote.add_common(bal)
+
+    red = sub.add_parser("redeem", help="spend from a card")
+    red.add_argument("--card", required=True, metavar="SERIAL", help="the card's serial number")
+    red.add_argument("--amount", required=True, help="how much, in the card's currency (major unit)")
+    red.add_argument("--currency", help="the card's currency (default: looked up)")
+    red.add_argument("--request-id", help="idempotency key (default: a new one, printed)")
+    _remote.add_common(red)
+
+    rev = sub.add_parser("reverse", help="give back (part of) a redemption")
+    rev.add_argument("--transaction", type=int, required=True, help="the redemption's transaction id")
+    rev.add_argument("--amount", required=True, help="how much to give back (major unit)")
+    rev.add_argument("--currency", required=True, help="the card's currency")
+    rev.add_argument("--request-id", help="idempotency key (default: a new one, printed)")
+    _remote.add_common(rev)
+
+
+def describe(card: card_pb2.Card) -> str:
+    bal, face = card.balance, card.face_value
+    parts = [
+        f"card {card.serial}",
+        f"code {card.masked_code}",
+        _STATUS.get(card.status, "unknown"),
+        f"balance {_remote.fmt_money(bal.minor_units, bal.currency)}",
+        f"face value {_remote.fmt_money(face.minor_units, face.currency)}",
+    ]
+    if card.HasField("expires_at"):
+        parts.append("expires " + card.expires_at.ToDatetime().strftime("%Y-%m-%d %H:%M UTC"))
+    parts.append("bound" if card.bound else "not bound")
+    return ", ".join(parts)
+
+
+def _receipt(verb: str, r: balance_pb2.MoneyReceipt, request_id: str) -> str:
+    amount, after = r.amount, r.balance_after
+    replay = " (replayed: this request id was already done; nothing moved now)" if r.replayed else ""
+    return (
+        f"{verb} {_remote.fmt_money(amount.minor_units, amount.currency)} on card {r.serial}; "
+        f"balance {_remote.fmt_money(after.minor_units, after.currency)}; "
+        f"transaction {r.transaction_id}; request id {request_id}{replay}"
+    )
+
+
+def _request_id(args: argparse.Namespace) -> str:
+    from . import UsageError
+
+    rid: str | None = args.request_id
+    if rid is None:
+        rid = uuid.uuid4().hex
+        print(f"cardmint: request id {rid} (to retry safely: --request-id {rid})", file=sys.stderr)
+    elif not (1 <= len(rid) <= 128 and rid.isascii() and rid.isprintable()):
+        raise UsageError("--request-id must be 1-128 printable ASCII characters")
+    return rid
+
+
+def _run(args: argparse.Namespace) -> int:
+    with _remote.connect(args) as c:
+        if args.command == "card" and args.card_action == "bind":
+            resp = c.bind_card(args.code, account=args.account)
+            note = (
+                " (already bound here)"
+                if resp.already_bound_here
+                else " (transferred)"
+                if resp.transferred
+                else ""
+            )
+            print(f"bound{note}: {describe(resp.card)}")
+        elif args.command == "card":
+            print(describe(c.get_card(args.serial)))
+        elif args.command == "balance":
+            bal = c.balance(serial=args.card, account=args.account)
+            if not bal.balances:
+                print("0")
+            for m in bal.balances:
+                print(_remote.fmt_money(m.minor_units, m.currency))
+        elif args.command == "redeem":
+            cur = (args.currency or c.get_card(args.card).balance.currency).upper()
+            amount = _remote.to_minor(args.amount, cur, "--amount")
+            rid = _request_id(args)
+            print(_receipt("redeemed", c.redeem(args.card, amount, cur, request_id=rid), rid))
+        else:  # reverse
+            amount = _remote.to_minor(args.amount, args.currency, "--amount")
+            rid = _request_id(args)
+            print(_receipt("reversed", c.reverse(args.transaction, amount, request_id=rid), rid))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return _remote.guarded(_run, args)

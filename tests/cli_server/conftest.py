@@ -1,0 +1,79 @@
+"""The CLI as a person runs it: a subprocess talking to a real server on 127.0.0.1.
+
+``cli`` runs ``cardmint ...`` through a ``cardmint`` shim on PATH (this interpreter,
+``-m cardmint.cli``), so the tests exercise the installed package however the venv was made.
+The server is either in-process (``start()`` on an ephemeral port, SQLite or PostgreSQL from
+tests/server/conftest.py) or, for the quick start, ``cardmint serve`` itself.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cardmint.server.app import Running, start
+from cardmint.server.domain import DomainConfig
+
+from tests.server.conftest import backend, pg_server, storage_url
+
+__all__ = ["backend", "pg_server", "storage_url"]  # fixtures shared with tests/server
+
+CLI_TIMEOUT = 120
+
+
+@pytest.fixture
+def bindir(tmp_path: Path) -> Path:
+    """A directory holding a ``cardmint`` executable that runs this interpreter's package."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    shim = d / "cardmint"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cardmint.cli "$@"\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return d
+
+
+def cli_env(bindir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CARDMINT_TOKEN", "CARDMINT_SERVER")}
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("CARDMINT_DEBUG", None)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def server(storage_url: str, tmp_path: Path) -> Iterator[Running]:
+    # Small chunks so that a small lot still streams in several chunks.
+    config = DomainConfig(lot_chunk=16, stream_chunk=16)
+    running = start(storage_url, "127.0.0.1:0", tmp_path / "var", workers=8, config=config)
+    try:
+        yield running
+    finally:
+        running.stop(grace=0)
+
+
+@pytest.fixture
+def cli(server: Running, bindir: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli("balance", "--card", s)`` as the admin, against ``server``, in ``tmp_path/work``."""
+    work = tmp_path / "work"
+    work.mkdir()
+    token = server.domain.auth.create_token("admin").token
+    env = cli_env(bindir, CARDMINT_TOKEN=token, CARDMINT_SERVER=f"127.0.0.1:{server.port}")
+
+    def run(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        e = dict(env) if token is None else {**env, "CARDMINT_TOKEN": token}
+        return subprocess.run(
+            ["cardmint", *args],
+            cwd=work,
+            env=e,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            check=False,
+        )
+
+    return run

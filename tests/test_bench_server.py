@@ -1,0 +1,45 @@
+"""`cardmint bench --server` as a user runs it, at tiny size: every row there, every rate
+positive, the redeem race exact. No timing asserts: the figures belong to the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROWS = {
+    ("echo (8 clients)", "bare grpcio"),
+    ("lot create+export", "sqlite"),
+    ("GetBalance (8 clients)", "sqlite"),
+    ("Redeem (8 clients)", "sqlite"),
+    ("BindCard (8 clients)", "sqlite"),
+    ("bulk Check (codes)", "sqlite"),
+    ("redeem race (8 clients)", "sqlite"),
+}
+
+
+def test_bench_server_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    p = subprocess.run(
+        [sys.executable, "-m", "cardmint.cli", "bench", "--server", "--json", str(out)],
+        env={**os.environ, "CARDMINT_BENCH_SIZE": "tiny"},
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
+    text = p.stdout.decode()
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert {(r["operation"], r["backend"]) for r in rows} == ROWS
+    for r in rows:
+        assert r["n"] > 0 and r["seconds"] > 0 and r["rate"] > 0, r
+        assert r["operation"] in text
+    unary = [r for r in rows if "clients)" in r["operation"] and not r["operation"].startswith("redeem race")]
+    assert all(r["vs_baseline"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in unary)
+    (race,) = data["races"]
+    assert race["exact"] and race["succeeded"] == race["face"] and race["balance_after"] == 0
+    assert "exactly its balance spent" in text

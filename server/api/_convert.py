@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from datetime import datetime
 
+import numpy as np
+from cardmint.kernel import Packed
 from cardmint.server.domain.errors import InvalidArgument
 from cardmint.v1 import common_pb2
 from google.protobuf import timestamp_pb2
@@ -41,32 +44,39 @@ def pack(strings: Sequence[str]) -> common_pb2.PackedStrings:
     return common_pb2.PackedStrings(data=data, lengths=[len(e) for e in encoded])
 
 
-def unpack(packed: common_pb2.PackedStrings, field: str) -> list[bytes]:
-    """The strings of a request's ``PackedStrings``; inconsistent framing is INVALID_ARGUMENT."""
+def unpack_packed(packed: common_pb2.PackedStrings, field: str) -> Packed:
+    """A request's ``PackedStrings`` as the kernel's ``Packed``, without a Python object per string.
+
+    Inconsistent framing or a chunk over the limits is INVALID_ARGUMENT.
+    """
     data = packed.data
     if len(data) > MAX_PACKED_BYTES:
         raise InvalidArgument.of(field, f"at most {MAX_PACKED_BYTES} bytes per chunk")
     if packed.width:
-        if packed.lengths:
+        if len(packed.lengths):
             raise InvalidArgument.of(field, "give either width or lengths, not both")
-        if len(data) % packed.width:
-            raise InvalidArgument.of(field, "data length is not a multiple of width")
         w = packed.width
+        if len(data) % w:
+            raise InvalidArgument.of(field, "data length is not a multiple of width")
         count = len(data) // w
         if count > MAX_PACKED_STRINGS:
             raise InvalidArgument.of(field, f"at most {MAX_PACKED_STRINGS} strings per chunk")
-        return [data[i : i + w] for i in range(0, len(data), w)]
-    lengths = packed.lengths
-    if len(lengths) > MAX_PACKED_STRINGS:
+        return Packed(data, np.arange(count + 1, dtype=np.int64) * w)
+    if len(packed.lengths) > MAX_PACKED_STRINGS:
         raise InvalidArgument.of(field, f"at most {MAX_PACKED_STRINGS} strings per chunk")
-    if sum(lengths) != len(data):
+    lengths = np.array(packed.lengths, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] != len(data):
         raise InvalidArgument.of(field, "lengths do not add up to the data length")
-    out: list[bytes] = []
-    start = 0
-    for n in lengths:
-        out.append(data[start : start + n])
-        start += n
-    return out
+    return Packed(data, offsets)
+
+
+def unpack(packed: common_pb2.PackedStrings, field: str) -> list[bytes]:
+    """The strings of a request's ``PackedStrings`` (framing checked by ``unpack_packed``)."""
+    offsets = unpack_packed(packed, field).offsets.tolist()
+    data = packed.data
+    return [data[a:b] for a, b in itertools.pairwise(offsets)]
 
 
 def page_size(page: common_pb2.PageRequest, maximum: int, default: int = 50) -> int:

@@ -7,13 +7,11 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import numpy.typing as npt
-from cardmint.kernel import Packed
 from cardmint.server.domain import CheckStatus, Domain
-from cardmint.server.domain.errors import InvalidArgument
 from cardmint.server.domain.keys import STATUS_CODE
 from cardmint.v1 import common_pb2, keys_pb2, keys_pb2_grpc
 
-from ._convert import MAX_PACKED_BYTES, MAX_PACKED_STRINGS, pack
+from ._convert import pack, unpack_packed
 from .auth import current_principal
 
 __all__ = ["KeyServicer"]
@@ -26,34 +24,6 @@ MAX_GENERATE_CHUNK = 1 << 20
 
 
 _MALFORMED = STATUS_CODE[CheckStatus.MALFORMED]
-
-
-def _unpack_packed(packed: common_pb2.PackedStrings, field: str) -> Packed:
-    """A request's ``PackedStrings`` as the kernel's ``Packed``, without a Python object per string.
-
-    The same framing rules and limits as ``_convert.unpack``.
-    """
-    data = packed.data
-    if len(data) > MAX_PACKED_BYTES:
-        raise InvalidArgument.of(field, f"at most {MAX_PACKED_BYTES} bytes per chunk")
-    if packed.width:
-        if len(packed.lengths):
-            raise InvalidArgument.of(field, "give either width or lengths, not both")
-        w = packed.width
-        if len(data) % w:
-            raise InvalidArgument.of(field, "data length is not a multiple of width")
-        count = len(data) // w
-        if count > MAX_PACKED_STRINGS:
-            raise InvalidArgument.of(field, f"at most {MAX_PACKED_STRINGS} strings per chunk")
-        return Packed(data, np.arange(count + 1, dtype=np.int64) * w)
-    if len(packed.lengths) > MAX_PACKED_STRINGS:
-        raise InvalidArgument.of(field, f"at most {MAX_PACKED_STRINGS} strings per chunk")
-    lengths = np.array(packed.lengths, dtype=np.int64)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] != len(data):
-        raise InvalidArgument.of(field, "lengths do not add up to the data length")
-    return Packed(data, offsets)
 
 
 def _pack_codes(codes: npt.NDArray[np.bytes_], present: npt.NDArray[np.bool_]) -> common_pb2.PackedStrings:
@@ -91,9 +61,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         for request in request_iterator:
             if length is None:  # the first chunk sets the length for the whole stream
                 length = request.length or 16
-            checked = self._keys.check_packed(
-                principal, _unpack_packed(request.codes, "codes"), length=length
-            )
+            checked = self._keys.check_packed(principal, unpack_packed(request.codes, "codes"), length=length)
             yield keys_pb2.CheckResponse(
                 status=checked.status.tobytes(),
                 normalized=_pack_codes(checked.normalized, checked.status != _MALFORMED),

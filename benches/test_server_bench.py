@@ -81,7 +81,10 @@ def server_for(
                 url = f"sqlite://{tmp / 'cardmint.db'}"
             else:
                 if not _pg_available():
-                    pytest.skip("no PostgreSQL binaries and no CARDMINT_TEST_PG_DSN")
+                    # make test installs PostgreSQL; a PostgreSQL row that cannot run is a failure.
+                    pytest.fail(
+                        "no PostgreSQL binaries and no CARDMINT_TEST_PG_DSN (apt-get install postgresql)"
+                    )
                 pg: PgServer = request.getfixturevalue("pg_server")
                 name = pg.create_database()
                 stack.callback(pg.drop_database, name)

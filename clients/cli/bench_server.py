@@ -43,14 +43,15 @@ class ServerSizes:
     channels: int  # channels the clients share
     lot: int  # codes minted, stored and exported
     check: int  # codes in the bulk Check
+    issued: int  # codes issued in all when the bulk Check runs (more lots minted first)
     race: int  # redeem attempts on one card
     limit_s: float  # every concurrent phase stops after this long, done or not
     repeats: int
 
 
-FULL = ServerSizes(10_000, 64, 4, 1_000_000, 1_000_000, 10_000, 120.0, 1)
-QUICK = ServerSizes(1_000, 64, 4, 100_000, 100_000, 1_000, 60.0, 1)
-TINY = ServerSizes(64, 8, 2, 300, 1_000, 100, 30.0, 1)
+FULL = ServerSizes(10_000, 64, 4, 1_000_000, 1_000_000, 10_000_000, 10_000, 120.0, 1)
+QUICK = ServerSizes(1_000, 64, 4, 100_000, 1_000_000, 1_000_000, 1_000, 60.0, 1)
+TINY = ServerSizes(64, 8, 2, 300, 1_000, 600, 100, 30.0, 1)
 
 
 @dataclass
@@ -286,12 +287,26 @@ def measure_race(addr: str, token: str, sizes: ServerSizes, sku: str, tag: str) 
     return Race(sizes.race, load.done, sum(ok), sum(refused), load.errors, face, after, load.seconds)
 
 
+def fill_issued(addr: str, token: str, sku: str, have: int, want: int, lot: int) -> tuple[int, float]:
+    """Mint lots of at most ``lot`` codes (not exported) until ``want`` codes are issued;
+    (codes issued now, seconds spent)."""
+    from cardmint.client import Client
+
+    t = time.perf_counter()
+    with Client(addr, token, timeout=60.0, bulk_timeout=3600.0) as c:
+        while have < want:
+            have += c.create_lot(sku, min(lot, want - have), FACE).count
+    return have, time.perf_counter() - t
+
+
 def measure_check(
     addr: str, token: str, issued: list[tuple[str, str]], n: int, repeats: int = 1
 ) -> tuple[float, int, int]:
-    """Bulk Check of ``n`` codes, half issued ones (cycled) and half never issued;
-    (median seconds, codes answered, codes found issued and usable)."""
-    from cardmint.client import Client
+    """Bulk Check of ``n`` codes, half issued ones (cycled) and half never issued, through
+    ``Client.check_many`` (verdicts as arrays); (median seconds, codes answered, codes found
+    issued and usable). The first call also loads the server's index with every lot
+    minted since its last check, so one warm-up call runs before the timed ones."""
+    from cardmint.client import CheckBatch, Client
     from cardmint.kernel import Kernel, available_backends
 
     k = Kernel("rust" if "rust" in available_backends() else "python")
@@ -300,14 +315,14 @@ def measure_check(
     ]
     known = [issued[i % len(issued)][1] for i in range(n // 2)]
     codes = [c for pair in zip(known, strangers, strict=False) for c in pair] + strangers[len(known) :]
+    ok = CheckBatch.code("ok")
     with Client(addr, token, timeout=60.0, bulk_timeout=1800.0) as c:
+        c.check_many(codes[:1000])  # warm-up: the index catches up with the lots minted
         counts = [0, 0]
 
         def once() -> None:
-            counts[:] = [0, 0]
-            for r in c.check(codes, chunk=min(len(codes), 1 << 18)):
-                counts[0] += 1
-                counts[1] += r.status == "ok"
+            batch = c.check_many(codes, chunk=min(len(codes), 1 << 18))
+            counts[:] = [len(batch), int((batch.status == ok).sum())]
 
         secs = _median(once, repeats)
         return secs, counts[0], counts[1]
@@ -375,6 +390,7 @@ def _backend_rows(
                 )
                 r.vs_baseline = ratio
                 rows.append(r)
+            issued, fill_secs = fill_issued(addr, token, sku, len(lot_rows), sizes.issued, sizes.lot)
             secs, answered, found = measure_check(addr, token, lot_rows, sizes.check, sizes.repeats)
             rows.append(
                 _row(
@@ -382,11 +398,10 @@ def _backend_rows(
                     label,
                     answered,
                     secs,
-                    target=">= 2M/s",
-                    met=answered / secs >= 2e6 if secs > 0 else None,
-                    note=f"against the {len(lot_rows):,} codes of the lot row, not 10^7 issued (building "
-                    f"10^7 would take ~{10_000_000 / sizes.lot:.0f}x the lot row's time); "
-                    f"half issued ({found:,} ok), half never issued",
+                    target=">= 2M/s vs 10^7 issued",
+                    met=answered / secs >= 2e6 if secs > 0 and issued >= 10_000_000 else None,
+                    note=f"against {issued:,} issued codes ({issued - len(lot_rows):,} minted for it in "
+                    f"{fill_secs:.0f} s); half issued ({found:,} ok), half never issued",
                 )
             )
             race = measure_race(addr, token, sizes, sku, tag)
@@ -486,6 +501,7 @@ __all__ = [
     "ServerSizes",
     "cardmint_server",
     "echo_server",
+    "fill_issued",
     "make_lot",
     "measure_check",
     "measure_echo",

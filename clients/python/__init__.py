@@ -31,6 +31,8 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from cardmint.v1 import (
     balance_pb2,
     balance_pb2_grpc,
@@ -58,6 +60,7 @@ __all__ = [
     "CardNotFound",
     "CardVoid",
     "CardmintError",
+    "CheckBatch",
     "CheckResult",
     "Client",
     "Contention",
@@ -340,12 +343,95 @@ _CHECK_STATUS = {
     value.number: value.name.removeprefix("CODE_STATUS_").lower()
     for value in keys_pb2.DESCRIPTOR.enum_types_by_name["CodeStatus"].values
 }
+_CHECK_CODE = {name: number for number, name in _CHECK_STATUS.items()}
+
+
+class CheckBatch:
+    """Verdicts on many codes as arrays (``Client.check_many``), row i for input i.
+
+    ``status`` holds one ``CodeStatus`` number per row: compare it with ``code("ok")``
+    and friends, or count with ``counts()``; ``result(i)`` gives one row as a
+    ``CheckResult``. No Python object per row is made until asked for.
+    """
+
+    def __init__(self, codes: Sequence[str], responses: Sequence[keys_pb2.CheckResponse]) -> None:
+        self._codes = codes
+        self.status: npt.NDArray[np.uint8] = (
+            np.concatenate([np.frombuffer(r.status, dtype=np.uint8) for r in responses])
+            if responses
+            else np.zeros(0, dtype=np.uint8)
+        )
+        if len(self.status) != len(codes):
+            raise CardmintError(
+                f"the server answered {len(self.status)} of {len(codes)} codes",
+                code=grpc.StatusCode.DATA_LOSS,
+            )
+        # Per response: (first row, normalized data, its offsets); suggestions are sparse.
+        self._normalized: list[tuple[int, bytes, npt.NDArray[np.int64]]] = []
+        self.suggestions: dict[int, str] = {}
+        row = 0
+        for r in responses:
+            self._normalized.append((row, r.normalized.data, _offsets(r.normalized)))
+            if r.suggestions.data:  # usually empty: decode only the rows that have one
+                data, offsets = r.suggestions.data, _offsets(r.suggestions)
+                for i in np.flatnonzero(np.diff(offsets)).tolist():
+                    self.suggestions[row + i] = data[offsets[i] : offsets[i + 1]].decode("utf-8")
+            row += len(r.status)
+
+    @staticmethod
+    def code(name: str) -> int:
+        """The ``status`` number of a status name (ok, unknown, corrected, bad_check, ...)."""
+        return _CHECK_CODE[name]
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def counts(self) -> dict[str, int]:
+        numbers, counts = np.unique(self.status, return_counts=True)
+        return {
+            _CHECK_STATUS.get(int(n), "unspecified"): int(c) for n, c in zip(numbers, counts, strict=True)
+        }
+
+    def normalized(self, i: int) -> str:
+        for first, data, offsets in reversed(self._normalized):
+            if i >= first:
+                j = i - first
+                return data[offsets[j] : offsets[j + 1]].decode("utf-8")
+        raise IndexError(i)
+
+    def result(self, i: int) -> CheckResult:
+        return CheckResult(
+            self._codes[i],
+            _CHECK_STATUS.get(int(self.status[i]), "unspecified"),
+            self.normalized(i),
+            self.suggestions.get(i),
+        )
+
+    def results(self) -> Iterator[CheckResult]:
+        return (self.result(i) for i in range(len(self)))
+
+
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 
 
 def _pack(strings: Sequence[str]) -> common_pb2.PackedStrings:
-    encoded = [s.encode("utf-8") for s in strings]
+    joined = "".join(strings)
+    data = joined.encode("utf-8", "surrogatepass")
+    if len(data) == len(joined):  # all ASCII (the usual case): byte lengths = str lengths
+        lengths = np.fromiter(map(len, strings), dtype=np.uint32, count=len(strings))
+        if len(lengths) and int(lengths.min()) == int(lengths.max()) > 0:
+            return common_pb2.PackedStrings(data=data, width=int(lengths[0]))
+        return common_pb2.PackedStrings(data=data, lengths=lengths.tolist())
+    encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
     return common_pb2.PackedStrings(data=b"".join(encoded), lengths=[len(e) for e in encoded])
+
+
+def _offsets(packed: common_pb2.PackedStrings) -> npt.NDArray[np.int64]:
+    if packed.width:
+        return np.arange(len(packed.data) // packed.width + 1, dtype=np.int64) * packed.width
+    offsets = np.zeros(len(packed.lengths) + 1, dtype=np.int64)
+    np.cumsum(np.array(packed.lengths, dtype=np.int64), out=offsets[1:])
+    return offsets
 
 
 def _unpack(packed: common_pb2.PackedStrings) -> list[str]:
@@ -446,6 +532,21 @@ class Client:
             normalized, suggestions = _unpack(resp.normalized), _unpack(resp.suggestions)
             for code, st, norm, sug in zip(sent[i], resp.status, normalized, suggestions, strict=True):
                 yield CheckResult(code, _CHECK_STATUS.get(st, "unspecified"), norm, sug or None)
+
+    def check_many(self, codes: Sequence[str], *, length: int = 16, chunk: int = 1 << 18) -> CheckBatch:
+        """Bulk-check ``codes`` and get the verdicts as arrays (``CheckBatch``): the fast
+        path for millions of codes, with no Python object per code on the way back."""
+        if chunk < 1:
+            raise ValueError("chunk must be >= 1")
+
+        def requests() -> Iterator[keys_pb2.CheckRequest]:
+            for start in range(0, len(codes), chunk):
+                yield keys_pb2.CheckRequest(
+                    codes=_pack(codes[start : start + chunk]), length=length if start == 0 else 0
+                )
+
+        call = self.keys.Check(requests(), timeout=self.bulk_timeout, metadata=self._metadata)
+        return CheckBatch(codes, list(self._stream(call)))
 
     def generate(self, count: int, *, length: int = 16, prefix: str = "", group: int = 4) -> list[str]:
         """Fresh codes (display form) for the caller's own use; not stored, not issued."""

@@ -119,8 +119,9 @@ class KeyService:
         """Bulk check of raw codes packed in one buffer (``Packed``: data + n + 1 offsets).
 
         Array work throughout: the kernel checks and digests every row, the issued index
-        looks the digests up, storage reports the state of the rows found in one query per
-        large chunk, and only bad-check rows go through typo correction one by one.
+        (refreshed from the database's change feeds first) looks the digests up and knows
+        each issued card's state, and only bad-check rows go through typo correction one by
+        one. No per-code database query: single-code operations ask the database instead.
         """
         require(principal, _KEY_ROLES)
         length = code_length_arg(length)
@@ -143,14 +144,7 @@ class KeyService:
         ok = np.flatnonzero(verdict == Status.OK)
         if len(ok):
             digests = ctx.kernel.digest(normalized[ok], ctx.keyring.digest_key)
-            issued = ctx.index.lookup(digests)
-            status[ok] = STATUS_CODE[CheckStatus.UNKNOWN]
-            hits = ok[issued]
-            if len(hits):
-                # The index says "issued"; the database is the truth for the card's state.
-                with ctx.storage.read() as tx:
-                    states = tx.card_states(digests[issued])
-                status[hits] = _FROM_STATE[states]
+            status[ok] = _FROM_STATE[ctx.index.states(digests, ctx.storage.now())]
 
         bad = np.flatnonzero(verdict == Status.BAD_CHECK)
         if len(bad):

@@ -37,6 +37,7 @@ from .models import (
     Delivery,
     IdempotencyClaim,
     IndexChange,
+    IssuedCards,
     LedgerEntry,
     LedgerKind,
     Lot,
@@ -672,6 +673,7 @@ class SqlTx(ABC):
         if row is None:
             return None
         card = self._card(row)
+        self._card_change(card.id)
         kind = {
             CardStatus.FROZEN: LedgerKind.FREEZE,
             CardStatus.ACTIVE: LedgerKind.UNFREEZE,
@@ -1008,6 +1010,69 @@ class SqlTx(ABC):
         """The newest change seq; read it in the same read transaction as the digests."""
         return int(self._one("SELECT COALESCE(MAX(seq), 0) FROM index_changes")[0])
 
+    def _card_change(self, card_id: int) -> None:
+        """Tell every index follower that this card's state changed (same seq discipline)."""
+        self._lock(LOCK_INDEX)
+        row = self._one("SELECT COALESCE(MAX(seq), 0) FROM card_changes")
+        self._execute(
+            "INSERT INTO card_changes (seq, card_id, at) VALUES (?, ?, ?)",
+            (int(row[0]) + 1, card_id, self._ts(self.now())),
+        )
+
+    def card_cursor(self) -> int:
+        """The newest card_changes seq; read it in the same snapshot as ``issued_cards``."""
+        return int(self._one("SELECT COALESCE(MAX(seq), 0) FROM card_changes")[0])
+
+    @abstractmethod
+    def _epoch_us(self, column: str) -> str:
+        """SQL for ``column`` (a timestamp, maybe NULL) in microseconds since the epoch, 0 if NULL."""
+
+    def _state_sql(self, card: str) -> str:
+        # State and expiry travel packed in one integer column (expiry_us * 4 + state): at
+        # 10^7 rows every column fetched costs seconds of per-row Python work.
+        return (
+            f"{self._epoch_us(f'{card}.expires_at')} * 4 + CASE {card}.status"
+            f" WHEN 'active' THEN {int(CardState.ACTIVE)} WHEN 'frozen' THEN {int(CardState.FROZEN)}"
+            f" ELSE {int(CardState.VOID)} END"
+        )
+
+    @staticmethod
+    def _issued(rows: list[Any], digest_col: int, seq: int = 0) -> IssuedCards:
+        packed = np.fromiter((r[digest_col + 1] for r in rows), dtype=np.int64, count=len(rows))
+        return IssuedCards(
+            b"".join(bytes(r[digest_col]) for r in rows),
+            (packed & 3).astype(np.uint8),
+            packed >> 2,
+            seq,
+        )
+
+    def issued_cards(self, lot_id: int | None = None, chunk: int = DIGEST_CHUNK) -> Iterator[IssuedCards]:
+        """Every card of every complete lot (or of ``lot_id``) with its state, in id order."""
+        where, params = ("l.status = 'complete'", ()) if lot_id is None else ("l.id = ?", (lot_id,))
+        after = 0
+        while True:
+            rows = self._all(
+                f"SELECT c.id, c.digest, {self._state_sql('c')} FROM cards c JOIN lots l ON l.id = c.lot_id"
+                f" WHERE {where} AND c.id > ? ORDER BY c.id LIMIT ?",
+                (*params, after, chunk),
+            )
+            if not rows:
+                return
+            yield self._issued(rows, 1)
+            if len(rows) < chunk:
+                return
+            after = rows[-1][0]
+
+    def card_changes(self, since_seq: int, limit: int = 10_000) -> IssuedCards:
+        """Cards whose state changed after ``since_seq``, with their state now (oldest first;
+        a card changed twice appears twice, both rows showing its current state)."""
+        rows = self._all(
+            f"SELECT cc.seq, c.digest, {self._state_sql('c')} FROM card_changes cc"
+            " JOIN cards c ON c.id = cc.card_id WHERE cc.seq > ? ORDER BY cc.seq LIMIT ?",
+            (since_seq, limit),
+        )
+        return self._issued(rows, 1, rows[-1][0] if rows else since_seq)
+
     def index_changes(self, since_seq: int, limit: int = 1000) -> list[IndexChange]:
         rows = self._all(
             "SELECT seq, lot_id, change, at FROM index_changes WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -1015,24 +1080,9 @@ class SqlTx(ABC):
         )
         return [IndexChange(r[0], r[1], r[2], self._dt(r[3])) for r in rows]
 
-    def _digest_chunks(self, where: str, params: tuple[Any, ...], chunk: int) -> Iterator[bytes]:
-        after = 0
-        while True:
-            rows = self._all(
-                f"SELECT c.id, c.digest FROM cards c JOIN lots l ON l.id = c.lot_id WHERE {where}"
-                " AND c.id > ? ORDER BY c.id LIMIT ?",
-                (*params, after, chunk),
-            )
-            if not rows:
-                return
-            yield b"".join(bytes(r[1]) for r in rows)
-            if len(rows) < chunk:
-                return
-            after = rows[-1][0]
-
     def issued_digests(self, chunk: int = DIGEST_CHUNK) -> Iterator[bytes]:
         """Digests of every card of every complete lot, concatenated, ``chunk`` cards at a time."""
-        return self._digest_chunks("l.status = 'complete'", (), chunk)
+        return (c.digests for c in self.issued_cards(None, chunk))
 
     def lot_digests(self, lot_id: int, chunk: int = DIGEST_CHUNK) -> Iterator[bytes]:
-        return self._digest_chunks("l.id = ?", (lot_id,), chunk)
+        return (c.digests for c in self.issued_cards(lot_id, chunk))

@@ -231,4 +231,18 @@ CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION cardmint_append_only();
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),)
+# v2: single-card state changes (freeze, unfreeze, void of one card) as a feed, so every
+# server process's in-memory index knows each issued card's state without asking the
+# database per code. Same seq discipline as index_changes (see _index_change).
+_V2 = """
+CREATE TABLE card_changes (
+    seq {big} PRIMARY KEY,
+    card_id {big} NOT NULL REFERENCES cards (id),
+    at {ts} NOT NULL
+){strict};
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
+    Migration(2, "card state feed", _V2),
+)

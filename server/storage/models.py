@@ -281,6 +281,25 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class IssuedCards:
+    """Issued cards as the in-memory index keeps them, row i for card i of a chunk.
+
+    ``digests``: the cards' digests, concatenated (fixed width). ``states``: one
+    ``CardState`` byte (ACTIVE, FROZEN or VOID: expiry is judged when asked, against
+    ``expires_us``). ``expires_us``: expiry in microseconds since the Unix epoch, 0 = never.
+    ``seq``: for a ``card_changes`` batch, the newest change it covers (0 otherwise).
+    """
+
+    digests: bytes
+    states: npt.NDArray[np.uint8]
+    expires_us: npt.NDArray[np.int64]
+    seq: int = 0
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+
+@dataclass(frozen=True)
 class IndexChange:
     """A lot's codes joined (``add``) or left (``remove``) the issued-codes index."""
 

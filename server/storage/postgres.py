@@ -152,6 +152,9 @@ class _PgTx(SqlTx):
     def _digests_param(self, digests: list[bytes]) -> Sequence[Any]:
         return (digests,)
 
+    def _epoch_us(self, column: str) -> str:
+        return f"COALESCE((EXTRACT(EPOCH FROM {column}) * 1000000)::bigint, 0)"
+
     def _lock(self, name: int) -> None:
         self._execute("SELECT pg_advisory_xact_lock(?)", (_LOCK_BASE + name,))
 
@@ -219,6 +222,10 @@ class PostgresStorage:
                     "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (%s, %s, %s, %s)",
                     (m.version, m.name, m.checksum("postgres"), self._clock()),
                 )
+
+    def now(self) -> datetime:
+        """The storage's clock (the one transactions judge expiry by)."""
+        return self._clock()
 
     def schema_version(self) -> int:
         with self.read() as tx:

@@ -58,6 +58,9 @@ class _SQLiteTx(SqlTx):
     def _dt(self, value: Any) -> datetime:
         return _EPOCH + timedelta(microseconds=int(value))
 
+    def _epoch_us(self, column: str) -> str:
+        return f"COALESCE({column}, 0)"  # already microseconds since the epoch
+
     def _lock(self, name: int) -> None:
         # Inside BEGIN IMMEDIATE this connection already holds the only write lock.
         return
@@ -140,6 +143,10 @@ class SQLiteStorage:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def now(self) -> datetime:
+        """The storage's clock (the one transactions judge expiry by)."""
+        return self._clock()
 
     def schema_version(self) -> int:
         with self.read() as tx:

@@ -110,6 +110,32 @@ def test_keys_check_and_generate(connect: Connect) -> None:
         merchant.generate(0)
 
 
+def test_check_many_is_check_as_arrays(connect: Connect) -> None:
+    admin = connect("admin")
+    _, rows = _lot(admin)
+    codes = [code for _, code in rows]
+    # Equal-width ASCII, mixed widths, full-width and invisible characters, and a typo.
+    inputs = [
+        *codes,
+        codes[0].replace("-", ""),
+        "\uff21" + codes[1][1:],
+        codes[2] + "\u200b",
+        _typo(codes[3]),
+        "",
+        "not a code",
+    ]
+    for chunk in (1, 4, 1 << 18):
+        batch = admin.check_many(inputs, chunk=chunk)
+        one_by_one = list(admin.check(inputs, chunk=5))
+        assert len(batch) == len(inputs)
+        assert list(batch.results()) == one_by_one
+        assert batch.status.tolist() == [batch.code(r.status) for r in one_by_one]
+        assert batch.suggestions == {i: r.suggestion for i, r in enumerate(one_by_one) if r.suggestion}
+        assert batch.suggestions[len(codes) + 3] == codes[3]
+        assert batch.counts()["ok"] == sum(r.status == "ok" for r in one_by_one) >= len(codes) + 2
+    assert len(admin.check_many([])) == 0
+
+
 def test_lots(connect: Connect) -> None:
     admin, operator = connect("admin"), connect("operator")
     admin.create_product(sku="GC-L", name="Lot card", currency="CNY", denominations=[5000])

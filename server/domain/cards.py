@@ -139,8 +139,7 @@ class CardService:
                 return [product.code_length]
         # Without a card number the code's own length picks the product format; the default
         # 16 first, so the common case costs one check.
-        lengths = {p.code_length for p in tx.list_products(0, 1000)}
-        return sorted(lengths | {16}, key=lambda n: (n != 16, n))
+        return sorted({*tx.code_lengths(), 16}, key=lambda n: (n != 16, n))
 
     def bind(
         self, principal: Principal, code: str, *, serial: str | None = None, account: str | None = None

@@ -406,6 +406,10 @@ class SqlTx(ABC):
         )
         return [self._product(r) for r in rows]
 
+    def code_lengths(self) -> list[int]:
+        """Every code length some product uses, ascending."""
+        return [int(r[0]) for r in self._all("SELECT DISTINCT code_length FROM products ORDER BY 1")]
+
     # -- accounts
     def ensure_account(self, external_id: str) -> Account:
         self._execute(

@@ -49,6 +49,11 @@ def test_products_fixed_and_range(storage: Storage) -> None:
         assert tx.get_product(10_000) is None and tx.get_product_by_sku("nope") is None
         assert [p.sku for p in tx.list_products()] == ["JD-100", "YH-ANY"]
         assert [p.sku for p in tx.list_products(after_id=fixed.id, limit=5)] == ["YH-ANY"]
+        assert tx.code_lengths() == [16]
+    with storage.transaction() as tx:
+        tx.create_product(NewProduct("SHORT", "Short codes", "CNY", denominations=(1,), code_length=10))
+    with storage.read() as tx:
+        assert tx.code_lengths() == [10, 16]
 
 
 @pytest.mark.parametrize(

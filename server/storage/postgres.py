@@ -177,7 +177,7 @@ class PostgresStorage:
 
     backend = "postgres"
 
-    def __init__(self, dsn: str, *, clock: Clock = utcnow, min_size: int = 1, max_size: int = 16) -> None:
+    def __init__(self, dsn: str, *, clock: Clock = utcnow, min_size: int = 1, max_size: int = 32) -> None:
         self._clock = clock
         # autocommit: each unit of work opens its own explicit transaction block, and no
         # pooled connection ever sits "idle in transaction" between calls.
@@ -251,9 +251,17 @@ class PostgresStorage:
     @contextmanager
     def read(self) -> Iterator[_PgTx]:
         """A read-only REPEATABLE READ snapshot: every query in it sees the same moment."""
-        with self._pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield _PgTx(conn, self._clock)
+        with self._pool.connection() as conn:
+            # Set on the connection, the mode travels in the BEGIN itself: no extra round
+            # trip for a SET TRANSACTION. Reset before the connection goes back to the pool.
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            try:
+                with conn.transaction():
+                    yield _PgTx(conn, self._clock)
+            finally:
+                conn.isolation_level = None
+                conn.read_only = None
 
     def run(self, work: Callable[[_PgTx], T], attempts: int = 5) -> T:
         """``work`` in a write transaction, retried on deadlock or serialization failure."""

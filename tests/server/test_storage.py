@@ -425,6 +425,23 @@ def test_read_transactions_cannot_write(storage: Storage) -> None:
         assert tx.get_account(1) is None
 
 
+def test_a_read_is_one_snapshot_and_leaves_writers_alone(storage: Storage) -> None:
+    with storage.transaction() as tx:
+        tx.ensure_account("first")
+    with storage.read() as snap:
+        before = snap.get_account(1)
+        with storage.transaction() as tx:  # commits while the snapshot is open
+            tx.ensure_account("second")
+        assert snap.get_account(2) is None and snap.get_account(1) == before
+    for _ in range(40):  # pooled connections that served reads still write
+        with storage.transaction() as tx:
+            tx.ensure_account(f"w{_}")
+        with storage.read() as snap:
+            assert snap.get_account(1) == before
+    with storage.read() as snap:
+        assert snap.get_account(2) is not None
+
+
 def test_transactions_do_not_nest(storage: Storage, backend: str) -> None:
     if backend != "sqlite":
         # PostgreSQL hands a nested call a second pooled connection, which is legitimate.

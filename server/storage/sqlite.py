@@ -273,9 +273,9 @@ class SQLiteStorage:
                 # nothing of the batch happened, and every unit hears so.
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                error = _translate(e) if isinstance(e, sqlite3.Error) else e
+                failure: BaseException = _translate(e) if isinstance(e, sqlite3.Error) else e
                 for unit in batch:
-                    unit.result, unit.error = None, error
+                    unit.result, unit.error = None, failure
                 if not isinstance(e, Exception):
                     raise
         finally:

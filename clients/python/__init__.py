@@ -529,7 +529,11 @@ class Client:
 
         call = self.keys.Check(requests(), timeout=self.bulk_timeout, metadata=self._metadata)
         for i, resp in enumerate(self._stream(call)):
-            normalized, suggestions = _unpack(resp.normalized), _unpack(resp.suggestions)
+            normalized = _unpack(resp.normalized)
+            # An empty suggestions message means "none in this chunk".
+            suggestions = (
+                _unpack(resp.suggestions) if len(_offsets(resp.suggestions)) > 1 else [""] * len(normalized)
+            )
             for code, st, norm, sug in zip(sent[i], resp.status, normalized, suggestions, strict=True):
                 yield CheckResult(code, _CHECK_STATUS.get(st, "unspecified"), norm, sug or None)
 

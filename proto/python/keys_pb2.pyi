@@ -118,7 +118,9 @@ class CheckResponse(_message.Message):
     @_builtins.property
     def suggestions(self) -> _common_pb2.PackedStrings:
         """The suggested code, display form (XXXX-XXXX-...), where status is
-        CODE_STATUS_CORRECTED; an empty string elsewhere.
+        CODE_STATUS_CORRECTED; an empty string elsewhere. When no code of the chunk has a
+        suggestion the message is empty (no data, no lengths, width 0) instead of one empty
+        string per code.
         """
 
     def __init__(

@@ -37,7 +37,10 @@ def _pack_codes(codes: npt.NDArray[np.bytes_], present: npt.NDArray[np.bool_]) -
 
 
 def _pack_suggestions(count: int, suggestions: dict[int, str]) -> common_pb2.PackedStrings:
-    """``count`` strings, empty except at the rows of ``suggestions``."""
+    """``count`` strings, empty except at the rows of ``suggestions``; no suggestion at
+    all is the empty message (the proto's contract), not ``count`` empty strings."""
+    if not suggestions:
+        return common_pb2.PackedStrings()
     lengths = np.zeros(count, dtype=np.uint32)
     parts = []
     for i in sorted(suggestions):

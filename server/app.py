@@ -87,6 +87,7 @@ class Running:
         """Refuse new calls, let in-flight ones finish for up to ``grace`` s, close storage."""
         # NOT_SERVING first, so a load balancer's health check moves traffic away while we drain.
         self.health.enter_graceful_shutdown()
+        self.domain.close()  # event subscriptions end instead of holding the drain open
         self.server.stop(grace).wait()
         self.storage.close()
 

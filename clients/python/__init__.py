@@ -41,6 +41,8 @@ from cardmint.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     common_pb2,
+    event_pb2,
+    event_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
     lot_pb2,
@@ -475,6 +477,7 @@ class Client:
         self.lots = lot_pb2_grpc.LotServiceStub(self._channel)
         self.cards = card_pb2_grpc.CardServiceStub(self._channel)
         self.balances = balance_pb2_grpc.BalanceServiceStub(self._channel)
+        self.events = event_pb2_grpc.EventServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -706,3 +709,29 @@ class Client:
             token = resp.page.next_page_token
             if not token:
                 return
+
+    # -- events ---------------------------------------------------------------------------
+
+    def event_head(self) -> int:
+        """The newest event id (0 when there is none)."""
+        return self._call(self.events.GetHead, event_pb2.GetHeadRequest(), retry=True).head_id
+
+    def subscribe_events(
+        self, after_id: int = 0, *, kinds: Sequence[str] = (), timeout: float | None = None
+    ) -> Iterator[event_pb2.Event]:
+        """Events after ``after_id`` in commit order, then new ones as they commit, until
+        ``timeout`` s pass (None: until the server shuts down or the caller stops
+        iterating). Keep the id of the last event handled and resume from it."""
+        call = self.events.Subscribe(
+            event_pb2.SubscribeRequest(after_id=after_id, kinds=list(kinds)),
+            timeout=timeout,
+            metadata=self._metadata,
+        )
+        try:
+            yield from self._stream(call)
+        except CardmintError as e:
+            if e.code is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            # the caller's own time limit: the stream simply ends
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]

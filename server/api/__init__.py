@@ -17,6 +17,8 @@ from cardmint.v1 import (
     card_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
+    event_pb2,
+    event_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
     lot_pb2,
@@ -28,6 +30,7 @@ from .balances import BalanceServicer
 from .cards import CardServicer
 from .catalog import CatalogServicer
 from .errors import ErrorInterceptor, status_of
+from .events import EventServicer
 from .keys import KeyServicer
 from .lots import LotServicer
 
@@ -51,6 +54,7 @@ SERVICE_NAMES: tuple[str, ...] = tuple(
         (lot_pb2, "LotService"),
         (card_pb2, "CardService"),
         (balance_pb2, "BalanceService"),
+        (event_pb2, "EventService"),
     )
 )
 
@@ -66,3 +70,4 @@ def add_services(server: grpc.Server, domain: Domain) -> None:
     lot_pb2_grpc.add_LotServiceServicer_to_server(LotServicer(domain), server)
     card_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(domain), server)
     balance_pb2_grpc.add_BalanceServiceServicer_to_server(BalanceServicer(domain), server)
+    event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(domain), server)

@@ -4,8 +4,9 @@ apply (role checks, turning storage failures into domain errors, input validatio
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from cardmint.kernel import Kernel
@@ -44,6 +45,21 @@ class DomainConfig:
     page_limit_max: int = 500
 
 
+class Wake:
+    """Wakes this process's event subscribers after a commit that emitted events."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+
+    def __call__(self) -> None:
+        with self.condition:
+            self.condition.notify_all()
+
+    def wait(self, seconds: float) -> None:
+        with self.condition:
+            self.condition.wait(seconds)
+
+
 @dataclass(frozen=True)
 class Context:
     storage: Storage
@@ -51,6 +67,8 @@ class Context:
     kernel: Kernel
     config: DomainConfig
     index: IssuedIndex
+    wake: Wake = field(default_factory=Wake)
+    closing: threading.Event = field(default_factory=threading.Event)  # set once shutting down
 
     def run(self, work: Callable[[UnitOfWork], T]) -> T:
         """``work`` in one transaction, retried when the database aborts it under contention."""

@@ -33,6 +33,7 @@ from .errors import (
     MalformedCode,
     TransferLimitReached,
 )
+from .events import EventKind, emit
 from .keys import display
 
 __all__ = ["BindReceipt", "CardService", "CardView"]
@@ -153,6 +154,8 @@ class CardService:
         # Errors are returned from the transaction, not raised in it, so that the failed
         # attempt it counted commits; raising inside would roll the count back.
         if isinstance(result, DomainError):
+            if isinstance(result, AccountLocked | CardLocked):
+                ctx.wake()  # a lockout event may have been committed: tell subscribers now
             raise result
         return result
 
@@ -252,6 +255,11 @@ class CardService:
             if serial is not None
             else (0, now)
         )
+        # The guess that reaches a limit locks, and tells the notifiers (once per lock).
+        if n_acct == cfg.account_failures:
+            emit(tx, EventKind.ACCOUNT_LOCKED, f"account:{acct.external_id}", until=acct_until.isoformat())
+        if serial is not None and n_card == cfg.card_failures:
+            emit(tx, EventKind.CARD_LOCKED, f"card:{serial}", until=card_until.isoformat())
         if n_acct >= cfg.account_failures:
             return AccountLocked(retry_after=(acct_until - now).total_seconds())
         if n_card >= cfg.card_failures:

@@ -12,6 +12,7 @@ from .auth import AuthService
 from .balances import BalanceService
 from .cards import CardService
 from .catalog import CatalogService
+from .events import EventService
 from .issued_index import IssuedIndex
 from .keyring import Keyring
 from .keys import KeyService
@@ -41,13 +42,19 @@ class Domain:
         self.kernel = k
         self.config = config or DomainConfig()
         self.index = IssuedIndex(storage, k)
-        ctx = Context(storage, keyring, k, self.config, self.index)
+        ctx = self._ctx = Context(storage, keyring, k, self.config, self.index)
         self.auth = AuthService(storage)
         self.keys = KeyService(ctx)
         self.catalog = CatalogService(ctx)
         self.lots = LotService(ctx)
         self.cards = CardService(ctx)
         self.balances = BalanceService(ctx, self.cards)
+        self.events = EventService(ctx)
+
+    def close(self) -> None:
+        """Shutting down: end long-lived calls (event subscriptions) now."""
+        self._ctx.closing.set()
+        self._ctx.wake()
 
     def refresh_index(self) -> None:
         self.index.refresh()

@@ -35,6 +35,7 @@ from .models import (
     CardState,
     CardStatus,
     Delivery,
+    Event,
     IdempotencyClaim,
     IndexChange,
     IssuedCards,
@@ -63,6 +64,7 @@ STATES_CHUNK = 32_000
 # single writer already holds everything.
 LOCK_AUDIT = 1
 LOCK_INDEX = 2
+LOCK_EVENTS = 3
 
 
 _Tx = TypeVar("_Tx")
@@ -1000,6 +1002,33 @@ class SqlTx(ABC):
             f"SELECT {_AUDIT} FROM audit_log WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
         )
         return [self._audit(r) for r in rows]
+
+    # -- the event outbox
+    def emit_event(self, kind: str, subject: str, detail: str = "{}") -> Event:
+        """Queue an event for notifiers; it is published when (and only if) this commits.
+
+        Ids are assigned under a lock held to commit, so they are in commit order and a
+        subscriber that has seen id N has seen everything before it.
+        """
+        self._lock(LOCK_EVENTS)
+        row = self._one("SELECT COALESCE(MAX(id), 0) FROM events")
+        event = Event(int(row[0]) + 1, self.now(), kind, subject, detail)
+        self._execute(
+            "INSERT INTO events (id, at, kind, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            (event.id, self._ts(event.at), kind, subject, detail),
+        )
+        return event
+
+    def events_after(self, cursor: int, limit: int = 1000) -> list[Event]:
+        rows = self._all(
+            "SELECT id, at, kind, subject, detail FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (cursor, limit),
+        )
+        return [Event(r[0], self._dt(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def events_head(self) -> int:
+        """The newest event id (0 when none)."""
+        return int(self._one("SELECT COALESCE(MAX(id), 0) FROM events")[0])
 
     # -- the issued-codes index feed
     def _index_change(self, lot_id: int, change: str) -> None:

@@ -24,6 +24,7 @@ from .models import (
     Card,
     CardBatch,
     CardStatus,
+    Event,
     IdempotencyClaim,
     IndexChange,
     IssuedCards,
@@ -133,6 +134,9 @@ class UnitOfWork(Protocol):
 
     # audit chain
     def append_audit(self, actor: str, action: str, subject: str, detail: str = "") -> AuditEntry: ...
+    def emit_event(self, kind: str, subject: str, detail: str = ...) -> Event: ...
+    def events_after(self, cursor: int, limit: int = ...) -> list[Event]: ...
+    def events_head(self) -> int: ...
     def audit_entries(self, after_id: int = 0, limit: int = 10_000) -> list[AuditEntry]: ...
 
     # issued-codes index feed (consume the iterators inside the transaction)

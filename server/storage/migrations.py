@@ -242,7 +242,31 @@ CREATE TABLE card_changes (
 ){strict};
 """
 
+# v4: the outbox of events for notifiers (SMS, email, webhooks outside cardmint). Written in
+# the same transaction as the change it reports; ids assigned like audit ids (last + 1
+# under a lock), so a subscriber reading in id order never skips one that committed late.
+_V4 = """
+CREATE TABLE events (
+    id {big} PRIMARY KEY,
+    at {ts} NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL
+){strict};
+"""
+_V4_SQLITE = """
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events is append-only'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events is append-only'); END;
+"""
+_V4_POSTGRES = """
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION cardmint_append_only();
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
+    Migration(4, "event outbox", _V4, _V4_SQLITE, _V4_POSTGRES),
 )

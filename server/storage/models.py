@@ -269,6 +269,17 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Event:
+    """One outbox event: ``detail`` is a JSON object (never a secret code)."""
+
+    id: int
+    at: datetime
+    kind: str
+    subject: str
+    detail: str
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     id: int
     at: datetime

@@ -145,6 +145,7 @@ def serve(
     *,
     grace: float = DEFAULT_GRACE,
     workers: int = DEFAULT_WORKERS,
+    profile: str = "platform",
 ) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls for up to ``grace`` s; 0."""
     logging.basicConfig(level=logging.INFO, format="cardmint: %(message)s", stream=sys.stderr)
@@ -156,11 +157,15 @@ def serve(
     # Installed before start, so a SIGTERM that arrives during start-up still drains.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    running = start(db_url, listen, var_dir, workers=workers)
+    running = start(db_url, listen, var_dir, workers=workers, config=DomainConfig(profile=profile))
     host = listen.rsplit(":", 1)[0]
     where = redact(db_url) if db_url else default_db_url(var_dir)
     # Tests and scripts wait for this line; it names the bound port (``--listen …:0``).
-    print(f"cardmint: serving on {host}:{running.port} ({where})", file=sys.stderr, flush=True)
+    print(
+        f"cardmint: serving on {host}:{running.port} ({where}; compliance profile {running.domain.profile.tag})",
+        file=sys.stderr,
+        flush=True,
+    )
     while not stopping.wait(0.5):  # wakes up so the main thread can run signal handlers
         pass
     print(f"cardmint: stopping; draining in-flight calls for up to {grace:g} s", file=sys.stderr, flush=True)

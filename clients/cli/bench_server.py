@@ -51,7 +51,7 @@ class ServerSizes:
 
 FULL = ServerSizes(10_000, 64, 4, 1_000_000, 1_000_000, 10_000_000, 10_000, 120.0, 1)
 QUICK = ServerSizes(1_000, 64, 4, 100_000, 1_000_000, 1_000_000, 1_000, 60.0, 1)
-TINY = ServerSizes(64, 8, 2, 300, 1_000, 600, 100, 30.0, 1)
+TINY = ServerSizes(64, 8, 2, 300, 1_000, 600, 300, 30.0, 1)
 
 
 @dataclass
@@ -201,7 +201,7 @@ def make_lot(
 
     with Client(addr, token, timeout=60.0, bulk_timeout=1800.0) as c:
         with suppress(ProductExists):
-            c.create_product(sku=sku, name="bench card", currency=CURRENCY, amount_range=(1, FACE))
+            c.create_product(sku=sku, name="bench card", currency=CURRENCY, amount_range=(100, FACE))
         t = time.perf_counter()
         lot = c.create_lot(sku, count, face)
         rows = list(c.stream_lot(lot.id))

@@ -24,6 +24,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="seconds to let in-flight calls finish on SIGTERM (default 30)",
     )
     p.add_argument("--workers", type=int, default=32, help="threads handling calls (default 32)")
+    p.add_argument(
+        "--profile",
+        default="platform",
+        help="compliance profile: platform (default), cn-prepaid, or a profile .toml file",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +40,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.grace < 0:
         raise UsageError("--grace must not be negative")
-    return serve(args.db, args.listen, Path(args.var), grace=args.grace, workers=args.workers)
+    from cardmint.server.domain.compliance import ProfileError, load_profile
+
+    try:
+        load_profile(args.profile)  # a bad profile is a usage error, before anything starts
+    except ProfileError as e:
+        raise UsageError(str(e)) from None
+    return serve(
+        args.db, args.listen, Path(args.var), grace=args.grace, workers=args.workers, profile=args.profile
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,7 @@ __all__ = [
     "Client",
     "Contention",
     "CurrencyMismatch",
+    "DailyLimitReached",
     "ExportNeedsAdmin",
     "FieldViolation",
     "IdempotencyKeyReused",
@@ -213,6 +214,13 @@ class TransferLimitReached(FailedPrecondition):
     reason = "TRANSFER_LIMIT_REACHED"
 
 
+class DailyLimitReached(CardmintError):  # noqa: N818 - named after the reason, like the server's
+    """Redemptions on this account today would pass the compliance profile's daily limit;
+    ``retry_after`` is the time until the day (UTC) ends."""
+
+    reason = "DAILY_LIMIT_REACHED"
+
+
 class InsufficientFunds(FailedPrecondition):
     reason = "INSUFFICIENT_FUNDS"
 
@@ -277,6 +285,7 @@ ERRORS: dict[str, type[CardmintError]] = {
         CardExpired,
         CardVoid,
         TransferLimitReached,
+        DailyLimitReached,
         CardLocked,
         AccountLocked,
         InsufficientFunds,
@@ -578,6 +587,7 @@ class Client:
         validity_days: int | None = None,
         review: bool = False,
         code_length: int = 16,
+        registered: bool = False,
     ) -> catalog_pb2.Product:
         request = catalog_pb2.CreateProductRequest(
             sku=sku,
@@ -592,6 +602,7 @@ class Client:
             validity_days=validity_days,
             delivery=catalog_pb2.DELIVERY_REVIEW if review else catalog_pb2.DELIVERY_AUTO,
             code_length=code_length,
+            registered=registered,
         )
         return self._call(self.catalog.CreateProduct, request)
 

@@ -87,6 +87,7 @@ class Product(_message.Message):
     DELIVERY_FIELD_NUMBER: _builtins.int
     CODE_LENGTH_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    REGISTERED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned id."""
     sku: _builtins.str
@@ -101,6 +102,10 @@ class Product(_message.Message):
     """How cards are delivered."""
     code_length: _builtins.int
     """Symbols per secret code, including the check symbol."""
+    registered: _builtins.bool
+    """Registered cards (a holder on record) rather than anonymous bearer cards; the
+    compliance profile sets different limits for each (e.g. cn-prepaid: 5,000 vs 1,000 CNY).
+    """
     @_builtins.property
     def denominations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Fixed face values in minor units (e.g. 10000, 20000, 50000); empty when `amount_range`
@@ -128,10 +133,11 @@ class Product(_message.Message):
         delivery: Global___Delivery.ValueType = ...,
         code_length: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        registered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "created_at", b"created_at", "validity_days", b"validity_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "code_length", b"code_length", "created_at", b"created_at", "currency", b"currency", "delivery", b"delivery", "denominations", b"denominations", "id", b"id", "name", b"name", "sku", b"sku", "validity_days", b"validity_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "code_length", b"code_length", "created_at", b"created_at", "currency", b"currency", "delivery", b"delivery", "denominations", b"denominations", "id", b"id", "name", b"name", "registered", b"registered", "sku", b"sku", "validity_days", b"validity_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validity_days: _TypeAlias = _typing.Literal["validity_days"]  # noqa: Y015
     _WhichOneofArgType__validity_days: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days"]  # noqa: Y015
@@ -153,6 +159,7 @@ class CreateProductRequest(_message.Message):
     VALIDITY_DAYS_FIELD_NUMBER: _builtins.int
     DELIVERY_FIELD_NUMBER: _builtins.int
     CODE_LENGTH_FIELD_NUMBER: _builtins.int
+    REGISTERED_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     """Unique SKU: 1..64 characters of A-Z a-z 0-9 . _ -"""
     name: _builtins.str
@@ -160,14 +167,20 @@ class CreateProductRequest(_message.Message):
     currency: _builtins.str
     """ISO 4217 code, three upper-case letters."""
     validity_days: _builtins.int
-    """Validity in days (1..1095); unset for no expiry."""
+    """Validity in days; unset for no expiry. The compliance profile bounds it (platform: at
+    most 1,095; cn-prepaid: anonymous cards at least 1,095, registered cards none).
+    """
     delivery: Global___Delivery.ValueType
     """Delivery mode; unspecified means automatic."""
     code_length: _builtins.int
     """Symbols per secret code including the check symbol (8..31); 0 means 16."""
+    registered: _builtins.bool
+    """Registered cards (a holder on record) instead of anonymous bearer cards."""
     @_builtins.property
     def denominations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Fixed face values in minor units: 1..20 distinct values, each 1..10^12."""
+        """Fixed face values in minor units: 1..20 distinct values, each 1..10^12 and within the
+        compliance profile's bounds for the card kind.
+        """
 
     @_builtins.property
     def amount_range(self) -> Global___AmountRange:
@@ -184,10 +197,11 @@ class CreateProductRequest(_message.Message):
         validity_days: _builtins.int | None = ...,
         delivery: Global___Delivery.ValueType = ...,
         code_length: _builtins.int = ...,
+        registered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "validity_days", b"validity_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "code_length", b"code_length", "currency", b"currency", "delivery", b"delivery", "denominations", b"denominations", "name", b"name", "sku", b"sku", "validity_days", b"validity_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "code_length", b"code_length", "currency", b"currency", "delivery", b"delivery", "denominations", b"denominations", "name", b"name", "registered", b"registered", "sku", b"sku", "validity_days", b"validity_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validity_days: _TypeAlias = _typing.Literal["validity_days"]  # noqa: Y015
     _WhichOneofArgType__validity_days: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days"]  # noqa: Y015

@@ -36,6 +36,7 @@ def product_message(p: Product) -> catalog_pb2.Product:
         delivery=_DELIVERY_OUT[str(p.delivery)],
         code_length=p.code_length,
         created_at=timestamp(p.created_at),
+        registered=p.registered,
     )
 
 
@@ -63,6 +64,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             # the domain refuses as a field violation.
             delivery=_DELIVERY_IN.get(r.delivery, str(r.delivery)),
             code_length=r.code_length or 16,
+            registered=r.registered,
         )
         return product_message(product)
 

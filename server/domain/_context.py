@@ -20,6 +20,7 @@ from cardmint.server.storage import (
 )
 
 from .auth import Principal
+from .compliance import Profile
 from .errors import Contention, IdempotencyKeyReused, InvalidArgument, PermissionDenied
 from .issued_index import IssuedIndex
 from .keyring import Keyring
@@ -43,6 +44,7 @@ class DomainConfig:
     lot_chunk: int = 65_536
     stream_chunk: int = 10_000
     page_limit_max: int = 500
+    profile: str = "platform"  # compliance profile: a built-in name or a .toml file
 
 
 class Wake:
@@ -67,13 +69,23 @@ class Context:
     kernel: Kernel
     config: DomainConfig
     index: IssuedIndex
+    profile: Profile
     wake: Wake = field(default_factory=Wake)
     closing: threading.Event = field(default_factory=threading.Event)  # set once shutting down
 
     def run(self, work: Callable[[UnitOfWork], T]) -> T:
-        """``work`` in one transaction, retried when the database aborts it under contention."""
+        """``work`` in one transaction, retried when the database aborts it under contention.
+
+        Every ledger row the transaction writes records the deployment's compliance profile.
+        """
+        tag = self.profile.tag
+
+        def judged(tx: UnitOfWork) -> T:
+            tx.judged_by = tag
+            return work(tx)
+
         try:
-            return self.storage.run(work)
+            return self.storage.run(judged)
         except TransientError as e:
             raise Contention() from e
         except IdempotencyConflictError as e:

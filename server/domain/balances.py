@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import blake3
-from cardmint.server.storage import LedgerEntry, MoneyOutcome, MoneyResult, Role, UnitOfWork
+from cardmint.server.storage import LedgerEntry, LedgerKind, MoneyOutcome, MoneyResult, Role, UnitOfWork
 
-from ._context import MAX_AMOUNT, STAFF, Context, int_arg, request_id_arg, require, resolve_account
+from ._context import MAX_AMOUNT, STAFF, Context, detail, int_arg, request_id_arg, require, resolve_account
 from .auth import Principal
 from .cards import CardService
 from .currencies import ISO_4217
@@ -23,12 +23,14 @@ from .errors import (
     CardFrozen,
     CardVoid,
     CurrencyMismatch,
+    DailyLimitReached,
     DomainError,
     InsufficientFunds,
     InvalidArgument,
     NotReversible,
     TransactionNotFound,
 )
+from .events import EventKind, emit
 
 __all__ = [
     "AccountBalance",
@@ -181,17 +183,63 @@ class BalanceService:
             claim = tx.claim_idempotency("redeem", request_id, fingerprint)
             if claim.replay is not None:
                 return _decode(claim.replay)
+            if card.account_id is not None:
+                self._daily_limit(tx, card.account_id, amount, currency)
             res = tx.redeem(card.id, amount, currency, request_id)
             if not res.ok or res.entry is None or res.balance is None:
                 if res.outcome is MoneyOutcome.NOT_ACTIVE:
                     raise CardFrozen() if card.status.value == "frozen" else CardVoid()
                 # Raised inside: the claim rolls back with the refused move.
                 raise _refusal(res, card.currency)
+            self._aml(tx, "redeem", card.serial, res.entry.id, amount, currency)
             receipt = MoneyReceipt(res.entry.id, card.serial, amount, currency, res.balance)
             tx.complete_idempotency("redeem", request_id, _encode(receipt))
             return receipt
 
-        return self._ctx.run(work)
+        receipt = self._ctx.run(work)
+        if self._reportable(amount, currency):
+            self._ctx.wake()  # an AML report event was committed
+        return receipt
+
+    def _daily_limit(self, tx: UnitOfWork, account_id: int, amount: int, currency: str) -> None:
+        """The profile's per-account daily redemption limit, checked under the account's
+        row lock so that concurrent spends from several cards cannot overrun it together."""
+        limit = self._ctx.profile.daily_redeem_limit.minor(currency)
+        if limit is None:
+            return
+        tx.lock_account(account_id)
+        now = tx.now()
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        # Spent today, net of what reversals gave back today.
+        spent = tx.account_total(account_id, LedgerKind.REDEEM, day, currency) - tx.account_total(
+            account_id, LedgerKind.REVERSE, day, currency
+        )
+        if spent + amount > limit:
+            raise DailyLimitReached(
+                retry_after=(day + timedelta(days=1) - now).total_seconds(),
+                metadata={"limit": str(limit), "spent_today": str(spent), "currency": currency},
+            )
+
+    def _reportable(self, amount: int, currency: str) -> bool:
+        threshold = self._ctx.profile.aml_above.minor(currency)
+        return threshold is not None and amount > threshold
+
+    def _aml(self, tx: UnitOfWork, what: str, serial: str, entry_id: int, amount: int, currency: str) -> None:
+        """A movement above the profile's AML threshold leaves a report record (and an event)."""
+        if self._reportable(amount, currency):
+            subject = f"card:{serial}"
+            tx.add_report(
+                "aml", subject, detail(movement=what, transaction=entry_id), amount=amount, currency=currency
+            )
+            emit(
+                tx,
+                EventKind.AML_REPORT,
+                subject,
+                movement=what,
+                transaction=entry_id,
+                amount=amount,
+                currency=currency,
+            )
 
     def reverse(self, principal: Principal, *, entry_id: int, amount: int, request_id: str) -> MoneyReceipt:
         require(principal, _REVERSERS)
@@ -213,11 +261,15 @@ class BalanceService:
             res = tx.reverse(entry_id, amount, request_id)
             if not res.ok or res.entry is None or res.balance is None:
                 raise _refusal(res, card.currency)
+            self._aml(tx, "reverse", card.serial, res.entry.id, amount, card.currency)
             receipt = MoneyReceipt(res.entry.id, card.serial, amount, card.currency, res.balance)
             tx.complete_idempotency("reverse", request_id, _encode(receipt))
             return receipt
 
-        return self._ctx.run(work)
+        receipt = self._ctx.run(work)
+        if self._reportable(amount, receipt.currency):
+            self._ctx.wake()
+        return receipt
 
     def list_transactions(
         self,

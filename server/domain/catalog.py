@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cardmint.server.storage import ConflictError, Delivery, NewProduct, Product, Role, UnitOfWork
 
 from ._context import MAX_AMOUNT, STAFF, Context, detail, require
 from .auth import Principal
+from .compliance import Profile
 from .currencies import ISO_4217
 from .errors import FieldViolation, InvalidArgument, ProductExists, ProductNotFound
 
 __all__ = ["CatalogService", "Delivery", "Product"]
 
 _SKU = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# The `platform` compliance profile's bound (SPEC §3: validity at most 3 years); profiles
-# arrive with the compliance issue and will supply this instead.
-MAX_VALIDITY_DAYS = 1095
+# The hard cap on validity whatever the profile says (a profile's 0 means "no maximum").
+MAX_VALIDITY_DAYS = 36_500
 _ANY_ROLE = frozenset(Role)
 
 
@@ -36,8 +36,14 @@ def validate_product(
     validity_days: object,
     delivery: object,
     code_length: object,
+    registered: object = False,
+    profile: Profile | None = None,
 ) -> NewProduct:
-    """Every rule at once, so a caller fixes all its mistakes in one round trip."""
+    """Every rule at once, so a caller fixes all its mistakes in one round trip.
+
+    ``profile`` (the deployment's compliance profile) adds its bounds: currencies, face
+    values and validity per card kind (anonymous or registered).
+    """
     bad: list[FieldViolation] = []
 
     def fail(field: str, why: str) -> None:
@@ -73,6 +79,13 @@ def validate_product(
         rng = (int(amount_range[0]), int(amount_range[1]))
     if validity_days is not None and not _int_in(validity_days, 1, MAX_VALIDITY_DAYS):
         fail("validity_days", f"none (no expiry) or 1-{MAX_VALIDITY_DAYS} days")
+    if not isinstance(registered, bool):
+        fail("registered", "true (a holder on record) or false (anonymous)")
+    elif profile is not None:  # the profile's bounds on whatever passed the checks above
+        field = "amount_range" if rng is not None else "denominations"
+        _profile_bounds(
+            profile, str(currency), field, (*denoms, *(rng or ())), validity_days, registered, fail
+        )
     mode: Delivery | None = None
     if isinstance(delivery, str):
         mode = {"auto": Delivery.AUTO, "review": Delivery.REVIEW, "manual": Delivery.REVIEW}.get(
@@ -94,7 +107,48 @@ def validate_product(
         validity_days=validity_days if isinstance(validity_days, int) else None,
         delivery=mode,
         code_length=code_length if isinstance(code_length, int) else 16,
+        registered=registered is True,
     )
+
+
+def _profile_bounds(
+    profile: Profile,
+    currency: str,
+    field: str,
+    amounts: tuple[int, ...],
+    validity_days: object,
+    registered: bool,
+    fail: Callable[[str, str], None],
+) -> None:
+    under = f"under the {profile.tag} compliance profile"
+    kind = "registered" if registered else "anonymous"
+    rules = profile.cards(registered)
+    if currency not in ISO_4217:
+        pass  # already reported
+    elif profile.currencies and currency not in profile.currencies:
+        fail("currency", f"one of {', '.join(sorted(profile.currencies))} {under}")
+    elif amounts:
+        lo, hi = profile.face_value_min.minor(currency), rules.face_value_max.minor(currency)
+        if lo is not None and min(amounts) < lo:
+            fail(field, f"at least {lo} minor units per card {under}")
+        if hi is not None and max(amounts) > hi:
+            fail(field, f"at most {hi} minor units per {kind} card {under}")
+    if validity_days is None:
+        if rules.expiry_required:
+            fail(
+                "validity_days",
+                f"{kind} cards need an expiry of at least {rules.validity_days_min} days {under}",
+            )
+        return
+    if not _int_in(validity_days, 1, MAX_VALIDITY_DAYS):
+        return  # already reported
+    assert isinstance(validity_days, int)
+    if not rules.expiry_allowed:
+        fail("validity_days", f"{kind} cards carry no expiry {under}")
+    elif validity_days < rules.validity_days_min:
+        fail("validity_days", f"at least {rules.validity_days_min} days for {kind} cards {under}")
+    elif profile.validity_days_max and validity_days > profile.validity_days_max:
+        fail("validity_days", f"at most {profile.validity_days_max} days {under}")
 
 
 class CatalogService:
@@ -113,6 +167,7 @@ class CatalogService:
         validity_days: int | None = None,
         delivery: Delivery | str = "auto",
         code_length: int = 16,
+        registered: bool = False,
     ) -> Product:
         require(principal, STAFF)
         new = validate_product(
@@ -124,6 +179,8 @@ class CatalogService:
             validity_days=validity_days,
             delivery=delivery,
             code_length=code_length,
+            registered=registered,
+            profile=self._ctx.profile,
         )
         # Checked first because a failed INSERT would doom the transaction; the ConflictError
         # below still catches the race with a concurrent create of the same sku.

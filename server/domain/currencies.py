@@ -4,7 +4,7 @@ none of those can be a gift card's money."""
 
 from __future__ import annotations
 
-__all__ = ["ISO_4217"]
+__all__ = ["ISO_4217", "minor_exponent"]
 
 ISO_4217: frozenset[str] = frozenset(
     [
@@ -166,3 +166,36 @@ ISO_4217: frozenset[str] = frozenset(
         "ZWG",
     ]
 )
+
+# Minor-unit exponents that differ from 2 (ISO 4217 list one, 2024); every other code has 2.
+_EXPONENTS = {
+    **dict.fromkeys(
+        [
+            "BIF",
+            "CLP",
+            "DJF",
+            "GNF",
+            "ISK",
+            "JPY",
+            "KMF",
+            "KRW",
+            "PYG",
+            "RWF",
+            "UGX",
+            "VND",
+            "VUV",
+            "XAF",
+            "XOF",
+            "XPF",
+        ],
+        0,
+    ),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+}
+
+
+def minor_exponent(currency: str) -> int:
+    """Digits after the decimal point in ``currency`` (CNY 2: 1 yuan = 100 fen; JPY 0)."""
+    if currency not in ISO_4217:
+        raise ValueError(f"not an ISO 4217 currency: {currency!r}")
+    return _EXPONENTS.get(currency, 2)

@@ -25,6 +25,7 @@ __all__ = [
     "CardVoid",
     "Contention",
     "CurrencyMismatch",
+    "DailyLimitReached",
     "DomainError",
     "ErrorKind",
     "ExportNeedsAdmin",
@@ -212,6 +213,14 @@ class AccountLocked(DomainError):
     )
 
 
+class DailyLimitReached(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.RESOURCE_EXHAUSTED,
+        "DAILY_LIMIT_REACHED",
+        "this account's redemptions today would pass the daily limit",
+    )
+
+
 class InsufficientFunds(DomainError):
     kind, reason, default_message = (
         ErrorKind.FAILED_PRECONDITION,
@@ -276,6 +285,7 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     TransferLimitReached,
     CardLocked,
     AccountLocked,
+    DailyLimitReached,
     InsufficientFunds,
     CurrencyMismatch,
     TransactionNotFound,

@@ -31,6 +31,7 @@ _PAGE = 500
 class EventKind(enum.StrEnum):
     ACCOUNT_LOCKED = "account.locked"  # too many failed binds on an account
     CARD_LOCKED = "card.locked"  # too many failed binds naming one card
+    AML_REPORT = "aml.report"  # a movement above the profile's AML threshold
 
 
 @dataclass(frozen=True)

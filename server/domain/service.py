@@ -12,6 +12,7 @@ from .auth import AuthService
 from .balances import BalanceService
 from .cards import CardService
 from .catalog import CatalogService
+from .compliance import load_profile
 from .events import EventService
 from .issued_index import IssuedIndex
 from .keyring import Keyring
@@ -42,7 +43,8 @@ class Domain:
         self.kernel = k
         self.config = config or DomainConfig()
         self.index = IssuedIndex(storage, k)
-        ctx = self._ctx = Context(storage, keyring, k, self.config, self.index)
+        self.profile = load_profile(self.config.profile)
+        ctx = self._ctx = Context(storage, keyring, k, self.config, self.index, self.profile)
         self.auth = AuthService(storage)
         self.keys = KeyService(ctx)
         self.catalog = CatalogService(ctx)
@@ -65,4 +67,4 @@ class Domain:
         def work(tx: UnitOfWork) -> list[int]:
             return tx.abandon_stale_lots(tx.now() - timedelta(seconds=older_than_seconds))
 
-        return self.storage.run(work)
+        return self._ctx.run(work)

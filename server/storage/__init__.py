@@ -44,6 +44,7 @@ from .models import (
     MoneyResult,
     NewProduct,
     Product,
+    Report,
     Role,
     Token,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "NewProduct",
     "NotFoundError",
     "Product",
+    "Report",
     "Role",
     "SQLiteStorage",
     "Storage",

@@ -47,6 +47,7 @@ from .models import (
     MoneyResult,
     NewProduct,
     Product,
+    Report,
     Role,
     Token,
 )
@@ -180,7 +181,10 @@ class _Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
-_PRODUCT = "id, sku, name, currency, min_amount, max_amount, validity_days, delivery, code_length, created_at"
+_PRODUCT = (
+    "id, sku, name, currency, min_amount, max_amount, validity_days, delivery, code_length, created_at,"
+    " registered"
+)
 _LOT = (
     "id, product_id, count, face_value, currency, status, serial_prefix, serial_start, created_at,"
     " created_by, completed_at, voided_at, plaintext_exported"
@@ -189,9 +193,13 @@ _CARD = (
     "id, serial, digest, sealed, key_id, lot_id, product_id, face_value, balance, currency, status,"
     " expires_at, account_id, bound_at, transfers, created_at"
 )
-_ENTRY = "id, card_id, account_id, kind, amount, balance_after, currency, request_id, reverses_id, created_at"
+_ENTRY = (
+    "id, card_id, account_id, kind, amount, balance_after, currency, request_id, reverses_id, created_at,"
+    " profile"
+)
 _TOKEN_ROW = "id, token_hash, role, label, account_id, created_at, revoked_at"  # noqa: S105 - column names, not a secret
 _AUDIT = "id, at, actor, action, subject, detail, prev_hash, hash"
+_REPORT = "id, at, kind, subject, amount, currency, detail, profile"
 
 
 class SqlTx(ABC):
@@ -206,6 +214,9 @@ class SqlTx(ABC):
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
+        # The compliance profile (name@version) this unit of work runs under; every ledger
+        # row it writes records it. Set by the domain at the start of the unit.
+        self.judged_by: str | None = None
         self.failed: StorageError | None = None
 
     def _fail(self, error: StorageError) -> StorageError:
@@ -256,6 +267,7 @@ class SqlTx(ABC):
             delivery=Delivery(row[7]),
             code_length=row[8],
             created_at=self._dt(row[9]),
+            registered=bool(row[10]),
         )
 
     def _lot(self, row: Any) -> Lot:
@@ -307,6 +319,7 @@ class SqlTx(ABC):
             request_id=row[7],
             reverses_id=row[8],
             created_at=self._dt(row[9]),
+            profile=row[10],
         )
 
     def _token(self, row: Any) -> Token:
@@ -346,7 +359,7 @@ class SqlTx(ABC):
     ) -> LedgerEntry:
         row = self._one(
             "INSERT INTO ledger_entries (card_id, account_id, kind, amount, balance_after, currency,"
-            f" request_id, reverses_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_ENTRY}",
+            f" request_id, reverses_id, created_at, profile) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_ENTRY}",
             (
                 card_id,
                 account_id,
@@ -357,6 +370,7 @@ class SqlTx(ABC):
                 request_id,
                 reverses_id,
                 self._ts(self.now()),
+                self.judged_by,
             ),
         )
         return self._entry(row)
@@ -377,7 +391,7 @@ class SqlTx(ABC):
             raise ValueError(f"amount range {lo}..{hi} is empty")
         row = self._one(
             "INSERT INTO products (sku, name, currency, min_amount, max_amount, validity_days, delivery,"
-            f" code_length, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_PRODUCT}",
+            f" code_length, created_at, registered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_PRODUCT}",
             (
                 new.sku,
                 new.name,
@@ -388,6 +402,7 @@ class SqlTx(ABC):
                 Delivery(new.delivery).value,
                 new.code_length,
                 self._ts(self.now()),
+                bool(new.registered),
             ),
         )
         for d in new.denominations:
@@ -759,14 +774,47 @@ class SqlTx(ABC):
         )
         return {r[0]: int(r[1]) for r in rows}
 
-    def account_total(self, account_id: int, kind: LedgerKind, since: datetime) -> int:
-        """Sum of |amount| of ``kind`` movements since ``since`` (daily limits, AML thresholds)."""
+    def account_total(self, account_id: int, kind: LedgerKind, since: datetime, currency: str) -> int:
+        """Sum of |amount| of ``kind`` movements in ``currency`` since ``since`` (daily limits)."""
         row = self._one(
             "SELECT COALESCE(SUM(amount), 0) FROM ledger_entries WHERE account_id = ? AND kind = ?"
-            " AND created_at >= ?",
-            (account_id, LedgerKind(kind).value, self._ts(since)),
+            " AND currency = ? AND created_at >= ?",
+            (account_id, LedgerKind(kind).value, currency, self._ts(since)),
         )
         return abs(int(row[0]))
+
+    def lock_account(self, account_id: int) -> None:
+        """Hold the account's row until commit, so limit checks on it run one at a time
+        (SQLite's single writer already serializes everything)."""
+        self._one(f"SELECT id FROM accounts WHERE id = ?{self.FOR_UPDATE}", (account_id,))
+
+    # -- compliance reports
+    def add_report(
+        self, kind: str, subject: str, detail: str, *, amount: int | None = None, currency: str | None = None
+    ) -> Report:
+        if self.judged_by is None:
+            raise StorageError("a report needs the profile that raised it (judged_by)")
+        row = self._one(
+            "INSERT INTO reports (at, kind, subject, amount, currency, detail, profile)"
+            f" VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_REPORT}",
+            (self._ts(self.now()), kind, subject, amount, currency, detail, self.judged_by),
+        )
+        return self._report(row)
+
+    def list_reports(self, kind: str | None = None, after_id: int = 0, limit: int = 100) -> list[Report]:
+        if kind is None:
+            rows = self._all(
+                f"SELECT {_REPORT} FROM reports WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            )
+        else:
+            rows = self._all(
+                f"SELECT {_REPORT} FROM reports WHERE kind = ? AND id > ? ORDER BY id LIMIT ?",
+                (kind, after_id, limit),
+            )
+        return [self._report(r) for r in rows]
+
+    def _report(self, row: Any) -> Report:
+        return Report(row[0], self._dt(row[1]), row[2], row[3], row[4], row[5], row[6], row[7])
 
     # -- money
     def redeem(self, card_id: int, amount: int, currency: str, request_id: str | None = None) -> MoneyResult:

@@ -265,8 +265,28 @@ CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION cardmint_append_only();
 """
 
+# v6: compliance. Products say whether their cards are registered (a holder on record) or
+# anonymous (bearer); every ledger movement records the profile that judged it
+# (name@version); AML reports and alerts live in `reports`.
+_V6 = """
+ALTER TABLE products ADD COLUMN registered {bool} NOT NULL DEFAULT FALSE;
+ALTER TABLE ledger_entries ADD COLUMN profile TEXT;
+CREATE TABLE reports (
+    id {id},
+    at {ts} NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('aml', 'alert')),
+    subject TEXT NOT NULL,
+    amount {big},
+    currency TEXT,
+    detail TEXT NOT NULL,
+    profile TEXT NOT NULL
+){strict};
+CREATE INDEX reports_kind ON reports (kind, id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
     Migration(4, "event outbox", _V4, _V4_SQLITE, _V4_POSTGRES),
+    Migration(6, "compliance", _V6),
 )

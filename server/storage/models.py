@@ -107,6 +107,7 @@ class NewProduct:
     validity_days: int | None = None
     delivery: Delivery = Delivery.AUTO
     code_length: int = 16
+    registered: bool = False  # cards sold to a holder on record (else anonymous, bearer)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class Product:
     delivery: Delivery
     code_length: int
     created_at: datetime
+    registered: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ class LedgerEntry:
     request_id: str | None
     reverses_id: int | None
     created_at: datetime
+    profile: str | None = None  # the compliance profile that judged it (name@version)
 
 
 class BindOutcome(enum.StrEnum):
@@ -266,6 +269,20 @@ class Token:
     account_id: int | None
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """An AML report record or a risk alert, kept for compliance staff."""
+
+    id: int
+    at: datetime
+    kind: str  # "aml" or "alert"
+    subject: str
+    amount: int | None
+    currency: str | None
+    detail: str  # JSON object
+    profile: str
 
 
 @dataclass(frozen=True)

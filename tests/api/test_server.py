@@ -73,7 +73,7 @@ def test_revoked_token_and_roles(server: Running, connect: Connect, addr: str) -
             operator.get_product("OP-1")
     with pytest.raises(PermissionDenied):
         connect("customer", account="carol").create_product(
-            sku="C-1", name="x", currency="CNY", denominations=[1]
+            sku="C-1", name="x", currency="CNY", denominations=[100]
         )
 
 

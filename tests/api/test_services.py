@@ -73,11 +73,11 @@ def test_catalog(connect: Connect) -> None:
     assert (list(got.denominations), got.HasField("validity_days")) == ([300], False)
 
     with pytest.raises(ProductExists):
-        admin.create_product(sku="GC-0", name="again", currency="CNY", denominations=[1])
+        admin.create_product(sku="GC-0", name="again", currency="CNY", denominations=[100])
     with pytest.raises(ProductNotFound):
         merchant.get_product("NOPE")
     with pytest.raises(PermissionDenied):
-        merchant.create_product(sku="M-1", name="x", currency="CNY", denominations=[1])
+        merchant.create_product(sku="M-1", name="x", currency="CNY", denominations=[100])
     with pytest.raises(InvalidArgument) as bad:
         admin.create_product(sku="bad sku!", name="", currency="XXQ", denominations=[])
     fields = {v.field for v in bad.value.violations}

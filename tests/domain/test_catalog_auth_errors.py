@@ -47,17 +47,22 @@ def test_error_table_is_complete_and_consistent() -> None:
 
 def test_create_product_and_violations(domain: Domain, who: Callers) -> None:
     p = domain.catalog.create_product(
-        who.operator, sku="R-1", name="Range card", currency="USD", amount_range=(1, 5000), delivery="manual"
+        who.operator,
+        sku="R-1",
+        name="Range card",
+        currency="USD",
+        amount_range=(100, 500000),
+        delivery="manual",
     )
-    assert p.amount_range == (1, 5000) and p.delivery is Delivery.REVIEW and p.validity_days is None
+    assert p.amount_range == (100, 500000) and p.delivery is Delivery.REVIEW and p.validity_days is None
     assert domain.catalog.get_product(who.alice, "R-1") == p
     assert [x.sku for x in domain.catalog.list_products(who.merchant)] == ["R-1"]
     with pytest.raises(ProductExists):
-        domain.catalog.create_product(who.admin, sku="R-1", name="x", currency="USD", denominations=(1,))
+        domain.catalog.create_product(who.admin, sku="R-1", name="x", currency="USD", denominations=(100,))
     with pytest.raises(ProductNotFound):
         domain.catalog.get_product(who.alice, "R-2")
     with pytest.raises(PermissionDenied):
-        domain.catalog.create_product(who.merchant, sku="M", name="x", currency="USD", denominations=(1,))
+        domain.catalog.create_product(who.merchant, sku="M", name="x", currency="USD", denominations=(100,))
     with pytest.raises(InvalidArgument) as bad:
         domain.catalog.create_product(
             who.admin,
@@ -65,7 +70,7 @@ def test_create_product_and_violations(domain: Domain, who: Callers) -> None:
             name="",
             currency="usd",
             denominations=(100, 100),
-            validity_days=4000,
+            validity_days=4000,  # over the platform profile's 1,095 days
             delivery="later",
             code_length=40,
         )

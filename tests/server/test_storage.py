@@ -330,8 +330,10 @@ def test_redeem_and_reverse(storage: Storage, clock: FakeClock) -> None:
         assert tx.reverse(back.entry.id, 1).outcome is MoneyOutcome.NOT_REVERSIBLE  # type: ignore[union-attr]
         assert tx.reverse(99_999, 1).outcome is MoneyOutcome.NOT_FOUND
         assert tx.get_ledger_entry(spent.entry.id) == spent.entry
-        assert tx.account_total(acct.id, LedgerKind.REDEEM, clock() - timedelta(days=1)) == 300
-        assert tx.account_total(acct.id, LedgerKind.REVERSE, clock() - timedelta(days=1)) == 300
+        assert tx.account_total(acct.id, LedgerKind.REDEEM, clock() - timedelta(days=1), "CNY") == 300
+        assert tx.account_total(acct.id, LedgerKind.REVERSE, clock() - timedelta(days=1), "CNY") == 300
+        assert tx.account_total(acct.id, LedgerKind.REDEEM, clock() - timedelta(days=1), "USD") == 0
+        assert tx.account_total(acct.id, LedgerKind.REDEEM, clock() + timedelta(seconds=1), "CNY") == 0
         assert tx.get_card(card).balance == 1000  # type: ignore[union-attr]
 
 

@@ -1,0 +1,204 @@
+"""Compliance profiles: the rules money moves by, from named, versioned data files.
+
+A deployment runs under one profile (``cardmint serve --profile NAME|FILE``; default
+``platform``). Two ship in ``profiles/``: ``platform`` (the articles' rules) and
+``cn-prepaid`` (China's single-purpose prepaid-card rules, with citations in the file).
+Every ledger movement records the profile that judged it (``name@version``).
+
+Amounts in a profile are in major units of the movement's currency, as decimal strings
+("50000", "0.5"), converted exactly with the currency's ISO 4217 exponent; "" means no
+limit. A file is checked whole when loaded: an unknown key, a missing key or a figure that
+does not convert is an error naming it, never a silently ignored rule.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from .currencies import ISO_4217, minor_exponent
+
+__all__ = ["BUILTIN", "CardRules", "Profile", "ProfileError", "load_profile"]
+
+_DIR = Path(__file__).with_name("profiles")
+BUILTIN = ("platform", "cn-prepaid")
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be used as it is."""
+
+
+@dataclass(frozen=True)
+class Amount:
+    """A limit in major units ("" = none), asked for in any currency's minor units."""
+
+    major: Decimal | None
+
+    def minor(self, currency: str) -> int | None:
+        if self.major is None:
+            return None
+        scaled = self.major.scaleb(minor_exponent(currency))
+        if scaled != scaled.to_integral_value():
+            raise ProfileError(f"{self.major} has more decimals than {currency} allows")
+        return int(scaled)
+
+
+@dataclass(frozen=True)
+class CardRules:
+    """Rules for one kind of card: anonymous (bearer) or registered (holder on record)."""
+
+    face_value_max: Amount
+    validity_days_min: int  # 0 = no minimum
+    expiry_required: bool
+    expiry_allowed: bool
+    loss_reporting: bool
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    version: int
+    title: str
+    currencies: frozenset[str]  # empty = any
+    face_value_min: Amount
+    validity_days_max: int  # 0 = no maximum
+    anonymous: CardRules
+    registered: CardRules
+    daily_redeem_limit: Amount
+    aml_above: Amount
+    real_name_from: Amount
+    bank_transfer_from_individual: Amount
+    bank_transfer_from_organization: Amount
+
+    @property
+    def tag(self) -> str:
+        """What movements record: ``name@version``."""
+        return f"{self.name}@{self.version}"
+
+    def cards(self, registered: bool) -> CardRules:
+        return self.registered if registered else self.anonymous
+
+
+_SCHEMA: dict[str, Any] = {
+    "name": str,
+    "version": int,
+    "title": str,
+    "products": {
+        "currencies": list,
+        "face_value_min": str,
+        "validity_days_max": int,
+        "anonymous": "cards",
+        "registered": "cards",
+    },
+    "accounts": {"daily_redeem_limit": str},
+    "reports": {"aml_above": str},
+    "orders": {
+        "real_name_from": str,
+        "bank_transfer_from_individual": str,
+        "bank_transfer_from_organization": str,
+    },
+}
+_CARDS = {
+    "face_value_max": str,
+    "validity_days_min": int,
+    "expiry_required": bool,
+    "expiry_allowed": bool,
+    "loss_reporting": bool,
+}
+
+
+def _check(table: dict[str, Any], schema: dict[str, Any], where: str) -> None:
+    if unknown := set(table) - set(schema):
+        raise ProfileError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    for key, kind in schema.items():
+        path = f"{where}.{key}" if where else key
+        if key not in table:
+            raise ProfileError(f"{path}: missing")
+        value = table[key]
+        if kind == "cards":
+            if not isinstance(value, dict):
+                raise ProfileError(f"{path}: must be a table")
+            _check(value, _CARDS, path)
+        elif isinstance(kind, dict):
+            if not isinstance(value, dict):
+                raise ProfileError(f"{path}: must be a table")
+            _check(value, kind, path)
+        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ProfileError(f"{path}: must be {kind.__name__}")
+        elif kind is int and value < 0:
+            raise ProfileError(f"{path}: must be >= 0")
+
+
+def _amount(text: str, path: str) -> Amount:
+    if text == "":
+        return Amount(None)
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ProfileError(f"{path}: {text!r} is not a decimal amount") from None
+    if not value.is_finite() or value <= 0:
+        raise ProfileError(f"{path}: {text!r} must be a positive amount")
+    return Amount(value)
+
+
+def _cards(t: dict[str, Any], path: str) -> CardRules:
+    rules = CardRules(
+        face_value_max=_amount(t["face_value_max"], f"{path}.face_value_max"),
+        validity_days_min=t["validity_days_min"],
+        expiry_required=t["expiry_required"],
+        expiry_allowed=t["expiry_allowed"],
+        loss_reporting=t["loss_reporting"],
+    )
+    if rules.expiry_required and not rules.expiry_allowed:
+        raise ProfileError(f"{path}: expiry_required contradicts expiry_allowed = false")
+    return rules
+
+
+def parse_profile(text: str, source: str = "<profile>") -> Profile:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{source}: {e}") from None
+    _check(data, _SCHEMA, "")
+    p, a, r, o = data["products"], data["accounts"], data["reports"], data["orders"]
+    currencies = p["currencies"]
+    if not all(isinstance(c, str) and c in ISO_4217 for c in currencies):
+        raise ProfileError(f"{source}: products.currencies must list ISO 4217 codes")
+    if data["version"] < 1 or not data["name"]:
+        raise ProfileError(f"{source}: a profile needs a name and a version >= 1")
+    return Profile(
+        name=data["name"],
+        version=data["version"],
+        title=data["title"],
+        currencies=frozenset(currencies),
+        face_value_min=_amount(p["face_value_min"], "products.face_value_min"),
+        validity_days_max=p["validity_days_max"],
+        anonymous=_cards(p["anonymous"], "products.anonymous"),
+        registered=_cards(p["registered"], "products.registered"),
+        daily_redeem_limit=_amount(a["daily_redeem_limit"], "accounts.daily_redeem_limit"),
+        aml_above=_amount(r["aml_above"], "reports.aml_above"),
+        real_name_from=_amount(o["real_name_from"], "orders.real_name_from"),
+        bank_transfer_from_individual=_amount(
+            o["bank_transfer_from_individual"], "orders.bank_transfer_from_individual"
+        ),
+        bank_transfer_from_organization=_amount(
+            o["bank_transfer_from_organization"], "orders.bank_transfer_from_organization"
+        ),
+    )
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name, or a profile file by path."""
+    path = _DIR / f"{name_or_path}.toml" if name_or_path in BUILTIN else Path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        known = ", ".join(BUILTIN)
+        raise ProfileError(f"no profile {name_or_path!r} (built in: {known}; or a .toml file): {e}") from None
+    profile = parse_profile(text, str(path))
+    if name_or_path in BUILTIN and profile.name != name_or_path:
+        raise ProfileError(f"{path}: names itself {profile.name!r}")
+    return profile

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.grace < 0:
         raise UsageError("--grace must not be negative")
-    from cardmint.server.domain.compliance import ProfileError, load_profile
+    from cardmint.server.domain.profiles import ProfileError, load_profile
 
     try:
         load_profile(args.profile)  # a bad profile is a usage error, before anything starts

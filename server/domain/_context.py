@@ -20,10 +20,10 @@ from cardmint.server.storage import (
 )
 
 from .auth import Principal
-from .compliance import Profile
 from .errors import Contention, IdempotencyKeyReused, InvalidArgument, PermissionDenied
 from .issued_index import IssuedIndex
 from .keyring import Keyring
+from .profiles import Profile
 
 T = TypeVar("T")
 

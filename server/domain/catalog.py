@@ -9,9 +9,9 @@ from cardmint.server.storage import ConflictError, Delivery, NewProduct, Product
 
 from ._context import MAX_AMOUNT, STAFF, Context, detail, require
 from .auth import Principal
-from .compliance import Profile
 from .currencies import ISO_4217
 from .errors import FieldViolation, InvalidArgument, ProductExists, ProductNotFound
+from .profiles import Profile
 
 __all__ = ["CatalogService", "Delivery", "Product"]
 

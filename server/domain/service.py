@@ -12,12 +12,12 @@ from .auth import AuthService
 from .balances import BalanceService
 from .cards import CardService
 from .catalog import CatalogService
-from .compliance import load_profile
 from .events import EventService
 from .issued_index import IssuedIndex
 from .keyring import Keyring
 from .keys import KeyService
 from .lots import LotService
+from .profiles import load_profile
 
 __all__ = ["Domain"]
 

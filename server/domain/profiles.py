@@ -1,7 +1,7 @@
 """Compliance profiles: the rules money moves by, from named, versioned data files.
 
 A deployment runs under one profile (``cardmint serve --profile NAME|FILE``; default
-``platform``). Two ship in ``profiles/``: ``platform`` (the articles' rules) and
+``platform``). Two ship in ``rules/``: ``platform`` (the articles' rules) and
 ``cn-prepaid`` (China's single-purpose prepaid-card rules, with citations in the file).
 Every ledger movement records the profile that judged it (``name@version``).
 
@@ -23,7 +23,7 @@ from .currencies import ISO_4217, minor_exponent
 
 __all__ = ["BUILTIN", "CardRules", "Profile", "ProfileError", "load_profile"]
 
-_DIR = Path(__file__).with_name("profiles")
+_DIR = Path(__file__).with_name("rules")
 BUILTIN = ("platform", "cn-prepaid")
 
 

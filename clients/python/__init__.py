@@ -41,6 +41,8 @@ from cardmint.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     common_pb2,
+    compliance_pb2,
+    compliance_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
     keys_pb2,
@@ -487,6 +489,7 @@ class Client:
         self.cards = card_pb2_grpc.CardServiceStub(self._channel)
         self.balances = balance_pb2_grpc.BalanceServiceStub(self._channel)
         self.events = event_pb2_grpc.EventServiceStub(self._channel)
+        self.compliance = compliance_pb2_grpc.ComplianceServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -746,3 +749,29 @@ class Client:
             # the caller's own time limit: the stream simply ends
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
+
+    # -- compliance -----------------------------------------------------------------------
+
+    def freeze(self, serial: str, reason: str) -> card_pb2.Card:
+        """Stop a card (staff); a retry of a freeze is harmless."""
+        return self._call(
+            self.compliance.Freeze, compliance_pb2.FreezeRequest(serial=serial, reason=reason), retry=True
+        )
+
+    def unfreeze(self, serial: str, reason: str) -> card_pb2.Card:
+        return self._call(
+            self.compliance.Unfreeze, compliance_pb2.UnfreezeRequest(serial=serial, reason=reason), retry=True
+        )
+
+    def reports(self, kind: str = "", *, page_size: int = 100) -> Iterator[compliance_pb2.Report]:
+        """AML records and alerts, oldest first, fetched page by page as consumed."""
+        token = ""
+        while True:
+            request = compliance_pb2.ListReportsRequest(
+                kind=kind, page=common_pb2.PageRequest(page_size=page_size, page_token=token)
+            )
+            resp = self._call(self.compliance.ListReports, request, retry=True)
+            yield from resp.reports
+            token = resp.page.next_page_token
+            if not token:
+                return

@@ -17,6 +17,8 @@ from cardmint.v1 import (
     card_pb2_grpc,
     catalog_pb2,
     catalog_pb2_grpc,
+    compliance_pb2,
+    compliance_pb2_grpc,
     event_pb2,
     event_pb2_grpc,
     keys_pb2,
@@ -29,6 +31,7 @@ from .auth import OPEN_SERVICES, AuthInterceptor, current_principal
 from .balances import BalanceServicer
 from .cards import CardServicer
 from .catalog import CatalogServicer
+from .compliance import ComplianceServicer
 from .errors import ErrorInterceptor, status_of
 from .events import EventServicer
 from .keys import KeyServicer
@@ -55,6 +58,7 @@ SERVICE_NAMES: tuple[str, ...] = tuple(
         (card_pb2, "CardService"),
         (balance_pb2, "BalanceService"),
         (event_pb2, "EventService"),
+        (compliance_pb2, "ComplianceService"),
     )
 )
 
@@ -71,3 +75,4 @@ def add_services(server: grpc.Server, domain: Domain) -> None:
     card_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(domain), server)
     balance_pb2_grpc.add_BalanceServiceServicer_to_server(BalanceServicer(domain), server)
     event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(domain), server)
+    compliance_pb2_grpc.add_ComplianceServiceServicer_to_server(ComplianceServicer(domain), server)

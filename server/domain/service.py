@@ -12,6 +12,7 @@ from .auth import AuthService
 from .balances import BalanceService
 from .cards import CardService
 from .catalog import CatalogService
+from .compliance import ComplianceService
 from .events import EventService
 from .issued_index import IssuedIndex
 from .keyring import Keyring
@@ -52,6 +53,7 @@ class Domain:
         self.cards = CardService(ctx)
         self.balances = BalanceService(ctx, self.cards)
         self.events = EventService(ctx)
+        self.compliance = ComplianceService(ctx, self.cards)
 
     def close(self) -> None:
         """Shutting down: end long-lived calls (event subscriptions) now."""

@@ -8,7 +8,16 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from cardmint.client import Client, DailyLimitReached, InvalidArgument
+from cardmint.client import (
+    CardFrozen,
+    CardNotFound,
+    CardVoid,
+    Client,
+    DailyLimitReached,
+    InvalidArgument,
+    PermissionDenied,
+)
+from cardmint.v1 import card_pb2
 
 Connect = Callable[..., Client]
 YUAN = 100
@@ -44,3 +53,53 @@ def test_daily_limit_and_aml_over_the_wire(connect: Connect) -> None:
     events = list(admin.subscribe_events(head, kinds=["aml.report"], timeout=1.0))
     assert len(events) == 1 and events[0].subject == f"card:{s2}"
     assert json.loads(events[0].detail_json)["transaction"] == receipt.transaction_id
+
+
+def test_freeze_and_unfreeze(connect: Connect) -> None:
+    admin, operator = connect("admin"), connect("operator")
+    admin.create_product(sku="FZ", name="Freeze", currency="CNY", denominations=[100 * YUAN])
+    lot = admin.create_lot("FZ", 2, 100 * YUAN)
+    (serial, code), (other, _) = list(admin.stream_lot(lot.id))
+    head = admin.event_head()
+    card = operator.freeze(serial, "suspected theft")
+    assert card.status == card_pb2.CARD_STATUS_FROZEN
+    assert operator.freeze(serial, "again").status == card_pb2.CARD_STATUS_FROZEN  # a retry: no-op
+    # A frozen card can be neither spent nor bound, and a bulk check says so.
+    with pytest.raises(CardFrozen):
+        admin.redeem(serial, 1, "CNY")
+    with pytest.raises(CardFrozen):
+        admin.bind_card(code, account="mallory")
+    assert [r.status for r in admin.check([code])] == ["frozen"]
+    with pytest.raises(PermissionDenied):
+        connect("merchant").unfreeze(serial, "please")
+    with pytest.raises(InvalidArgument):
+        operator.unfreeze(serial, "")
+    assert operator.unfreeze(serial, "cleared").status == card_pb2.CARD_STATUS_ACTIVE
+    assert [r.status for r in admin.check([code])] == ["ok"]
+    admin.redeem(serial, 1, "CNY")
+    with pytest.raises(CardNotFound):
+        operator.freeze("999999999999", "no such card")
+    kinds = [(e.kind, e.subject) for e in admin.subscribe_events(head, timeout=1.0)]
+    assert kinds == [("card.frozen", f"card:{serial}"), ("card.unfrozen", f"card:{serial}")]
+    admin.void_lot(lot.id)
+    with pytest.raises(CardVoid):
+        operator.freeze(other, "too late")
+
+
+def test_reports_page_through(connect: Connect) -> None:
+    admin = connect("admin")
+    admin.create_product(sku="AML", name="Big", currency="CNY", amount_range=(YUAN, 10**7 * YUAN))
+    lot = admin.create_lot("AML", 1, 10**6 * YUAN)
+    ((serial, _),) = list(admin.stream_lot(lot.id))
+    for i in range(5):
+        admin.redeem(serial, 50_001 * YUAN, "CNY", request_id=f"aml-{i}")
+    got = list(admin.reports("aml", page_size=2))
+    assert len(got) == 5 and [r.id for r in got] == sorted(r.id for r in got)
+    assert {(r.subject, r.amount.minor_units, r.amount.currency, r.profile) for r in got} == {
+        (f"card:{serial}", 50_001 * YUAN, "CNY", "platform@1")
+    }
+    assert list(admin.reports("alert")) == []
+    with pytest.raises(InvalidArgument):
+        list(admin.reports("gossip"))
+    with pytest.raises(PermissionDenied):
+        list(connect("merchant").reports())

@@ -1,0 +1,60 @@
+"""ComplianceService: freeze, unfreeze, reports."""
+
+from __future__ import annotations
+
+import grpc
+from cardmint.server.domain import Domain
+from cardmint.server.storage import Report
+from cardmint.v1 import card_pb2, common_pb2, compliance_pb2, compliance_pb2_grpc
+
+from ._convert import money, page_cursor, page_size, timestamp
+from .auth import current_principal
+from .cards import card_message
+
+__all__ = ["ComplianceServicer"]
+
+MAX_PAGE = 500
+
+
+def report_message(r: Report) -> compliance_pb2.Report:
+    return compliance_pb2.Report(
+        id=r.id,
+        at=timestamp(r.at),
+        kind=r.kind,
+        subject=r.subject,
+        amount=money(r.amount, r.currency) if r.amount is not None and r.currency else None,
+        detail_json=r.detail,
+        profile=r.profile,
+    )
+
+
+class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
+    def __init__(self, domain: Domain) -> None:
+        self._compliance = domain.compliance
+
+    def Freeze(self, request: compliance_pb2.FreezeRequest, context: grpc.ServicerContext) -> card_pb2.Card:  # noqa: N802
+        return card_message(
+            self._compliance.freeze(current_principal(), request.serial, reason=request.reason)
+        )
+
+    def Unfreeze(  # noqa: N802 - grpc's generated method names
+        self, request: compliance_pb2.UnfreezeRequest, context: grpc.ServicerContext
+    ) -> card_pb2.Card:
+        return card_message(
+            self._compliance.unfreeze(current_principal(), request.serial, reason=request.reason)
+        )
+
+    def ListReports(  # noqa: N802 - grpc's generated method names
+        self, request: compliance_pb2.ListReportsRequest, context: grpc.ServicerContext
+    ) -> compliance_pb2.ListReportsResponse:
+        page = self._compliance.list_reports(
+            current_principal(),
+            kind=request.kind or None,
+            after_id=page_cursor(request.page) or 0,
+            limit=page_size(request.page, MAX_PAGE),
+        )
+        token = str(page.next_after_id) if page.next_after_id is not None else ""
+        return compliance_pb2.ListReportsResponse(
+            reports=[report_message(r) for r in page.reports],
+            page=common_pb2.PageResponse(next_page_token=token),
+        )

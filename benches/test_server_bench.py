@@ -7,7 +7,7 @@ the ratio between entries is what to read. Rates, p50 and p99 are in ``extra_inf
     make bench                                                   # 64 clients, 10^6-code lots
     CARDMINT_BENCH_SIZE=tiny pytest benches --benchmark-disable  # what `make test` runs
 
-SQLite always; PostgreSQL (the throwaway cluster of tests/server/conftest.py) for the lot
+SQLite always; PostgreSQL (the throwaway cluster of tests/conftest.py) for the lot
 and redeem rows when its binaries or ``CARDMINT_TEST_PG_DSN`` are there. `cardmint bench
 --server` prints the same operations as one table with the targets.
 """
@@ -39,9 +39,9 @@ from cardmint.cli.bench_server import (
 from cardmint.client import Client
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from tests.server.conftest import PgServer, pg_server
+from tests.conftest import PgServer, pg_server
 
-__all__ = ["pg_server"]  # the session's throwaway PostgreSQL, shared with tests/server
+__all__ = ["pg_server"]  # the throwaway PostgreSQL cluster of tests/conftest.py
 
 SIZES = TINY if os.environ.get("CARDMINT_BENCH_SIZE") == "tiny" else FULL
 _ids = itertools.count()

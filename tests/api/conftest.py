@@ -1,8 +1,8 @@
 """A real server on 127.0.0.1 (ephemeral port), on SQLite and on PostgreSQL, and clients.
 
-The PostgreSQL cluster and the per-test database come from tests/server/conftest.py
-(``pg_server``, ``backend``, ``storage_url``), so the API tests run against both backends
-like the storage tests do.
+The PostgreSQL cluster and the per-test database come from tests/conftest.py (``backend``,
+``storage_url``: the session's one cluster, a database per test), so the API tests run
+against both backends like the storage tests do.
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ import pytest
 from cardmint.client import Client
 from cardmint.server.app import Running, start
 from cardmint.server.domain import DomainConfig
-
-from tests.server.conftest import backend, pg_server, storage_url
-
-__all__ = ["backend", "pg_server", "storage_url"]  # fixtures shared with tests/server
 
 
 @pytest.fixture

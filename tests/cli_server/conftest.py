@@ -3,7 +3,7 @@
 ``cli`` runs ``cardmint ...`` through a ``cardmint`` shim on PATH (this interpreter,
 ``-m cardmint.cli``), so the tests exercise the installed package however the venv was made.
 The server is either in-process (``start()`` on an ephemeral port, SQLite or PostgreSQL from
-tests/server/conftest.py) or, for the quick start, ``cardmint serve`` itself.
+tests/conftest.py) or ``cardmint serve`` itself (the quick start, the kill -9 test).
 """
 
 from __future__ import annotations
@@ -18,10 +18,6 @@ from pathlib import Path
 import pytest
 from cardmint.server.app import Running, start
 from cardmint.server.domain import DomainConfig
-
-from tests.server.conftest import backend, pg_server, storage_url
-
-__all__ = ["backend", "pg_server", "storage_url"]  # fixtures shared with tests/server
 
 CLI_TIMEOUT = 120
 

@@ -10,10 +10,11 @@ import pytest
 from cardmint.server.domain import Domain, DomainConfig, Keyring, Lot, Principal, ProductNotFound, Role
 from cardmint.server.storage import Storage
 
-# The storage fixtures (both backends, the throwaway PostgreSQL cluster, the fake clock).
-from tests.server.conftest import FakeClock, backend, clock, opener, pg_server, storage, storage_url
+# The storage fixtures (both backends, the session's PostgreSQL cluster, the fake clock)
+# come from tests/conftest.py; only the class is imported, for the tests' annotations.
+from tests.conftest import FakeClock
 
-__all__ = ["FakeClock", "backend", "clock", "opener", "pg_server", "storage", "storage_url"]
+__all__ = ["FakeClock"]
 
 
 @pytest.fixture

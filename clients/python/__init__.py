@@ -775,3 +775,15 @@ class Client:
             token = resp.page.next_page_token
             if not token:
                 return
+
+    def import_blacklist(
+        self, source: str, *, codes: Sequence[str] = (), digests: bytes = b"", length: int = 16
+    ) -> compliance_pb2.ImportBlacklistResponse:
+        """Report stolen codes (or their 16-byte digests): issued ones are frozen. Safe to
+        repeat (an import that already happened changes nothing more)."""
+        request = compliance_pb2.ImportBlacklistRequest(source=source, length=length)
+        if digests:
+            request.digests = digests
+        else:
+            request.codes.CopyFrom(_pack(codes))
+        return self._call(self.compliance.ImportBlacklist, request, retry=True)

@@ -21,6 +21,80 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class ImportBlacklistRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    CODES_FIELD_NUMBER: _builtins.int
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    LENGTH_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Who reported them (1..200 characters), e.g. a partner's name and case number."""
+    digests: _builtins.bytes
+    """Or their digests under this deployment's digest key, 16 bytes each, back to back
+    (for batch jobs that hold the key).
+    """
+    length: _builtins.int
+    """Symbols per code for `codes` (8..31); 0 means 16."""
+    @_builtins.property
+    def codes(self) -> _common_pb2.PackedStrings:
+        """The stolen codes as typed (at most 1,000,000); malformed ones are counted, not stored."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        codes: _common_pb2.PackedStrings | None = ...,
+        digests: _builtins.bytes = ...,
+        length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["codes", b"codes", "digests", b"digests", "entries", b"entries"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["codes", b"codes", "digests", b"digests", "entries", b"entries", "length", b"length", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_entries: _TypeAlias = _typing.Literal["codes", "digests"]  # noqa: Y015
+    _WhichOneofArgType_entries: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_entries) -> _WhichOneofReturnType_entries | None: ...
+
+Global___ImportBlacklistRequest: _TypeAlias = ImportBlacklistRequest  # noqa: Y015
+
+@_typing.final
+class ImportBlacklistResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_FIELD_NUMBER: _builtins.int
+    MALFORMED_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    FROZEN_FIELD_NUMBER: _builtins.int
+    received: _builtins.int
+    """Entries in the request."""
+    malformed: _builtins.int
+    """Codes that were not well-formed codes."""
+    added: _builtins.int
+    """Digests not on the blacklist before."""
+    matched: _builtins.int
+    """Entries that are issued cards."""
+    frozen: _builtins.int
+    """Of those, cards this import froze (the others were frozen or void already)."""
+    def __init__(
+        self,
+        *,
+        received: _builtins.int = ...,
+        malformed: _builtins.int = ...,
+        added: _builtins.int = ...,
+        matched: _builtins.int = ...,
+        frozen: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "frozen", b"frozen", "malformed", b"malformed", "matched", b"matched", "received", b"received"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportBlacklistResponse: _TypeAlias = ImportBlacklistResponse  # noqa: Y015
+
+@_typing.final
 class FreezeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -53,6 +53,11 @@ class ComplianceServiceStub:
                 request_serializer=cardmint_dot_v1_dot_compliance__pb2.ListReportsRequest.SerializeToString,
                 response_deserializer=cardmint_dot_v1_dot_compliance__pb2.ListReportsResponse.FromString,
                 _registered_method=True)
+        self.ImportBlacklist = channel.unary_unary(
+                '/cardmint.v1.ComplianceService/ImportBlacklist',
+                request_serializer=cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistResponse.FromString,
+                _registered_method=True)
 
 
 class ComplianceServiceServicer:
@@ -84,6 +89,15 @@ class ComplianceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportBlacklist(self, request, context):
+        """Records codes a partner reports stolen and freezes every issued card among them, in one
+        transaction (event card.frozen per card). Codes are digested on arrival and never
+        stored; repeating an import changes nothing more.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComplianceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +115,11 @@ def add_ComplianceServiceServicer_to_server(servicer, server):
                     servicer.ListReports,
                     request_deserializer=cardmint_dot_v1_dot_compliance__pb2.ListReportsRequest.FromString,
                     response_serializer=cardmint_dot_v1_dot_compliance__pb2.ListReportsResponse.SerializeToString,
+            ),
+            'ImportBlacklist': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportBlacklist,
+                    request_deserializer=cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -187,6 +206,33 @@ class ComplianceService:
             '/cardmint.v1.ComplianceService/ListReports',
             cardmint_dot_v1_dot_compliance__pb2.ListReportsRequest.SerializeToString,
             cardmint_dot_v1_dot_compliance__pb2.ListReportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportBlacklist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.ComplianceService/ImportBlacklist',
+            cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistRequest.SerializeToString,
+            cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistResponse.FromString,
             options,
             channel_credentials,
             insecure,

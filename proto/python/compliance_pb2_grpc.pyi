@@ -47,6 +47,11 @@ class ComplianceServiceStub:
     """
     ListReports: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ListReportsRequest, _compliance_pb2.ListReportsResponse]
     """AML report records and alerts, oldest first (page size at most 500)."""
+    ImportBlacklist: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ImportBlacklistRequest, _compliance_pb2.ImportBlacklistResponse]
+    """Records codes a partner reports stolen and freezes every issued card among them, in one
+    transaction (event card.frozen per card). Codes are digested on arrival and never
+    stored; repeating an import changes nothing more.
+    """
 
 @_typing.type_check_only
 class ComplianceServiceAsyncStub(ComplianceServiceStub):
@@ -66,6 +71,11 @@ class ComplianceServiceAsyncStub(ComplianceServiceStub):
     """
     ListReports: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ListReportsRequest, _compliance_pb2.ListReportsResponse]  # type: ignore[assignment]
     """AML report records and alerts, oldest first (page size at most 500)."""
+    ImportBlacklist: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ImportBlacklistRequest, _compliance_pb2.ImportBlacklistResponse]  # type: ignore[assignment]
+    """Records codes a partner reports stolen and freezes every issued card among them, in one
+    transaction (event card.frozen per card). Codes are digested on arrival and never
+    stored; repeating an import changes nothing more.
+    """
 
 class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Freezing cards and reading the reports the workflows file under the deployment's
@@ -100,5 +110,16 @@ class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compliance_pb2.ListReportsResponse, _abc.Awaitable[_compliance_pb2.ListReportsResponse]]:
         """AML report records and alerts, oldest first (page size at most 500)."""
+
+    @_abc_1.abstractmethod
+    def ImportBlacklist(
+        self,
+        request: _compliance_pb2.ImportBlacklistRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.ImportBlacklistResponse, _abc.Awaitable[_compliance_pb2.ImportBlacklistResponse]]:
+        """Records codes a partner reports stolen and freezes every issued card among them, in one
+        transaction (event card.frozen per card). Codes are digested on arrival and never
+        stored; repeating an import changes nothing more.
+        """
 
 def add_ComplianceServiceServicer_to_server(servicer: ComplianceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

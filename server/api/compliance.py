@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import grpc
-from cardmint.server.domain import Domain
+import numpy as np
+from cardmint.server.domain import Domain, InvalidArgument
+from cardmint.server.domain.issued_index import DIGEST_SIZE
 from cardmint.server.storage import Report
 from cardmint.v1 import card_pb2, common_pb2, compliance_pb2, compliance_pb2_grpc
 
-from ._convert import money, page_cursor, page_size, timestamp
+from ._convert import money, page_cursor, page_size, timestamp, unpack_packed
 from .auth import current_principal
 from .cards import card_message
 
@@ -42,6 +44,34 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
     ) -> card_pb2.Card:
         return card_message(
             self._compliance.unfreeze(current_principal(), request.serial, reason=request.reason)
+        )
+
+    def ImportBlacklist(  # noqa: N802 - grpc's generated method names
+        self, request: compliance_pb2.ImportBlacklistRequest, context: grpc.ServicerContext
+    ) -> compliance_pb2.ImportBlacklistResponse:
+        which = request.WhichOneof("entries")
+        if which == "digests":
+            raw = request.digests
+            if len(raw) % DIGEST_SIZE:
+                raise InvalidArgument.of("digests", f"{DIGEST_SIZE} bytes per digest, back to back")
+            result = self._compliance.import_blacklist(
+                current_principal(),
+                source=request.source,
+                digests=np.frombuffer(raw, dtype=np.uint8).reshape(-1, DIGEST_SIZE),
+            )
+        else:
+            result = self._compliance.import_blacklist(
+                current_principal(),
+                source=request.source,
+                codes=unpack_packed(request.codes, "codes"),
+                length=request.length or 16,
+            )
+        return compliance_pb2.ImportBlacklistResponse(
+            received=result.received,
+            malformed=result.malformed,
+            added=result.new,
+            matched=result.matched,
+            frozen=result.frozen,
         )
 
     def ListReports(  # noqa: N802 - grpc's generated method names

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
+import numpy.typing as npt
+from cardmint.kernel import Packed, Status
 from cardmint.server.storage import Card, CardStatus, Report, UnitOfWork
 
 from ._context import STAFF, Context, detail, int_arg, require
@@ -13,11 +16,22 @@ from .auth import Principal
 from .cards import CardService, CardView
 from .errors import CardNotFound, CardVoid, InvalidArgument
 from .events import EventKind, emit
+from .issued_index import DIGEST_SIZE
+from .keys import code_length_arg
 
-__all__ = ["ComplianceService", "ReportPage"]
+__all__ = ["BlacklistResult", "ComplianceService", "ReportPage"]
 
 _REPORT_KINDS = frozenset({"aml", "alert"})
 _MAX_REASON = 500
+
+
+@dataclass(frozen=True)
+class BlacklistResult:
+    received: int  # rows in the request
+    malformed: int  # codes that are not well-formed codes (not digested, not stored)
+    new: int  # digests not on the blacklist before
+    matched: int  # digests of issued cards
+    frozen: int  # of those, cards this import froze (the others were frozen or void already)
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,68 @@ class ComplianceService:
         card, now = self._ctx.run(work)
         self._ctx.wake()
         return self._cards.view(card, now)
+
+    def import_blacklist(
+        self,
+        principal: Principal,
+        *,
+        source: str,
+        codes: Packed | None = None,
+        digests: npt.NDArray[np.uint8] | None = None,
+        length: int = 16,
+    ) -> BlacklistResult:
+        """Record stolen codes reported by a partner and freeze every issued card among them.
+
+        Partners send the codes (digested here, never stored) or, for batch jobs holding the
+        deployment's digest key, the digests themselves (``n x 16`` bytes). One transaction:
+        all recorded and frozen, or nothing. Repeating an import changes nothing more.
+        """
+        require(principal, STAFF)
+        if not isinstance(source, str) or not 1 <= len(source.strip()) <= 200:
+            raise InvalidArgument.of("source", "who reported these codes, 1-200 characters")
+        if (codes is None) == (digests is None):
+            raise InvalidArgument.of("codes", "give codes or digests, not both")
+        ctx = self._ctx
+        malformed = 0
+        if codes is not None:
+            received = codes.rows
+            if received > ctx.config.max_check_batch:
+                raise InvalidArgument.of("codes", f"at most {ctx.config.max_check_batch} per call")
+            checked = ctx.kernel.check(codes, code_length_arg(length))
+            ok = checked.status == Status.OK
+            malformed = int(received - ok.sum())
+            rows = ctx.kernel.digest(checked.codes[ok], ctx.keyring.digest_key) if ok.any() else None
+        else:
+            arr = np.asarray(digests, dtype=np.uint8)
+            if arr.ndim != 2 or arr.shape[1] != DIGEST_SIZE:
+                raise InvalidArgument.of("digests", f"{DIGEST_SIZE} bytes per digest")
+            received = len(arr)
+            if received > ctx.config.max_check_batch:
+                raise InvalidArgument.of("digests", f"at most {ctx.config.max_check_batch} per call")
+            rows = arr
+        unique = sorted({bytes(d) for d in rows}) if rows is not None else []
+        why = f"blacklisted by {source.strip()}"
+
+        def work(tx: UnitOfWork) -> tuple[int, int, int]:
+            cards = {c.digest: c for c in tx.cards_by_digests(unique)}
+            new = tx.add_to_blacklist([(d, cards[d].id if d in cards else None) for d in unique], source)
+            frozen = 0
+            for card in cards.values():
+                if tx.set_card_status(card.id, CardStatus.FROZEN, only_from=[CardStatus.ACTIVE]) is not None:
+                    frozen += 1
+                    emit(tx, EventKind.CARD_FROZEN, f"card:{card.serial}", reason=why, by=principal.actor)
+            tx.append_audit(
+                principal.actor,
+                "blacklist.import",
+                f"source:{source.strip()}",
+                detail(received=received, new=new, matched=len(cards), frozen=frozen),
+            )
+            return new, len(cards), frozen
+
+        new, matched, frozen = ctx.run(work)
+        if frozen:
+            ctx.wake()
+        return BlacklistResult(received, malformed, new, matched, frozen)
 
     def list_reports(
         self, principal: Principal, *, kind: str | None = None, after_id: int = 0, limit: int = 50

@@ -228,6 +228,10 @@ class SqlTx(ABC):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor: ...
 
     @abstractmethod
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """One statement over many parameter rows; the rows it changed in all."""
+
+    @abstractmethod
     def _ts(self, value: datetime) -> Any: ...
 
     @abstractmethod
@@ -670,6 +674,29 @@ class SqlTx(ABC):
             states[start:stop] = np.cumsum(mark[:-1]).astype(np.uint8)
         out[order] = states
         return out
+
+    def cards_by_digests(self, digests: Sequence[bytes]) -> list[Card]:
+        """The cards having any of ``digests`` (in no particular order)."""
+        out: list[Card] = []
+        step = min(STATES_CHUNK, self.STATES_CHUNK_MAX)
+        for start in range(0, len(digests), step):
+            part = [bytes(d) for d in digests[start : start + step]]
+            rows = self._all(
+                f"SELECT {_CARD} FROM cards WHERE {self._digests_in(len(part))}", self._digests_param(part)
+            )
+            out.extend(self._card(r) for r in rows)
+        return out
+
+    def add_to_blacklist(self, entries: Sequence[tuple[bytes, int | None]], source: str) -> int:
+        """Record (digest, matching card id or None) pairs; returns how many were new."""
+        if not entries:
+            return 0
+        at = self._ts(self.now())
+        return self._executemany(
+            "INSERT INTO blacklist (digest, card_id, source, imported_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (digest) DO NOTHING",
+            [(bytes(d), card_id, source, at) for d, card_id in entries],
+        )
 
     def get_card_by_serial(self, serial: str) -> Card | None:
         row = self._one(f"SELECT {_CARD} FROM cards WHERE serial = ?", (serial,))

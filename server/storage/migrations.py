@@ -284,9 +284,20 @@ CREATE TABLE reports (
 CREATE INDEX reports_kind ON reports (kind, id);
 """
 
+# v7: digests of stolen codes reported by partners (ComplianceService.ImportBlacklist).
+_V7 = """
+CREATE TABLE blacklist (
+    digest {blob} PRIMARY KEY,
+    card_id {big} REFERENCES cards (id),
+    source TEXT NOT NULL,
+    imported_at {ts} NOT NULL
+){strict};
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
     Migration(4, "event outbox", _V4, _V4_SQLITE, _V4_POSTGRES),
     Migration(6, "compliance", _V6),
+    Migration(7, "blacklist", _V7),
 )

@@ -124,6 +124,16 @@ class _PgTx(SqlTx):
         super().__init__(clock)
         self._conn = conn
 
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        if not rows:
+            return 0
+        try:
+            with self._conn.cursor() as cur:
+                cur.executemany(_sql(sql), rows)
+                return cur.rowcount
+        except psycopg.Error as e:
+            raise self._fail(_translate(e)) from e
+
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
         try:
             return self._conn.execute(_sql(sql), params)

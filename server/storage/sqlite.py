@@ -61,6 +61,12 @@ class _SQLiteTx(SqlTx):
         super().__init__(clock)
         self._conn = conn
 
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        try:
+            return self._conn.executemany(sql, rows).rowcount
+        except sqlite3.Error as e:
+            raise self._fail(_translate(e)) from e
+
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         try:
             return self._conn.execute(sql, params)

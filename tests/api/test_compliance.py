@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 
 import grpc
+import numpy as np
 import pytest
 from cardmint.client import (
     CardFrozen,
@@ -17,6 +18,7 @@ from cardmint.client import (
     InvalidArgument,
     PermissionDenied,
 )
+from cardmint.server.app import Running
 from cardmint.v1 import card_pb2
 
 Connect = Callable[..., Client]
@@ -103,3 +105,36 @@ def test_reports_page_through(connect: Connect) -> None:
         list(admin.reports("gossip"))
     with pytest.raises(PermissionDenied):
         list(connect("merchant").reports())
+
+
+def test_import_blacklist_freezes_issued_cards_once(connect: Connect, server: Running) -> None:
+    admin, operator = connect("admin"), connect("operator")
+    admin.create_product(sku="BL", name="Blacklist", currency="CNY", denominations=[100 * YUAN])
+    lot = admin.create_lot("BL", 4, 100 * YUAN)
+    rows = list(admin.stream_lot(lot.id))
+    stranger = admin.generate(1)[0]
+    admin.freeze(rows[3][0], "already frozen")
+    head = admin.event_head()
+    # As typed by a partner: lower case, no hyphens; plus a never-issued code and junk.
+    typed = [rows[0][1].lower(), rows[1][1].replace("-", ""), stranger, "not a code", rows[3][1]]
+    got = operator.import_blacklist("partner A case 17", codes=typed)
+    assert (got.received, got.malformed, got.added, got.matched, got.frozen) == (5, 1, 4, 3, 2)
+    assert [r.status for r in admin.check([c for _, c in rows])] == ["frozen", "frozen", "ok", "frozen"]
+    with pytest.raises(CardFrozen):
+        admin.redeem(rows[0][0], 1, "CNY")
+    again = operator.import_blacklist("partner A case 17", codes=typed)
+    assert (again.added, again.matched, again.frozen) == (0, 3, 0)
+    # Digests under the deployment's key (a batch job's path).
+    d = server.domain
+    canon = np.array([rows[2][1].replace("-", "").encode()], dtype="S16")
+    digests = d.kernel.digest(canon, d.keyring.digest_key).tobytes()
+    by_digest = admin.import_blacklist("batch", digests=digests)
+    assert (by_digest.received, by_digest.added, by_digest.frozen) == (1, 1, 1)
+    frozen = [e.subject for e in admin.subscribe_events(head, kinds=["card.frozen"], timeout=1.0)]
+    assert sorted(frozen) == sorted(f"card:{s}" for s, _ in rows[:3])
+    with pytest.raises(InvalidArgument):
+        admin.import_blacklist("bad", digests=b"x" * 17)
+    with pytest.raises(InvalidArgument):
+        admin.import_blacklist("", codes=typed)
+    with pytest.raises(PermissionDenied):
+        connect("merchant").import_blacklist("me", codes=typed)

@@ -168,11 +168,13 @@ class CardService:
         if serial is not None and (not isinstance(serial, str) or not serial or len(serial) > 64):
             return CardNotFound()
 
-        n, until = tx.attempt_count(AttemptKind.ACCOUNT, str(acct.id), cfg.account_lock_seconds)
+        # Hold the counters (account first, then card: one order, no deadlock) so that
+        # concurrent guesses are judged one at a time against the true count.
+        n, until = tx.hold_attempts(AttemptKind.ACCOUNT, str(acct.id), cfg.account_lock_seconds)
         if n >= cfg.account_failures:
             return AccountLocked(retry_after=(until - now).total_seconds())
         if serial is not None:
-            n, until = tx.attempt_count(AttemptKind.CARD, serial, cfg.card_lock_seconds)
+            n, until = tx.hold_attempts(AttemptKind.CARD, serial, cfg.card_lock_seconds)
             if n >= cfg.card_failures:
                 return CardLocked(retry_after=(until - now).total_seconds())
 

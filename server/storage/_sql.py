@@ -1005,6 +1005,20 @@ class SqlTx(ABC):
         )
         return int(row[0]), start + timedelta(seconds=window_seconds)
 
+    def hold_attempts(self, kind: AttemptKind, subject: str, window_seconds: int) -> tuple[int, datetime]:
+        """The failures counted in the current window, with the counter's row held until
+        commit: concurrent attempts on one subject then run one at a time, so none is
+        judged against a count that is about to grow (PostgreSQL; SQLite's single writer
+        serializes them anyway)."""
+        start = self._window(window_seconds)
+        row = self._one(
+            "INSERT INTO attempt_counters (subject_kind, subject, window_seconds, window_start, count)"
+            " VALUES (?, ?, ?, ?, 0) ON CONFLICT (subject_kind, subject, window_seconds, window_start)"
+            " DO UPDATE SET count = attempt_counters.count RETURNING count",
+            (AttemptKind(kind).value, subject, window_seconds, self._ts(start)),
+        )
+        return int(row[0]), start + timedelta(seconds=window_seconds)
+
     def attempt_count(self, kind: AttemptKind, subject: str, window_seconds: int) -> tuple[int, datetime]:
         start = self._window(window_seconds)
         row = self._one(

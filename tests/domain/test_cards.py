@@ -22,7 +22,7 @@ from cardmint.server.domain import (
     PermissionDenied,
     TransferLimitReached,
 )
-from cardmint.server.storage import CardStatus, Storage
+from cardmint.server.storage import AttemptKind, CardStatus, Storage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -236,3 +236,35 @@ def test_messy_typing_still_binds(
         messy += typed + data.draw(st.sampled_from(["", " ", "-", "\u00a0", "\u200b"]))
     account = f"acct-{serial}"
     assert domain.cards.bind(who.operator, messy, account=account).card.serial == serial
+
+
+def test_concurrent_guesses_never_get_past_the_limit(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot]
+) -> None:
+    # 64 wrong guesses at once on one account: only 5 may be evaluated at all. The counter
+    # counts evaluated failures, so it must end at exactly the limit, not 64.
+    from cardmint.kernel import get_kernel
+
+    make_lot(1)
+    strangers = [c.decode() for c in get_kernel().generate(64).codes.tolist()]  # never issued
+    start = threading.Barrier(64)
+    answers: list[str] = []
+
+    def guess(i: int) -> None:
+        start.wait(timeout=30)
+        try:
+            domain.cards.bind(who.bob, strangers[i])
+        except (CardNotFound, BadCheck, AccountLocked) as e:
+            answers.append(e.reason)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    with domain.storage.read() as tx:
+        bob = tx.get_account(who.bob.account_id)  # type: ignore[arg-type]
+        assert bob is not None
+        tried, _ = tx.attempt_count(AttemptKind.ACCOUNT, str(bob.id), domain.config.account_lock_seconds)
+    assert tried == domain.config.account_failures == 5
+    assert len(answers) == 64 and answers.count("ACCOUNT_LOCKED") == 60

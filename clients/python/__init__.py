@@ -67,6 +67,7 @@ __all__ = [
     "CheckBatch",
     "CheckResult",
     "Client",
+    "ClientLocked",
     "Contention",
     "CurrencyMismatch",
     "DailyLimitReached",
@@ -253,6 +254,12 @@ class AccountLocked(Locked):
     reason = "ACCOUNT_LOCKED"
 
 
+class ClientLocked(Locked):
+    """Too many failed attempts from this client address or device id."""
+
+    reason = "CLIENT_LOCKED"
+
+
 class Contention(CardmintError):  # noqa: N818 - named after the status, like the server's
     reason = "CONTENTION"
 
@@ -290,6 +297,7 @@ ERRORS: dict[str, type[CardmintError]] = {
         DailyLimitReached,
         CardLocked,
         AccountLocked,
+        ClientLocked,
         InsufficientFunds,
         CurrencyMismatch,
         TransactionNotFound,
@@ -471,6 +479,7 @@ class Client:
         bulk_timeout: float = 600.0,
         retries: int = 3,
         channel: grpc.Channel | None = None,
+        device_id: str | None = None,
     ) -> None:
         self._channel = channel or grpc.insecure_channel(
             addr,
@@ -479,7 +488,9 @@ class Client:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),)
+        if device_id:  # lets the server count failed guesses per device as well
+            self._metadata += (("x-device-id", device_id),)
         self.timeout = timeout
         self.bulk_timeout = bulk_timeout
         self.retries = retries

@@ -6,8 +6,10 @@ import itertools
 from collections.abc import Sequence
 from datetime import datetime
 
+import grpc
 import numpy as np
 from cardmint.kernel import Packed
+from cardmint.server.domain.cards import Origin
 from cardmint.server.domain.errors import InvalidArgument
 from cardmint.v1 import common_pb2
 from google.protobuf import timestamp_pb2
@@ -92,3 +94,27 @@ def page_cursor(page: common_pb2.PageRequest) -> int | None:
     if not token.isascii() or not token.isdigit() or len(token) > 19:
         raise InvalidArgument.of("page.page_token", "not a token this server issued")
     return int(token)
+
+
+DEVICE_HEADER = "x-device-id"
+
+
+def peer_address(peer: str) -> str | None:
+    """The client's address without its port, from grpc's ``context.peer()``
+    ("ipv4:1.2.3.4:5678", "ipv6:[::1]:5678", "unix:/path")."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return "ipv4:" + rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return "ipv6:" + rest.rsplit("]", 1)[0].lstrip("[")
+    return peer or None
+
+
+def client_origin(context: grpc.ServicerContext) -> Origin:
+    """Where the call came from: the peer address (behind a proxy: the proxy's) and the
+    device id an app sends in ``x-device-id`` metadata (printable ASCII, at most 128)."""
+    device = None
+    for key, value in context.invocation_metadata() or ():
+        if key == DEVICE_HEADER and isinstance(value, str) and value.isprintable() and value.isascii():
+            device = value.strip()[:128] or None
+    return Origin(address=peer_address(context.peer() or ""), device=device)

@@ -6,7 +6,7 @@ import grpc
 from cardmint.server.domain import CardView, Domain
 from cardmint.v1 import card_pb2, card_pb2_grpc
 
-from ._convert import money, timestamp
+from ._convert import client_origin, money, timestamp
 from .auth import current_principal
 
 __all__ = ["CardServicer", "card_message"]
@@ -40,7 +40,11 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
         self, request: card_pb2.BindCardRequest, context: grpc.ServicerContext
     ) -> card_pb2.BindCardResponse:
         receipt = self._cards.bind(
-            current_principal(), request.code, serial=request.serial or None, account=request.account or None
+            current_principal(),
+            request.code,
+            serial=request.serial or None,
+            account=request.account or None,
+            origin=client_origin(context),
         )
         return card_pb2.BindCardResponse(
             card=card_message(receipt.card),

@@ -9,7 +9,7 @@ from cardmint.server.storage import Delivery, Lot, LotStatus, Product, Role
 from ._context import DomainConfig
 from .auth import AuthService, IssuedToken, Principal
 from .balances import AccountBalance, CardBalance, Money, MoneyReceipt, Transaction, TransactionPage
-from .cards import BindReceipt, CardView
+from .cards import BindReceipt, CardView, Origin
 from .errors import (
     ALL_ERRORS,
     AccountLocked,
@@ -20,6 +20,7 @@ from .errors import (
     CardLocked,
     CardNotFound,
     CardVoid,
+    ClientLocked,
     Contention,
     CurrencyMismatch,
     DailyLimitReached,
@@ -66,6 +67,7 @@ __all__ = [
     "CardVoid",
     "CheckResult",
     "CheckStatus",
+    "ClientLocked",
     "Contention",
     "CurrencyMismatch",
     "DailyLimitReached",
@@ -93,6 +95,7 @@ __all__ = [
     "Money",
     "MoneyReceipt",
     "NotReversible",
+    "Origin",
     "PermissionDenied",
     "Principal",
     "Product",

@@ -28,6 +28,7 @@ from .errors import (
     CardLocked,
     CardNotFound,
     CardVoid,
+    ClientLocked,
     DomainError,
     FieldViolation,
     MalformedCode,
@@ -36,7 +37,7 @@ from .errors import (
 from .events import EventKind, emit
 from .keys import display
 
-__all__ = ["BindReceipt", "CardService", "CardView"]
+__all__ = ["BindReceipt", "CardService", "CardView", "Origin"]
 
 _BINDERS = STAFF | {Role.CUSTOMER}
 _VIEWERS = STAFF | {Role.MERCHANT, Role.CUSTOMER}
@@ -61,6 +62,23 @@ class CardView:
     expires_at: datetime | None
     bound: bool
     bound_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a call came from, for counting failed guesses per client as well as per card
+    and account: the network address (no port) and the device id the app sends, if any."""
+
+    address: str | None = None
+    device: str | None = None
+
+    def subjects(self) -> list[tuple[AttemptKind, str]]:
+        out = []
+        if self.address:
+            out.append((AttemptKind.ADDRESS, self.address[:128]))
+        if self.device:
+            out.append((AttemptKind.DEVICE, self.device[:128]))
+        return out
 
 
 @dataclass(frozen=True)
@@ -143,24 +161,37 @@ class CardService:
         return sorted({*tx.code_lengths(), 16}, key=lambda n: (n != 16, n))
 
     def bind(
-        self, principal: Principal, code: str, *, serial: str | None = None, account: str | None = None
+        self,
+        principal: Principal,
+        code: str,
+        *,
+        serial: str | None = None,
+        account: str | None = None,
+        origin: Origin | None = None,
     ) -> BindReceipt:
         require(principal, _BINDERS)
         ctx = self._ctx
         # Corrections read the in-memory index; bring it up to date (to within a second:
         # other processes' lots) before the transaction, which must not nest a read.
         ctx.index.refresh(max_age=1.0)
-        result = ctx.run(lambda tx: self._bind(tx, principal, code, serial, account))
+        where = origin or Origin()
+        result = ctx.run(lambda tx: self._bind(tx, principal, code, serial, account, where))
         # Errors are returned from the transaction, not raised in it, so that the failed
         # attempt it counted commits; raising inside would roll the count back.
         if isinstance(result, DomainError):
-            if isinstance(result, AccountLocked | CardLocked):
+            if isinstance(result, AccountLocked | CardLocked | ClientLocked):
                 ctx.wake()  # a lockout event may have been committed: tell subscribers now
             raise result
         return result
 
     def _bind(
-        self, tx: UnitOfWork, principal: Principal, code: object, serial: str | None, account: str | None
+        self,
+        tx: UnitOfWork,
+        principal: Principal,
+        code: object,
+        serial: str | None,
+        account: str | None,
+        origin: Origin,
     ) -> BindReceipt | DomainError:
         cfg = self._ctx.config
         acct = resolve_account(tx, principal, account)
@@ -177,10 +208,14 @@ class CardService:
             n, until = tx.hold_attempts(AttemptKind.CARD, serial, cfg.card_lock_seconds)
             if n >= cfg.card_failures:
                 return CardLocked(retry_after=(until - now).total_seconds())
+        for kind, subject in origin.subjects():
+            n, until = tx.hold_attempts(kind, subject, cfg.client_lock_seconds)
+            if n >= self._client_limit(kind):
+                return ClientLocked(retry_after=(until - now).total_seconds())
 
         outcome = self._find(tx, code, serial)
         if isinstance(outcome, DomainError):
-            return self._failed(tx, acct, serial, outcome, now)
+            return self._failed(tx, acct, serial, origin, outcome, now)
         card = outcome
 
         transferred = card.transfers > 0
@@ -246,10 +281,27 @@ class CardService:
             return CardNotFound()
         return card
 
+    def _client_limit(self, kind: AttemptKind) -> int:
+        cfg = self._ctx.config
+        return cfg.address_failures if kind is AttemptKind.ADDRESS else cfg.device_failures
+
     def _failed(
-        self, tx: UnitOfWork, acct: Account, serial: str | None, error: DomainError, now: datetime
+        self,
+        tx: UnitOfWork,
+        acct: Account,
+        serial: str | None,
+        origin: Origin,
+        error: DomainError,
+        now: datetime,
     ) -> DomainError:
         cfg = self._ctx.config
+        client_locked: datetime | None = None
+        for kind, subject in origin.subjects():
+            n, until = tx.record_attempt(kind, subject, cfg.client_lock_seconds)
+            if n == self._client_limit(kind):
+                emit(tx, EventKind.CLIENT_LOCKED, f"{kind.value}:{subject}", until=until.isoformat())
+            if n >= self._client_limit(kind):
+                client_locked = max(client_locked or until, until)
         # Count against both subjects before deciding, so neither counter misses a guess.
         n_acct, acct_until = tx.record_attempt(AttemptKind.ACCOUNT, str(acct.id), cfg.account_lock_seconds)
         n_card, card_until = (
@@ -266,6 +318,8 @@ class CardService:
             return AccountLocked(retry_after=(acct_until - now).total_seconds())
         if n_card >= cfg.card_failures:
             return CardLocked(retry_after=(card_until - now).total_seconds())
+        if client_locked is not None:
+            return ClientLocked(retry_after=(client_locked - now).total_seconds())
         return error
 
     def unbind(self, principal: Principal, serial: str, *, account: str | None = None) -> CardView:

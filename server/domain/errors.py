@@ -23,6 +23,7 @@ __all__ = [
     "CardLocked",
     "CardNotFound",
     "CardVoid",
+    "ClientLocked",
     "Contention",
     "CurrencyMismatch",
     "DailyLimitReached",
@@ -213,6 +214,14 @@ class AccountLocked(DomainError):
     )
 
 
+class ClientLocked(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.RESOURCE_EXHAUSTED,
+        "CLIENT_LOCKED",
+        "too many failed attempts from this client; try again later",
+    )
+
+
 class DailyLimitReached(DomainError):
     kind, reason, default_message = (
         ErrorKind.RESOURCE_EXHAUSTED,
@@ -285,6 +294,7 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     TransferLimitReached,
     CardLocked,
     AccountLocked,
+    ClientLocked,
     DailyLimitReached,
     InsufficientFunds,
     CurrencyMismatch,

@@ -31,6 +31,7 @@ _PAGE = 500
 class EventKind(enum.StrEnum):
     ACCOUNT_LOCKED = "account.locked"  # too many failed binds on an account
     CARD_LOCKED = "card.locked"  # too many failed binds naming one card
+    CLIENT_LOCKED = "client.locked"  # too many failed binds from one address or device
     AML_REPORT = "aml.report"  # a movement above the profile's AML threshold
     CARD_FROZEN = "card.frozen"  # staff (or a loss report) stopped a card
     CARD_UNFROZEN = "card.unfrozen"

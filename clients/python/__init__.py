@@ -676,6 +676,11 @@ class Client:
     def get_card(self, serial: str) -> card_pb2.Card:
         return self._call(self.cards.GetCard, card_pb2.GetCardRequest(serial=serial), retry=True)
 
+    def view_secret(self, serial: str, *, step_up: bool = False) -> card_pb2.SecretView:
+        """The owner's view of a card's secret code: masked unless ``step_up``. Not retried:
+        every full view counts."""
+        return self._call(self.cards.ViewSecret, card_pb2.ViewSecretRequest(serial=serial, step_up=step_up))
+
     # -- balances -------------------------------------------------------------------------
 
     def balance(

@@ -26,25 +26,29 @@ from cardmint.v1 import common_pb2 as cardmint_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61rdmint/v1/card.proto\x12\x0b\x63\x61rdmint.v1\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x02\n\x04\x43\x61rd\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x13\n\x0bmasked_code\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.cardmint.v1.CardStatus\x12&\n\nface_value\x18\x04 \x01(\x0b\x32\x12.cardmint.v1.Money\x12#\n\x07\x62\x61lance\x18\x05 \x01(\x0b\x32\x12.cardmint.v1.Money\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x62ound\x18\x07 \x01(\x08\x12,\n\x08\x62ound_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x0f\x42indCardRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\"d\n\x10\x42indCardResponse\x12\x1f\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x11.cardmint.v1.Card\x12\x1a\n\x12\x61lready_bound_here\x18\x02 \x01(\x08\x12\x13\n\x0btransferred\x18\x03 \x01(\x08\"4\n\x11UnbindCardRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0e\n\x06serial\x18\x02 \x01(\t\" \n\x0eGetCardRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t*\x88\x01\n\nCardStatus\x12\x1b\n\x17\x43\x41RD_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41RD_STATUS_ACTIVE\x10\x01\x12\x16\n\x12\x43\x41RD_STATUS_FROZEN\x10\x02\x12\x14\n\x10\x43\x41RD_STATUS_VOID\x10\x03\x12\x17\n\x13\x43\x41RD_STATUS_EXPIRED\x10\x04\x32\xd2\x01\n\x0b\x43\x61rdService\x12G\n\x08\x42indCard\x12\x1c.cardmint.v1.BindCardRequest\x1a\x1d.cardmint.v1.BindCardResponse\x12?\n\nUnbindCard\x12\x1e.cardmint.v1.UnbindCardRequest\x1a\x11.cardmint.v1.Card\x12\x39\n\x07GetCard\x12\x1b.cardmint.v1.GetCardRequest\x1a\x11.cardmint.v1.Cardb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63\x61rdmint/v1/card.proto\x12\x0b\x63\x61rdmint.v1\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x11ViewSecretRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0f\n\x07step_up\x18\x02 \x01(\x08\":\n\nSecretView\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06masked\x18\x03 \x01(\x08\"\x8e\x02\n\x04\x43\x61rd\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x13\n\x0bmasked_code\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.cardmint.v1.CardStatus\x12&\n\nface_value\x18\x04 \x01(\x0b\x32\x12.cardmint.v1.Money\x12#\n\x07\x62\x61lance\x18\x05 \x01(\x0b\x32\x12.cardmint.v1.Money\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x62ound\x18\x07 \x01(\x08\x12,\n\x08\x62ound_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x0f\x42indCardRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\"d\n\x10\x42indCardResponse\x12\x1f\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x11.cardmint.v1.Card\x12\x1a\n\x12\x61lready_bound_here\x18\x02 \x01(\x08\x12\x13\n\x0btransferred\x18\x03 \x01(\x08\"4\n\x11UnbindCardRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0e\n\x06serial\x18\x02 \x01(\t\" \n\x0eGetCardRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t*\x88\x01\n\nCardStatus\x12\x1b\n\x17\x43\x41RD_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41RD_STATUS_ACTIVE\x10\x01\x12\x16\n\x12\x43\x41RD_STATUS_FROZEN\x10\x02\x12\x14\n\x10\x43\x41RD_STATUS_VOID\x10\x03\x12\x17\n\x13\x43\x41RD_STATUS_EXPIRED\x10\x04\x32\x99\x02\n\x0b\x43\x61rdService\x12G\n\x08\x42indCard\x12\x1c.cardmint.v1.BindCardRequest\x1a\x1d.cardmint.v1.BindCardResponse\x12?\n\nUnbindCard\x12\x1e.cardmint.v1.UnbindCardRequest\x1a\x11.cardmint.v1.Card\x12\x39\n\x07GetCard\x12\x1b.cardmint.v1.GetCardRequest\x1a\x11.cardmint.v1.Card\x12\x45\n\nViewSecret\x12\x1e.cardmint.v1.ViewSecretRequest\x1a\x17.cardmint.v1.SecretViewb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cardmint.v1.card_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CARDSTATUS']._serialized_start=628
-  _globals['_CARDSTATUS']._serialized_end=764
-  _globals['_CARD']._serialized_start=99
-  _globals['_CARD']._serialized_end=369
-  _globals['_BINDCARDREQUEST']._serialized_start=371
-  _globals['_BINDCARDREQUEST']._serialized_end=435
-  _globals['_BINDCARDRESPONSE']._serialized_start=437
-  _globals['_BINDCARDRESPONSE']._serialized_end=537
-  _globals['_UNBINDCARDREQUEST']._serialized_start=539
-  _globals['_UNBINDCARDREQUEST']._serialized_end=591
-  _globals['_GETCARDREQUEST']._serialized_start=593
-  _globals['_GETCARDREQUEST']._serialized_end=625
-  _globals['_CARDSERVICE']._serialized_start=767
-  _globals['_CARDSERVICE']._serialized_end=977
+  _globals['_CARDSTATUS']._serialized_start=742
+  _globals['_CARDSTATUS']._serialized_end=878
+  _globals['_VIEWSECRETREQUEST']._serialized_start=98
+  _globals['_VIEWSECRETREQUEST']._serialized_end=150
+  _globals['_SECRETVIEW']._serialized_start=152
+  _globals['_SECRETVIEW']._serialized_end=210
+  _globals['_CARD']._serialized_start=213
+  _globals['_CARD']._serialized_end=483
+  _globals['_BINDCARDREQUEST']._serialized_start=485
+  _globals['_BINDCARDREQUEST']._serialized_end=549
+  _globals['_BINDCARDRESPONSE']._serialized_start=551
+  _globals['_BINDCARDRESPONSE']._serialized_end=651
+  _globals['_UNBINDCARDREQUEST']._serialized_start=653
+  _globals['_UNBINDCARDREQUEST']._serialized_end=705
+  _globals['_GETCARDREQUEST']._serialized_start=707
+  _globals['_GETCARDREQUEST']._serialized_end=739
+  _globals['_CARDSERVICE']._serialized_start=881
+  _globals['_CARDSERVICE']._serialized_end=1162
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,57 @@ CARD_STATUS_EXPIRED: CardStatus.ValueType  # 4
 Global___CardStatus: _TypeAlias = CardStatus  # noqa: Y015
 
 @_typing.final
+class ViewSecretRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    STEP_UP_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    """The card number."""
+    step_up: _builtins.bool
+    """The app re-authenticated the person just now (password, biometrics): show the full code."""
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+        step_up: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["serial", b"serial", "step_up", b"step_up"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ViewSecretRequest: _TypeAlias = ViewSecretRequest  # noqa: Y015
+
+@_typing.final
+class SecretView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MASKED_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    code: _builtins.str
+    """Display form (XXXX-XXXX-XXXX-XXXX); all but the last 4 symbols masked unless step-up."""
+    masked: _builtins.bool
+    """True when `code` is masked."""
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+        code: _builtins.str = ...,
+        masked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "masked", b"masked", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecretView: _TypeAlias = SecretView  # noqa: Y015
+
+@_typing.final
 class Card(_message.Message):
     """A card as its holder may see it. The secret code is never sent here, only masked."""
 

@@ -51,6 +51,11 @@ class CardServiceStub:
                 request_serializer=cardmint_dot_v1_dot_card__pb2.GetCardRequest.SerializeToString,
                 response_deserializer=cardmint_dot_v1_dot_card__pb2.Card.FromString,
                 _registered_method=True)
+        self.ViewSecret = channel.unary_unary(
+                '/cardmint.v1.CardService/ViewSecret',
+                request_serializer=cardmint_dot_v1_dot_card__pb2.ViewSecretRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_card__pb2.SecretView.FromString,
+                _registered_method=True)
 
 
 class CardServiceServicer:
@@ -85,6 +90,17 @@ class CardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ViewSecret(self, request, context):
+        """The secret code, for the card's owner only (a customer token of the account it is bound
+        to; anyone else hears CARD_NOT_FOUND). Masked unless `step_up` is set; every full view is
+        audited and counted under the compliance profile's viewing rules: a burst (many views,
+        many cards, a device id — `x-device-id` metadata — the account never used) freezes the
+        card, files an alert and answers CARD_FROZEN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +118,11 @@ def add_CardServiceServicer_to_server(servicer, server):
                     servicer.GetCard,
                     request_deserializer=cardmint_dot_v1_dot_card__pb2.GetCardRequest.FromString,
                     response_serializer=cardmint_dot_v1_dot_card__pb2.Card.SerializeToString,
+            ),
+            'ViewSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.ViewSecret,
+                    request_deserializer=cardmint_dot_v1_dot_card__pb2.ViewSecretRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_card__pb2.SecretView.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -187,6 +208,33 @@ class CardService:
             '/cardmint.v1.CardService/GetCard',
             cardmint_dot_v1_dot_card__pb2.GetCardRequest.SerializeToString,
             cardmint_dot_v1_dot_card__pb2.Card.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ViewSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.CardService/ViewSecret',
+            cardmint_dot_v1_dot_card__pb2.ViewSecretRequest.SerializeToString,
+            cardmint_dot_v1_dot_card__pb2.SecretView.FromString,
             options,
             channel_credentials,
             insecure,

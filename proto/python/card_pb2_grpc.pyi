@@ -48,6 +48,13 @@ class CardServiceStub:
     """Releases a card from an account (the next bind elsewhere is a transfer); audited."""
     GetCard: _grpc.UnaryUnaryMultiCallable[_card_pb2.GetCardRequest, _card_pb2.Card]
     """A card by serial: status, masked code and balance."""
+    ViewSecret: _grpc.UnaryUnaryMultiCallable[_card_pb2.ViewSecretRequest, _card_pb2.SecretView]
+    """The secret code, for the card's owner only (a customer token of the account it is bound
+    to; anyone else hears CARD_NOT_FOUND). Masked unless `step_up` is set; every full view is
+    audited and counted under the compliance profile's viewing rules: a burst (many views,
+    many cards, a device id — `x-device-id` metadata — the account never used) freezes the
+    card, files an alert and answers CARD_FROZEN.
+    """
 
 @_typing.type_check_only
 class CardServiceAsyncStub(CardServiceStub):
@@ -69,6 +76,13 @@ class CardServiceAsyncStub(CardServiceStub):
     """Releases a card from an account (the next bind elsewhere is a transfer); audited."""
     GetCard: _aio.UnaryUnaryMultiCallable[_card_pb2.GetCardRequest, _card_pb2.Card]  # type: ignore[assignment]
     """A card by serial: status, masked code and balance."""
+    ViewSecret: _aio.UnaryUnaryMultiCallable[_card_pb2.ViewSecretRequest, _card_pb2.SecretView]  # type: ignore[assignment]
+    """The secret code, for the card's owner only (a customer token of the account it is bound
+    to; anyone else hears CARD_NOT_FOUND). Masked unless `step_up` is set; every full view is
+    audited and counted under the compliance profile's viewing rules: a burst (many views,
+    many cards, a device id — `x-device-id` metadata — the account never used) freezes the
+    card, files an alert and answers CARD_FROZEN.
+    """
 
 class CardServiceServicer(metaclass=_abc_1.ABCMeta):
     """Binds and unbinds cards, and shows them. A customer token acts for its own account only;
@@ -105,5 +119,18 @@ class CardServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_card_pb2.Card, _abc.Awaitable[_card_pb2.Card]]:
         """A card by serial: status, masked code and balance."""
+
+    @_abc_1.abstractmethod
+    def ViewSecret(
+        self,
+        request: _card_pb2.ViewSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_card_pb2.SecretView, _abc.Awaitable[_card_pb2.SecretView]]:
+        """The secret code, for the card's owner only (a customer token of the account it is bound
+        to; anyone else hears CARD_NOT_FOUND). Masked unless `step_up` is set; every full view is
+        audited and counted under the compliance profile's viewing rules: a burst (many views,
+        many cards, a device id — `x-device-id` metadata — the account never used) freezes the
+        card, files an alert and answers CARD_FROZEN.
+        """
 
 def add_CardServiceServicer_to_server(servicer: CardServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

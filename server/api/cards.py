@@ -58,3 +58,11 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
 
     def GetCard(self, request: card_pb2.GetCardRequest, context: grpc.ServicerContext) -> card_pb2.Card:  # noqa: N802
         return card_message(self._cards.get_card(current_principal(), request.serial))
+
+    def ViewSecret(  # noqa: N802 - grpc's generated method names
+        self, request: card_pb2.ViewSecretRequest, context: grpc.ServicerContext
+    ) -> card_pb2.SecretView:
+        view = self._cards.view_secret(
+            current_principal(), request.serial, step_up=request.step_up, origin=client_origin(context)
+        )
+        return card_pb2.SecretView(serial=view.serial, code=view.code, masked=view.masked)

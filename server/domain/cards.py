@@ -37,7 +37,7 @@ from .errors import (
 from .events import EventKind, emit
 from .keys import display
 
-__all__ = ["BindReceipt", "CardService", "CardView", "Origin"]
+__all__ = ["BindReceipt", "CardService", "CardView", "Origin", "SecretView"]
 
 _BINDERS = STAFF | {Role.CUSTOMER}
 _VIEWERS = STAFF | {Role.MERCHANT, Role.CUSTOMER}
@@ -79,6 +79,16 @@ class Origin:
         if self.device:
             out.append((AttemptKind.DEVICE, self.device[:128]))
         return out
+
+
+@dataclass(frozen=True)
+class SecretView:
+    serial: str
+    code: str  # display form; masked ("****-****-****-5RTW") unless ``masked`` is False
+    masked: bool
+
+
+_VIEW_WINDOW = 3600
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,79 @@ class CardService:
             card = self.visible_card(tx, principal, serial)
             now = tx.now()
         return self.view(card, now)
+
+    def view_secret(
+        self, principal: Principal, serial: str, *, step_up: bool = False, origin: Origin | None = None
+    ) -> SecretView:
+        """The card's secret code, for its owner only (the customer it is bound to).
+
+        Masked (last 4 shown) unless the request carries the step-up flag (the app asked
+        the person to re-authenticate). Every full view is audited (never the code itself)
+        and counted under the compliance profile's viewing rules: too many full views, too
+        many cards, or a device the account never used before freeze the card, file an
+        alert and answer CARD_FROZEN instead of the code.
+        """
+        require(principal, {Role.CUSTOMER})
+        ctx = self._ctx
+        where = origin or Origin()
+        result = ctx.run(lambda tx: self._view_secret(tx, principal, serial, step_up is True, where))
+        if isinstance(result, DomainError):  # returned, so that the counts and freeze commit
+            ctx.wake()
+            raise result
+        return result
+
+    def _view_secret(
+        self, tx: UnitOfWork, principal: Principal, serial: str, step_up: bool, origin: Origin
+    ) -> SecretView | DomainError:
+        ctx, rules = self._ctx, self._ctx.profile
+        card = self.visible_card(tx, principal, serial)
+        if card.account_id is None or card.account_id != principal.account_id:
+            return CardNotFound()
+        sealed = np.frombuffer(card.sealed, np.uint8).reshape(1, -1)
+        digest = np.frombuffer(card.digest, np.uint8).reshape(1, -1)
+        code = ctx.kernel.open(sealed, digest, ctx.keyring.seal_keys[card.key_id])[0].decode("ascii")
+        if not step_up:
+            return SecretView(card.serial, display("*" * (len(code) - 4) + code[-4:]), True)
+        if card.status is CardStatus.FROZEN:
+            return CardFrozen()
+        if card.status is CardStatus.VOID:
+            return CardVoid()
+        acct = card.account_id
+        unusual: list[str] = []
+        views, _ = tx.record_attempt(AttemptKind.ACCOUNT, f"views:{acct}", _VIEW_WINDOW)
+        if views > rules.full_views_per_hour:
+            unusual.append("many views")
+        first, _ = tx.record_attempt(AttemptKind.ACCOUNT, f"viewed:{acct}:{card.id}", _VIEW_WINDOW)
+        if first == 1:
+            cards, _ = tx.record_attempt(AttemptKind.ACCOUNT, f"cards-viewed:{acct}", _VIEW_WINDOW)
+            if cards > rules.cards_per_hour:
+                unusual.append("many cards")
+        if origin.device:
+            new, known = tx.note_device(acct, origin.device[:128])
+            if new and known and rules.new_device_freezes:
+                unusual.append("new device")
+        subject = f"card:{card.serial}"
+        if unusual:
+            why = ", ".join(unusual)
+            tx.set_card_status(card.id, CardStatus.FROZEN, only_from=[CardStatus.ACTIVE])
+            tx.add_report(
+                "alert",
+                subject,
+                detail(rule="viewing", why=why, device=origin.device, address=origin.address),
+            )
+            tx.append_audit(
+                principal.actor, "card.freeze", f"card:{card.id}", detail(reason=f"secret viewing: {why}")
+            )
+            emit(tx, EventKind.VIEWING_ALERT, subject, why=why, device=origin.device, address=origin.address)
+            emit(tx, EventKind.CARD_FROZEN, subject, reason=f"secret viewing: {why}", by=principal.actor)
+            return CardFrozen(metadata={"why": "unusual secret viewing; ask support to unfreeze"})
+        tx.append_audit(
+            principal.actor,
+            "card.view_secret",
+            f"card:{card.id}",
+            detail(device=origin.device, address=origin.address),
+        )
+        return SecretView(card.serial, display(code), False)
 
     def account_cards(self, principal: Principal, account: str | None = None) -> list[CardView]:
         require(principal, _BINDERS)

@@ -35,6 +35,7 @@ class EventKind(enum.StrEnum):
     AML_REPORT = "aml.report"  # a movement above the profile's AML threshold
     CARD_FROZEN = "card.frozen"  # staff (or a loss report) stopped a card
     CARD_UNFROZEN = "card.unfrozen"
+    VIEWING_ALERT = "alert.viewing"  # unusual secret viewing froze a card
 
 
 @dataclass(frozen=True)

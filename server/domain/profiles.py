@@ -72,6 +72,9 @@ class Profile:
     real_name_from: Amount
     bank_transfer_from_individual: Amount
     bank_transfer_from_organization: Amount
+    full_views_per_hour: int
+    cards_per_hour: int
+    new_device_freezes: bool
 
     @property
     def tag(self) -> str:
@@ -95,6 +98,7 @@ _SCHEMA: dict[str, Any] = {
     },
     "accounts": {"daily_redeem_limit": str},
     "reports": {"aml_above": str},
+    "viewing": {"full_views_per_hour": int, "cards_per_hour": int, "new_device_freezes": bool},
     "orders": {
         "real_name_from": str,
         "bank_transfer_from_individual": str,
@@ -163,7 +167,7 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{source}: {e}") from None
     _check(data, _SCHEMA, "")
-    p, a, r, o = data["products"], data["accounts"], data["reports"], data["orders"]
+    p, a, r, o, v = data["products"], data["accounts"], data["reports"], data["orders"], data["viewing"]
     currencies = p["currencies"]
     if not all(isinstance(c, str) and c in ISO_4217 for c in currencies):
         raise ProfileError(f"{source}: products.currencies must list ISO 4217 codes")
@@ -187,6 +191,9 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
         bank_transfer_from_organization=_amount(
             o["bank_transfer_from_organization"], "orders.bank_transfer_from_organization"
         ),
+        full_views_per_hour=v["full_views_per_hour"],
+        cards_per_hour=v["cards_per_hour"],
+        new_device_freezes=v["new_device_freezes"],
     )
 
 

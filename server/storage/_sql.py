@@ -810,6 +810,16 @@ class SqlTx(ABC):
         )
         return abs(int(row[0]))
 
+    def note_device(self, account_id: int, device: str) -> tuple[bool, int]:
+        """Remember that the account used ``device``; (first time?, devices known before)."""
+        known = int(self._one("SELECT COUNT(*) FROM account_devices WHERE account_id = ?", (account_id,))[0])
+        added = self._execute(
+            "INSERT INTO account_devices (account_id, device, first_seen) VALUES (?, ?, ?)"
+            " ON CONFLICT (account_id, device) DO NOTHING",
+            (account_id, device, self._ts(self.now())),
+        ).rowcount
+        return added == 1, known
+
     def lock_account(self, account_id: int) -> None:
         """Hold the account's row until commit, so limit checks on it run one at a time
         (SQLite's single writer already serializes everything)."""

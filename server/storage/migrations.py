@@ -294,10 +294,21 @@ CREATE TABLE blacklist (
 ){strict};
 """
 
+# v8: the device ids each account has used to view secrets (a new one can freeze the card).
+_V8 = """
+CREATE TABLE account_devices (
+    account_id {big} NOT NULL REFERENCES accounts (id),
+    device TEXT NOT NULL,
+    first_seen {ts} NOT NULL,
+    PRIMARY KEY (account_id, device)
+){strict};
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
     Migration(4, "event outbox", _V4, _V4_SQLITE, _V4_POSTGRES),
     Migration(6, "compliance", _V6),
     Migration(7, "blacklist", _V7),
+    Migration(8, "account devices", _V8),
 )

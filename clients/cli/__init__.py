@@ -77,10 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--pg", metavar="DSN", help="with --server: also bench on this PostgreSQL database")
 
-    from . import admin, card, lot, product, serve
+    from . import admin, audit, card, lot, product, serve
 
     serve.add_parser(sub)
     admin.add_parser(sub)
+    audit.add_parser(sub)
     product.add_parser(sub)
     lot.add_parser(sub)
     card.add_parser(sub)
@@ -129,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .admin import run as run_token
 
             return run_token(args)
+        if args.command == "audit":  # its one subcommand, verify, is required by the parser
+            from .audit import run as run_audit
+
+            return run_audit(args)
         if args.command == "product":
             from .product import run as run_product
 

@@ -803,3 +803,10 @@ class Client:
         else:
             request.codes.CopyFrom(_pack(codes))
         return self._call(self.compliance.ImportBlacklist, request, retry=True)
+
+    def verify_audit(
+        self, *, expect_events: int | None = None, expect_head: bytes = b""
+    ) -> compliance_pb2.VerifyAuditResponse:
+        """Walk the server's audit chain; ``ok`` or the first broken event."""
+        request = compliance_pb2.VerifyAuditRequest(expect_events=expect_events, expect_head=expect_head)
+        return self._call(self.compliance.VerifyAudit, request, retry=True)

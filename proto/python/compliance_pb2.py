@@ -27,27 +27,31 @@ from cardmint.v1 import common_pb2 as cardmint_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61rdmint/v1/compliance.proto\x12\x0b\x63\x61rdmint.v1\x1a\x16\x63\x61rdmint/v1/card.proto\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x01\n\x16ImportBlacklistRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12+\n\x05\x63odes\x18\x02 \x01(\x0b\x32\x1a.cardmint.v1.PackedStringsH\x00\x12\x11\n\x07\x64igests\x18\x03 \x01(\x0cH\x00\x12\x0e\n\x06length\x18\x04 \x01(\rB\t\n\x07\x65ntries\"n\n\x17ImportBlacklistResponse\x12\x10\n\x08received\x18\x01 \x01(\x03\x12\x11\n\tmalformed\x18\x02 \x01(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x03\x12\x0f\n\x07matched\x18\x04 \x01(\x03\x12\x0e\n\x06\x66rozen\x18\x05 \x01(\x03\"/\n\rFreezeRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x0fUnfreezeRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x12ListReportsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"\xa5\x01\n\x06Report\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\"\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x12.cardmint.v1.Money\x12\x13\n\x0b\x64\x65tail_json\x18\x06 \x01(\t\x12\x0f\n\x07profile\x18\x07 \x01(\t\"d\n\x13ListReportsResponse\x12$\n\x07reports\x18\x01 \x03(\x0b\x32\x13.cardmint.v1.Report\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse2\xb9\x02\n\x11\x43omplianceService\x12\x37\n\x06\x46reeze\x12\x1a.cardmint.v1.FreezeRequest\x1a\x11.cardmint.v1.Card\x12;\n\x08Unfreeze\x12\x1c.cardmint.v1.UnfreezeRequest\x1a\x11.cardmint.v1.Card\x12P\n\x0bListReports\x12\x1f.cardmint.v1.ListReportsRequest\x1a .cardmint.v1.ListReportsResponse\x12\\\n\x0fImportBlacklist\x12#.cardmint.v1.ImportBlacklistRequest\x1a$.cardmint.v1.ImportBlacklistResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61rdmint/v1/compliance.proto\x12\x0b\x63\x61rdmint.v1\x1a\x16\x63\x61rdmint/v1/card.proto\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x12VerifyAuditRequest\x12\x1a\n\rexpect_events\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0b\x65xpect_head\x18\x02 \x01(\x0c\x42\x10\n\x0e_expect_events\"h\n\x13VerifyAuditResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x03\x12\x11\n\thead_hash\x18\x03 \x01(\x0c\x12\x11\n\tfirst_bad\x18\x04 \x01(\x03\x12\x0f\n\x07problem\x18\x05 \x01(\t\"\x83\x01\n\x16ImportBlacklistRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12+\n\x05\x63odes\x18\x02 \x01(\x0b\x32\x1a.cardmint.v1.PackedStringsH\x00\x12\x11\n\x07\x64igests\x18\x03 \x01(\x0cH\x00\x12\x0e\n\x06length\x18\x04 \x01(\rB\t\n\x07\x65ntries\"n\n\x17ImportBlacklistResponse\x12\x10\n\x08received\x18\x01 \x01(\x03\x12\x11\n\tmalformed\x18\x02 \x01(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x03\x12\x0f\n\x07matched\x18\x04 \x01(\x03\x12\x0e\n\x06\x66rozen\x18\x05 \x01(\x03\"/\n\rFreezeRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x0fUnfreezeRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x12ListReportsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"\xa5\x01\n\x06Report\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\"\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x12.cardmint.v1.Money\x12\x13\n\x0b\x64\x65tail_json\x18\x06 \x01(\t\x12\x0f\n\x07profile\x18\x07 \x01(\t\"d\n\x13ListReportsResponse\x12$\n\x07reports\x18\x01 \x03(\x0b\x32\x13.cardmint.v1.Report\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse2\x8b\x03\n\x11\x43omplianceService\x12\x37\n\x06\x46reeze\x12\x1a.cardmint.v1.FreezeRequest\x1a\x11.cardmint.v1.Card\x12;\n\x08Unfreeze\x12\x1c.cardmint.v1.UnfreezeRequest\x1a\x11.cardmint.v1.Card\x12P\n\x0bListReports\x12\x1f.cardmint.v1.ListReportsRequest\x1a .cardmint.v1.ListReportsResponse\x12\\\n\x0fImportBlacklist\x12#.cardmint.v1.ImportBlacklistRequest\x1a$.cardmint.v1.ImportBlacklistResponse\x12P\n\x0bVerifyAudit\x12\x1f.cardmint.v1.VerifyAuditRequest\x1a .cardmint.v1.VerifyAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cardmint.v1.compliance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMPORTBLACKLISTREQUEST']._serialized_start=129
-  _globals['_IMPORTBLACKLISTREQUEST']._serialized_end=260
-  _globals['_IMPORTBLACKLISTRESPONSE']._serialized_start=262
-  _globals['_IMPORTBLACKLISTRESPONSE']._serialized_end=372
-  _globals['_FREEZEREQUEST']._serialized_start=374
-  _globals['_FREEZEREQUEST']._serialized_end=421
-  _globals['_UNFREEZEREQUEST']._serialized_start=423
-  _globals['_UNFREEZEREQUEST']._serialized_end=472
-  _globals['_LISTREPORTSREQUEST']._serialized_start=474
-  _globals['_LISTREPORTSREQUEST']._serialized_end=548
-  _globals['_REPORT']._serialized_start=551
-  _globals['_REPORT']._serialized_end=716
-  _globals['_LISTREPORTSRESPONSE']._serialized_start=718
-  _globals['_LISTREPORTSRESPONSE']._serialized_end=818
-  _globals['_COMPLIANCESERVICE']._serialized_start=821
-  _globals['_COMPLIANCESERVICE']._serialized_end=1134
+  _globals['_VERIFYAUDITREQUEST']._serialized_start=128
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=215
+  _globals['_VERIFYAUDITRESPONSE']._serialized_start=217
+  _globals['_VERIFYAUDITRESPONSE']._serialized_end=321
+  _globals['_IMPORTBLACKLISTREQUEST']._serialized_start=324
+  _globals['_IMPORTBLACKLISTREQUEST']._serialized_end=455
+  _globals['_IMPORTBLACKLISTRESPONSE']._serialized_start=457
+  _globals['_IMPORTBLACKLISTRESPONSE']._serialized_end=567
+  _globals['_FREEZEREQUEST']._serialized_start=569
+  _globals['_FREEZEREQUEST']._serialized_end=616
+  _globals['_UNFREEZEREQUEST']._serialized_start=618
+  _globals['_UNFREEZEREQUEST']._serialized_end=667
+  _globals['_LISTREPORTSREQUEST']._serialized_start=669
+  _globals['_LISTREPORTSREQUEST']._serialized_end=743
+  _globals['_REPORT']._serialized_start=746
+  _globals['_REPORT']._serialized_end=911
+  _globals['_LISTREPORTSRESPONSE']._serialized_start=913
+  _globals['_LISTREPORTSRESPONSE']._serialized_end=1013
+  _globals['_COMPLIANCESERVICE']._serialized_start=1016
+  _globals['_COMPLIANCESERVICE']._serialized_end=1411
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,67 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class VerifyAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPECT_EVENTS_FIELD_NUMBER: _builtins.int
+    EXPECT_HEAD_FIELD_NUMBER: _builtins.int
+    expect_events: _builtins.int
+    """An anchor recorded elsewhere: the chain must have at least this many events..."""
+    expect_head: _builtins.bytes
+    """...and, when it has exactly that many, end with this hash (32 bytes)."""
+    def __init__(
+        self,
+        *,
+        expect_events: _builtins.int | None = ...,
+        expect_head: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expect_events", b"_expect_events", "expect_events", b"expect_events"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expect_events", b"_expect_events", "expect_events", b"expect_events", "expect_head", b"expect_head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expect_events: _TypeAlias = _typing.Literal["expect_events"]  # noqa: Y015
+    _WhichOneofArgType__expect_events: _TypeAlias = _typing.Literal["_expect_events", b"_expect_events"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expect_events) -> _WhichOneofReturnType__expect_events | None: ...
+
+Global___VerifyAuditRequest: _TypeAlias = VerifyAuditRequest  # noqa: Y015
+
+@_typing.final
+class VerifyAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    HEAD_HASH_FIELD_NUMBER: _builtins.int
+    FIRST_BAD_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    events: _builtins.int
+    """Events that check out, from the first."""
+    head_hash: _builtins.bytes
+    """The hash of the last event that checks out: record it as the next anchor."""
+    first_bad: _builtins.int
+    """The first broken event's id (0 when ok)."""
+    problem: _builtins.str
+    """What is wrong with it."""
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        events: _builtins.int = ...,
+        head_hash: _builtins.bytes = ...,
+        first_bad: _builtins.int = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "first_bad", b"first_bad", "head_hash", b"head_hash", "ok", b"ok", "problem", b"problem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyAuditResponse: _TypeAlias = VerifyAuditResponse  # noqa: Y015
+
+@_typing.final
 class ImportBlacklistRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -58,6 +58,11 @@ class ComplianceServiceStub:
                 request_serializer=cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistRequest.SerializeToString,
                 response_deserializer=cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistResponse.FromString,
                 _registered_method=True)
+        self.VerifyAudit = channel.unary_unary(
+                '/cardmint.v1.ComplianceService/VerifyAudit',
+                request_serializer=cardmint_dot_v1_dot_compliance__pb2.VerifyAuditRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_compliance__pb2.VerifyAuditResponse.FromString,
+                _registered_method=True)
 
 
 class ComplianceServiceServicer:
@@ -98,6 +103,16 @@ class ComplianceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyAudit(self, request, context):
+        """Walks the audit chain (every event's BLAKE3 hash covers the previous one) and names
+        the first broken event: edited, deleted or reordered. A chain cut short at its end
+        still links; pass the head recorded earlier (`expect_events`, `expect_head`) to catch
+        that too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComplianceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -120,6 +135,11 @@ def add_ComplianceServiceServicer_to_server(servicer, server):
                     servicer.ImportBlacklist,
                     request_deserializer=cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistRequest.FromString,
                     response_serializer=cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistResponse.SerializeToString,
+            ),
+            'VerifyAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyAudit,
+                    request_deserializer=cardmint_dot_v1_dot_compliance__pb2.VerifyAuditRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_compliance__pb2.VerifyAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -233,6 +253,33 @@ class ComplianceService:
             '/cardmint.v1.ComplianceService/ImportBlacklist',
             cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistRequest.SerializeToString,
             cardmint_dot_v1_dot_compliance__pb2.ImportBlacklistResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.ComplianceService/VerifyAudit',
+            cardmint_dot_v1_dot_compliance__pb2.VerifyAuditRequest.SerializeToString,
+            cardmint_dot_v1_dot_compliance__pb2.VerifyAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,12 @@ class ComplianceServiceStub:
     transaction (event card.frozen per card). Codes are digested on arrival and never
     stored; repeating an import changes nothing more.
     """
+    VerifyAudit: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.VerifyAuditRequest, _compliance_pb2.VerifyAuditResponse]
+    """Walks the audit chain (every event's BLAKE3 hash covers the previous one) and names
+    the first broken event: edited, deleted or reordered. A chain cut short at its end
+    still links; pass the head recorded earlier (`expect_events`, `expect_head`) to catch
+    that too.
+    """
 
 @_typing.type_check_only
 class ComplianceServiceAsyncStub(ComplianceServiceStub):
@@ -75,6 +81,12 @@ class ComplianceServiceAsyncStub(ComplianceServiceStub):
     """Records codes a partner reports stolen and freezes every issued card among them, in one
     transaction (event card.frozen per card). Codes are digested on arrival and never
     stored; repeating an import changes nothing more.
+    """
+    VerifyAudit: _aio.UnaryUnaryMultiCallable[_compliance_pb2.VerifyAuditRequest, _compliance_pb2.VerifyAuditResponse]  # type: ignore[assignment]
+    """Walks the audit chain (every event's BLAKE3 hash covers the previous one) and names
+    the first broken event: edited, deleted or reordered. A chain cut short at its end
+    still links; pass the head recorded earlier (`expect_events`, `expect_head`) to catch
+    that too.
     """
 
 class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -120,6 +132,18 @@ class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records codes a partner reports stolen and freezes every issued card among them, in one
         transaction (event card.frozen per card). Codes are digested on arrival and never
         stored; repeating an import changes nothing more.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyAudit(
+        self,
+        request: _compliance_pb2.VerifyAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.VerifyAuditResponse, _abc.Awaitable[_compliance_pb2.VerifyAuditResponse]]:
+        """Walks the audit chain (every event's BLAKE3 hash covers the previous one) and names
+        the first broken event: edited, deleted or reordered. A chain cut short at its end
+        still links; pass the head recorded earlier (`expect_events`, `expect_head`) to catch
+        that too.
         """
 
 def add_ComplianceServiceServicer_to_server(servicer: ComplianceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -74,6 +74,18 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
             frozen=result.frozen,
         )
 
+    def VerifyAudit(  # noqa: N802 - grpc's generated method names
+        self, request: compliance_pb2.VerifyAuditRequest, context: grpc.ServicerContext
+    ) -> compliance_pb2.VerifyAuditResponse:
+        v = self._compliance.verify_audit(
+            current_principal(),
+            expect_events=request.expect_events if request.HasField("expect_events") else None,
+            expect_head=request.expect_head or None,
+        )
+        return compliance_pb2.VerifyAuditResponse(
+            ok=v.ok, events=v.events, head_hash=v.head_hash, first_bad=v.first_bad or 0, problem=v.problem
+        )
+
     def ListReports(  # noqa: N802 - grpc's generated method names
         self, request: compliance_pb2.ListReportsRequest, context: grpc.ServicerContext
     ) -> compliance_pb2.ListReportsResponse:

@@ -12,6 +12,7 @@ from cardmint.kernel import Packed, Status
 from cardmint.server.storage import Card, CardStatus, Report, UnitOfWork
 
 from ._context import STAFF, Context, detail, int_arg, require
+from .audit import AuditVerdict, verify_storage
 from .auth import Principal
 from .cards import CardService, CardView
 from .errors import CardNotFound, CardVoid, InvalidArgument
@@ -161,6 +162,17 @@ class ComplianceService:
         if frozen:
             ctx.wake()
         return BlacklistResult(received, malformed, new, matched, frozen)
+
+    def verify_audit(
+        self, principal: Principal, *, expect_events: int | None = None, expect_head: bytes | None = None
+    ) -> AuditVerdict:
+        """Walk the audit chain and name the first broken event (see ``audit.py``)."""
+        require(principal, STAFF)
+        if expect_events is not None:
+            int_arg(expect_events, "expect_events", 0, 2**63 - 1)
+        if expect_head is not None and len(expect_head) != 32:
+            raise InvalidArgument.of("expect_head", "the 32-byte hash of the last event")
+        return verify_storage(self._ctx.storage, expect_events=expect_events, expect_head=expect_head)
 
     def list_reports(
         self, principal: Principal, *, kind: str | None = None, after_id: int = 0, limit: int = 50

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._sql import GENESIS_HASH, audit_hash, utcnow
+from ._sql import GENESIS_HASH, audit_hash, audit_hash_us, utcnow
 from .errors import (
     ConflictError,
     IdempotencyConflictError,
@@ -91,6 +91,7 @@ __all__ = [
     "TransientError",
     "UnitOfWork",
     "audit_hash",
+    "audit_hash_us",
     "open_storage",
     "utcnow",
 ]

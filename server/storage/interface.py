@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -152,6 +152,7 @@ class UnitOfWork(Protocol):
     def events_after(self, cursor: int, limit: int = ...) -> list[Event]: ...
     def events_head(self) -> int: ...
     def audit_entries(self, after_id: int = 0, limit: int = 10_000) -> list[AuditEntry]: ...
+    def audit_rows(self, after_id: int = 0, limit: int = 10_000) -> list[tuple[Any, ...]]: ...
 
     # issued-codes index feed (consume the iterators inside the transaction)
     def index_cursor(self) -> int: ...

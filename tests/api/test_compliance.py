@@ -138,3 +138,16 @@ def test_import_blacklist_freezes_issued_cards_once(connect: Connect, server: Ru
         admin.import_blacklist("", codes=typed)
     with pytest.raises(PermissionDenied):
         connect("merchant").import_blacklist("me", codes=typed)
+
+
+def test_verify_audit_over_the_wire(connect: Connect) -> None:
+    admin = connect("admin")
+    admin.create_product(sku="AU", name="Audited", currency="CNY", denominations=[100 * YUAN])
+    v = admin.verify_audit()
+    assert v.ok and v.events >= 1 and v.first_bad == 0 and len(v.head_hash) == 32
+    again = admin.verify_audit(expect_events=v.events, expect_head=v.head_hash)
+    assert again.ok
+    short = admin.verify_audit(expect_events=v.events + 5)
+    assert not short.ok and "anchor" in short.problem
+    with pytest.raises(PermissionDenied):
+        connect("merchant").verify_audit()

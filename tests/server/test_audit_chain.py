@@ -1,0 +1,108 @@
+"""The audit chain catches tampering, on SQLite and PostgreSQL: an edited, deleted or
+reordered event is named; a chain cut short is caught against a recorded head."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from cardmint.server.domain.audit import verify_storage
+from cardmint.server.storage import Storage
+from hypothesis import given
+from hypothesis import strategies as st
+
+N = 12
+
+
+def _chain(storage: Storage) -> None:
+    for i in range(N):
+        storage.run(
+            lambda tx, i=i: tx.append_audit(f"token:{i % 3}", "card.bind", f"card:{i}", f'{{"n":{i}}}')
+        )
+
+
+def _tamper(storage: Storage, backend: str, *sql: str) -> None:
+    """What someone with write access to the database (and the will to disable the
+    append-only triggers) could do."""
+    with storage.transaction() as tx:
+        if backend == "sqlite":
+            tx._execute("DROP TRIGGER IF EXISTS audit_no_update")  # type: ignore[attr-defined]
+            tx._execute("DROP TRIGGER IF EXISTS audit_no_delete")  # type: ignore[attr-defined]
+        else:
+            tx._execute("ALTER TABLE audit_log DISABLE TRIGGER audit_append_only")  # type: ignore[attr-defined]
+        for statement in sql:
+            tx._execute(statement)  # type: ignore[attr-defined]
+
+
+def test_an_intact_chain_verifies_and_gives_its_head(storage: Storage) -> None:
+    empty = verify_storage(storage)
+    assert empty.ok and empty.events == 0
+    _chain(storage)
+    v = verify_storage(storage)
+    assert v.ok and v.events == N and len(v.head_hash) == 32 and "ok: 12 events" in v.line()
+    assert verify_storage(storage, expect_events=N, expect_head=v.head_hash).ok
+
+
+@pytest.mark.parametrize(
+    ("sql", "first_bad", "why"),
+    [
+        (["UPDATE audit_log SET detail = '{\"n\":99}' WHERE id = 5"], 5, "does not match its hash"),
+        (["UPDATE audit_log SET actor = 'token:0' WHERE id = 8"], 8, "does not match its hash"),
+        (["DELETE FROM audit_log WHERE id = 7"], 7, "missing"),
+        # Swap two events' positions (ids), keeping everything else: the hash covers the id.
+        (
+            [
+                "UPDATE audit_log SET id = 1000 WHERE id = 3",
+                "UPDATE audit_log SET id = 3 WHERE id = 4",
+                "UPDATE audit_log SET id = 4 WHERE id = 1000",
+            ],
+            3,
+            "does not link",
+        ),
+    ],
+)
+def test_tampering_is_named(storage: Storage, backend: str, sql: list[str], first_bad: int, why: str) -> None:
+    _chain(storage)
+    _tamper(storage, backend, *sql)
+    v = verify_storage(storage)
+    assert not v.ok and v.first_bad == first_bad and why in v.problem and v.events == first_bad - 1
+
+
+def test_a_chain_cut_short_is_caught_against_its_anchor(storage: Storage, backend: str) -> None:
+    _chain(storage)
+    anchor = verify_storage(storage)
+    _tamper(storage, backend, f"DELETE FROM audit_log WHERE id = {N}")
+    assert verify_storage(storage).ok  # what is left still links...
+    cut = verify_storage(storage, expect_events=anchor.events, expect_head=anchor.head_hash)
+    assert not cut.ok and cut.first_bad == N and "anchor" in cut.problem  # ...but not to the anchor
+
+
+def test_the_cli_exits_1_on_a_broken_chain(
+    storage_url: str, opener: Callable[[], Storage], backend: str
+) -> None:
+    storage = opener()
+    _chain(storage)
+    cli = [sys.executable, "-m", "cardmint.cli", "audit", "verify", "--db", storage_url]
+    good = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=False)
+    assert good.returncode == 0 and good.stdout.startswith(f"ok: {N} events"), good.stderr
+    _tamper(storage, backend, "UPDATE audit_log SET subject = 'card:x' WHERE id = 2")
+    bad = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 1 and bad.stdout.startswith("BROKEN at event 2"), bad.stdout
+
+
+@given(
+    prev=st.binary(min_size=32, max_size=32),
+    seq=st.integers(1, 2**63 - 1),
+    at_us=st.integers(-(2**55), 2**55),  # about 1,140 years either side of 1970
+    fields=st.lists(st.text(), min_size=4, max_size=4),
+)
+def test_the_fast_hash_is_the_chain_hash(prev: bytes, seq: int, at_us: int, fields: list[str]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cardmint.server.storage import audit_hash, audit_hash_us
+
+    at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
+    encodable = [f.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for f in fields]
+    assert audit_hash(prev, seq, at, *encodable) == audit_hash_us(prev, seq, at_us, *encodable)

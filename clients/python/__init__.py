@@ -34,6 +34,8 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 from cardmint.v1 import (
+    account_pb2,
+    account_pb2_grpc,
     balance_pb2,
     balance_pb2_grpc,
     card_pb2,
@@ -501,6 +503,7 @@ class Client:
         self.balances = balance_pb2_grpc.BalanceServiceStub(self._channel)
         self.events = event_pb2_grpc.EventServiceStub(self._channel)
         self.compliance = compliance_pb2_grpc.ComplianceServiceStub(self._channel)
+        self.accounts = account_pb2_grpc.AccountServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -810,3 +813,28 @@ class Client:
         """Walk the server's audit chain; ``ok`` or the first broken event."""
         request = compliance_pb2.VerifyAuditRequest(expect_events=expect_events, expect_head=expect_head)
         return self._call(self.compliance.VerifyAudit, request, retry=True)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def create_token(
+        self, role: str, *, label: str = "", account: str = ""
+    ) -> account_pb2.CreateTokenResponse:
+        """Mint a token (admin). The secret is in this answer only. Not retried: a retry
+        after a lost answer would mint a second token."""
+        request = account_pb2.CreateTokenRequest(role=role, label=label, account=account)
+        return self._call(self.accounts.CreateToken, request)
+
+    def tokens(self, *, page_size: int = 100) -> Iterator[account_pb2.TokenInfo]:
+        token = ""
+        while True:
+            request = account_pb2.ListTokensRequest(
+                page=common_pb2.PageRequest(page_size=page_size, page_token=token)
+            )
+            resp = self._call(self.accounts.ListTokens, request, retry=True)
+            yield from resp.tokens
+            token = resp.page.next_page_token
+            if not token:
+                return
+
+    def revoke_token(self, token_id: int) -> None:
+        self._call(self.accounts.RevokeToken, account_pb2.RevokeTokenRequest(id=token_id), retry=True)

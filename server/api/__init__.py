@@ -11,6 +11,8 @@ from __future__ import annotations
 import grpc
 from cardmint.server.domain import Domain
 from cardmint.v1 import (
+    account_pb2,
+    account_pb2_grpc,
     balance_pb2,
     balance_pb2_grpc,
     card_pb2,
@@ -27,6 +29,7 @@ from cardmint.v1 import (
     lot_pb2_grpc,
 )
 
+from .accounts import AccountServicer
 from .auth import OPEN_SERVICES, AuthInterceptor, current_principal
 from .balances import BalanceServicer
 from .cards import CardServicer
@@ -59,6 +62,7 @@ SERVICE_NAMES: tuple[str, ...] = tuple(
         (balance_pb2, "BalanceService"),
         (event_pb2, "EventService"),
         (compliance_pb2, "ComplianceService"),
+        (account_pb2, "AccountService"),
     )
 )
 
@@ -76,3 +80,4 @@ def add_services(server: grpc.Server, domain: Domain) -> None:
     balance_pb2_grpc.add_BalanceServiceServicer_to_server(BalanceServicer(domain), server)
     event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(domain), server)
     compliance_pb2_grpc.add_ComplianceServiceServicer_to_server(ComplianceServicer(domain), server)
+    account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(domain), server)

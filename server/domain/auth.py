@@ -5,13 +5,14 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 import blake3
 from cardmint.server.storage import Role, Storage, UnitOfWork
 
 from .errors import InvalidArgument, PermissionDenied, Unauthenticated
 
-__all__ = ["AuthService", "IssuedToken", "Principal", "hash_token"]
+__all__ = ["AuthService", "IssuedToken", "Principal", "TokenInfo", "hash_token"]
 
 TOKEN_PREFIX = "cm_"  # noqa: S105 - a marker that makes leaked tokens greppable, not a secret
 
@@ -37,6 +38,18 @@ class IssuedToken:
     account: str | None
 
 
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as an admin may see it: never the secret."""
+
+    id: int
+    role: Role
+    label: str
+    account: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
 def hash_token(token: str) -> bytes:
     # Tokens carry 256 random bits, so an unkeyed hash suffices: nothing to brute-force,
     # and a stolen table of hashes cannot be turned back into tokens.
@@ -47,7 +60,42 @@ class AuthService:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
 
-    def create_token(self, role: Role | str, *, label: str = "", account: str | None = None) -> IssuedToken:
+    def issue_token(
+        self, principal: Principal, role: Role | str, *, label: str = "", account: str | None = None
+    ) -> IssuedToken:
+        """An admin mints a token over the API (the secret is shown once, only its hash kept)."""
+        if principal.role is not Role.ADMIN:
+            raise PermissionDenied(metadata={"role": principal.role.value})
+        return self.create_token(role, label=label, account=account, actor=principal.actor)
+
+    def list_tokens(self, principal: Principal, *, after_id: int = 0, limit: int = 100) -> list[TokenInfo]:
+        """Every token (never a secret: only hashes are stored), oldest first. Admins only."""
+        if principal.role is not Role.ADMIN:
+            raise PermissionDenied(metadata={"role": principal.role.value})
+        if not 1 <= limit <= 500 or after_id < 0:
+            raise InvalidArgument.of("limit", "1-500")
+        with self._storage.read() as tx:
+            rows = tx.list_tokens(after_id, limit)
+            names = {
+                r.account_id: a.external_id
+                for r in rows
+                if r.account_id is not None and (a := tx.get_account(r.account_id)) is not None
+            }
+        return [
+            TokenInfo(
+                r.id,
+                r.role,
+                r.label,
+                names.get(r.account_id) if r.account_id else None,
+                r.created_at,
+                r.revoked_at,
+            )
+            for r in rows
+        ]
+
+    def create_token(
+        self, role: Role | str, *, label: str = "", account: str | None = None, actor: str = "cli"
+    ) -> IssuedToken:
         try:
             r = Role(role)
         except ValueError:
@@ -63,7 +111,7 @@ class AuthService:
         def work(tx: UnitOfWork) -> IssuedToken:
             acct = tx.ensure_account(account) if account else None
             row = tx.create_token(hash_token(token), r, label, acct.id if acct else None)
-            tx.append_audit("cli", "token.create", f"token:{row.id}", f'{{"role": "{r.value}"}}')
+            tx.append_audit(actor, "token.create", f"token:{row.id}", f'{{"role": "{r.value}"}}')
             return IssuedToken(token, row.id, r, account)
 
         return self._storage.run(work)

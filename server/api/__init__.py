@@ -23,6 +23,8 @@ from cardmint.v1 import (
     keys_pb2_grpc,
     lot_pb2,
     lot_pb2_grpc,
+    order_pb2,
+    order_pb2_grpc,
 )
 
 from .auth import OPEN_SERVICES, AuthInterceptor, current_principal
@@ -33,6 +35,7 @@ from .errors import ErrorInterceptor, status_of
 from .events import EventServicer
 from .keys import KeyServicer
 from .lots import LotServicer
+from .orders import OrderServicer
 
 __all__ = [
     "OPEN_SERVICES",
@@ -55,6 +58,7 @@ SERVICE_NAMES: tuple[str, ...] = tuple(
         (card_pb2, "CardService"),
         (balance_pb2, "BalanceService"),
         (event_pb2, "EventService"),
+        (order_pb2, "OrderService"),
     )
 )
 
@@ -71,3 +75,4 @@ def add_services(server: grpc.Server, domain: Domain) -> None:
     card_pb2_grpc.add_CardServiceServicer_to_server(CardServicer(domain), server)
     balance_pb2_grpc.add_BalanceServiceServicer_to_server(BalanceServicer(domain), server)
     event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(domain), server)
+    order_pb2_grpc.add_OrderServiceServicer_to_server(OrderServicer(domain), server)

@@ -17,6 +17,7 @@ from .issued_index import IssuedIndex
 from .keyring import Keyring
 from .keys import KeyService
 from .lots import LotService
+from .orders import OrderService
 
 __all__ = ["Domain"]
 
@@ -50,11 +51,13 @@ class Domain:
         self.cards = CardService(ctx)
         self.balances = BalanceService(ctx, self.cards)
         self.events = EventService(ctx)
+        self.orders = OrderService(ctx)
 
     def close(self) -> None:
         """Shutting down: end long-lived calls (event subscriptions) now."""
         self._ctx.closing.set()
         self._ctx.wake()
+        self.orders.stop_sweeper()  # a sweep in progress finishes before storage closes
 
     def refresh_index(self) -> None:
         self.index.refresh()

@@ -132,6 +132,10 @@ def start(
         if port == 0:
             raise OSError(f"cannot listen on {listen}")
         server.start()
+        if domain.config.order_sweep_seconds > 0:
+            # Expires unpaid reservations and refunds late deliveries; Domain.close (in
+            # Running.stop) ends it and waits for a sweep in progress.
+            domain.orders.start_sweeper(domain.config.order_sweep_seconds)
     except BaseException:
         storage.close()
         raise

@@ -328,6 +328,192 @@ def measure_check(
         return secs, counts[0], counts[1]
 
 
+# -- the card shop (OrderService) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderSizes:
+    round_trips: int  # CreateOrder + ConfirmPayment pairs in the round-trip row
+    threads: int
+    channels: int
+    buyers: int  # concurrent buyers in the race
+    pool: int  # codes they race for
+    limit_s: float
+
+
+ORDERS_FULL = OrderSizes(5_000, 64, 4, 200, 1_000, 120.0)
+ORDERS_TINY = OrderSizes(64, 8, 2, 20, 100, 30.0)
+
+
+def stock_pool(addr: str, token: str, sku: str, count: int, face: int = 500) -> None:
+    """A product (once per sku) with a lot of ``count`` codes of ``face`` in the pool (the
+    lot is minted and stocked, never exported)."""
+    from cardmint.client import Client, ProductExists
+
+    with Client(addr, token, timeout=60.0, bulk_timeout=1800.0) as c:
+        with suppress(ProductExists):
+            c.create_product(sku=sku, name="shop card", currency=CURRENCY, denominations=[face])
+        lot = c.create_lot(sku, count, face)
+        c.stock_pool(lot.id)
+
+
+def measure_orders(addr: str, token: str, sizes: OrderSizes, sku: str, tag: str, face: int = 500) -> Load:
+    """Order round trips: CreateOrder (one code) then ConfirmPayment, which delivers it, by
+    ``sizes.threads`` concurrent clients acting as a storefront for one buyer (account and
+    client address) each. ``Load.done`` counts round trips (two calls each). The pool must
+    hold ``sizes.round_trips`` codes of ``sku``."""
+    from cardmint.client import Client
+
+    with channels(addr, sizes.channels) as chans:
+        clients = [
+            Client(addr, token, timeout=30.0, channel=chans[t % len(chans)]) for t in range(sizes.threads)
+        ]
+        clients[0].stock(sku)  # warm up
+
+        def round_trip(t: int, i: int) -> None:
+            c = clients[t]
+            order = c.create_order(
+                [(sku, face, 1)],
+                account=f"{tag}-buyer-{t}",
+                request_id=f"{tag}-o{i}",
+                client_address=f"bench:{t}",
+            )
+            paid = c.confirm_payment(order.id, f"{tag}-p{i}", face, CURRENCY)
+            if len(paid.codes) != 1:
+                raise AssertionError(f"order {order.id} delivered {len(paid.codes)} codes")
+
+        return run_concurrent(round_trip, sizes.round_trips, sizes.threads, sizes.limit_s)
+
+
+@dataclass(frozen=True)
+class OrderRace:
+    buyers: int
+    pool: int
+    delivered: int  # codes delivered, all buyers together
+    distinct: int  # distinct serials among them
+    sold_out: int  # buyers who ended on a clean SoldOut
+    other: int  # buyers who ended on anything else
+    seconds: float
+
+    @property
+    def exact(self) -> bool:
+        return (
+            self.delivered == self.distinct == self.pool and self.sold_out == self.buyers and self.other == 0
+        )
+
+
+def measure_order_race(
+    addr: str, token: str, buyers: int, pool: int, sku: str, tag: str, face: int = 500, limit_s: float = 120.0
+) -> OrderRace:
+    """``buyers`` concurrent buyers each buy one code at a time (order, then payment) until
+    the pool of ``pool`` codes of ``sku`` is sold out. Every code must be delivered exactly
+    once and every buyer must end on SoldOut."""
+    from cardmint.client import Client, SoldOut
+
+    stock_pool(addr, token, sku, pool, face)
+    chans_n = max(1, min(8, buyers // 25))
+    got: list[list[str]] = [[] for _ in range(buyers)]
+    ended: list[str] = ["" for _ in range(buyers)]
+    go = threading.Barrier(buyers + 1)
+    with channels(addr, chans_n) as chans:
+        clients = [Client(addr, token, timeout=60.0, channel=chans[b % len(chans)]) for b in range(buyers)]
+
+        def buyer(b: int) -> None:
+            c = clients[b]
+            go.wait()
+            stop = time.perf_counter() + limit_s
+            try:
+                while time.perf_counter() < stop:
+                    try:
+                        order = c.create_order(
+                            [(sku, face, 1)], account=f"{tag}-racer-{b}", client_address=f"race:{b}"
+                        )
+                    except SoldOut:
+                        ended[b] = "sold out"
+                        return
+                    paid = c.confirm_payment(order.id, f"{tag}-race-{order.id}", face, CURRENCY)
+                    got[b].extend(code.serial for code in paid.codes)
+                ended[b] = "time limit"
+            except Exception as e:  # reported, not raised: the race's figure says it
+                ended[b] = type(e).__name__
+
+        pool_threads = [threading.Thread(target=buyer, args=(b,), daemon=True) for b in range(buyers)]
+        for th in pool_threads:
+            th.start()
+        started = time.perf_counter()
+        go.wait()
+        for th in pool_threads:
+            th.join(limit_s + 60)
+        seconds = time.perf_counter() - started
+    serials = [s for mine in got for s in mine]
+    sold_out = sum(e == "sold out" for e in ended)
+    return OrderRace(buyers, pool, len(serials), len(set(serials)), sold_out, buyers - sold_out, seconds)
+
+
+def _order_rows(
+    label: str, db_url: str | None, sizes: OrderSizes, echo_rate: float
+) -> tuple[list[ServerRow], OrderRace]:
+    with tempfile.TemporaryDirectory(prefix="cardmint-bench-") as tmp:
+        url = db_url or f"sqlite://{Path(tmp) / 'cardmint.db'}"
+        with cardmint_server(url, Path(tmp) / "var") as (addr, token):
+            tag = f"o{os.getpid()}-{time.time_ns()}"
+            sku = f"SHOP-{tag}"[:32]
+            stock_pool(addr, token, sku, sizes.round_trips)
+            load = measure_orders(addr, token, sizes, sku, tag)
+            share = 2 * load.rate / echo_rate  # calls/s over echo calls/s
+            trip = _row(
+                f"order round trip ({sizes.threads} clients)",
+                label,
+                load.done,
+                load.seconds,
+                target=">= 40% echo",
+                met=share >= 0.4 if sizes.threads >= 64 else None,
+                p50_ms=round(load.p50_ms, 3),
+                p99_ms=round(load.p99_ms, 3),
+                note=f"{load.rate:.0f} round trips/s = {2 * load.rate:.0f} calls/s ({share:.0%} of echo calls/s;"
+                f" round trips/s over echo calls/s {load.rate / echo_rate:.0%}); p50 {load.p50_ms:.1f} ms,"
+                f" p99 {load.p99_ms:.1f} ms, {load.errors} failed",
+            )
+            trip.vs_baseline = share
+            race = measure_order_race(
+                addr, token, sizes.buyers, sizes.pool, f"{sku}-R"[:32], tag, limit_s=sizes.limit_s
+            )
+            done = _row(
+                f"order race ({race.buyers} buyers)",
+                label,
+                race.delivered,
+                race.seconds,
+                target="pool sold once, rest sold out",
+                met=race.exact,
+                note=f"{race.delivered} delivered of {race.pool} ({race.distinct} distinct), "
+                f"{race.sold_out} sold out, {race.other} other endings",
+            )
+    return [trip, done], race
+
+
+def measure_orders_rows(
+    sizes: OrderSizes, pg_dsn: str | None = None
+) -> tuple[list[ServerRow], list[OrderRace]]:
+    """The card shop's figures: the echo baseline, then per backend the order round trip
+    ('x echo' compares calls/s, two calls per round trip) and the buyers' race."""
+    with echo_server() as addr:
+        echo = measure_echo(
+            addr,
+            ServerSizes(sizes.round_trips * 2, sizes.threads, sizes.channels, 0, 0, 0, 0, sizes.limit_s, 1),
+        )
+    base = _row(f"echo ({sizes.threads} clients)", "bare grpcio", echo.done, echo.seconds)
+    base.vs_baseline = 1.0
+    rows, races = [base], []
+    backends: list[tuple[str, str | None]] = [("sqlite", None)]
+    if pg_dsn:
+        backends.append(("postgres", pg_dsn))
+    for label, url in backends:
+        more, race = _order_rows(label, url, sizes, echo.rate)
+        rows += more
+        races.append(race)
+    return rows, races
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -493,9 +679,13 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "FULL",
+    "ORDERS_FULL",
+    "ORDERS_TINY",
     "QUICK",
     "TINY",
     "Load",
+    "OrderRace",
+    "OrderSizes",
     "Race",
     "ServerRow",
     "ServerSizes",
@@ -505,9 +695,13 @@ __all__ = [
     "make_lot",
     "measure_check",
     "measure_echo",
+    "measure_order_race",
+    "measure_orders",
+    "measure_orders_rows",
     "measure_race",
     "measure_server",
     "measure_unary",
     "run",
     "run_concurrent",
+    "stock_pool",
 ]

@@ -13,8 +13,10 @@ Every call has a deadline (``timeout``, default 10 s; bulk and streaming calls t
 own). Only calls that cannot change anything twice are retried, on UNAVAILABLE and on
 ABORTED (database contention): reads, and Redeem/Reverse, which carry a request id — the
 client makes one up when the caller gives none and reuses it for every retry, and the
-server answers a repeated id with the first answer. BindCard is never retried: every
-failed attempt counts against the account's limit.
+server answers a repeated id with the first answer; likewise CreateOrder (request id) and
+ConfirmPayment (payment id), and CancelOrder and RefundOrder, whose repeat answers the state
+the first reached. BindCard is never retried: every failed attempt counts against the
+account's limit; nor is a GetOrder that reveals codes (each counts against the buyer's).
 
 A failed call raises a ``CardmintError`` subclass chosen by the ``ErrorInfo.reason`` of the
 status details: the server's table read backwards. The client imports nothing of the server.
@@ -51,6 +53,8 @@ from cardmint.v1 import (
     keys_pb2_grpc,
     lot_pb2,
     lot_pb2_grpc,
+    order_pb2,
+    order_pb2_grpc,
 )
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
@@ -79,14 +83,22 @@ __all__ = [
     "InsufficientFunds",
     "InternalError",
     "InvalidArgument",
+    "LotExported",
     "LotNotFound",
     "LotNotReady",
     "LotVoid",
     "MalformedCode",
+    "NotRefundable",
     "NotReversible",
+    "OrderNotFound",
+    "OrderWrongState",
+    "PaymentMismatch",
     "PermissionDenied",
     "ProductExists",
     "ProductNotFound",
+    "ReservationLimit",
+    "RevealLimit",
+    "SoldOut",
     "TransactionNotFound",
     "TransferLimitReached",
     "Unauthenticated",
@@ -242,6 +254,35 @@ class IdempotencyKeyReused(FailedPrecondition):
     reason = "IDEMPOTENCY_KEY_REUSED"
 
 
+class OrderNotFound(NotFound):
+    reason = "ORDER_NOT_FOUND"
+
+
+class SoldOut(FailedPrecondition):
+    """Not enough codes left for a line of the order; nothing was reserved. Metadata:
+    ``sku``, ``face_value``, ``available``."""
+
+    reason = "SOLD_OUT"
+
+
+class PaymentMismatch(FailedPrecondition):
+    reason = "PAYMENT_MISMATCH"
+
+
+class OrderWrongState(FailedPrecondition):
+    """The order is not in a state that allows the call; metadata ``status``."""
+
+    reason = "ORDER_WRONG_STATE"
+
+
+class NotRefundable(FailedPrecondition):
+    reason = "NOT_REFUNDABLE"
+
+
+class LotExported(FailedPrecondition):
+    reason = "LOT_EXPORTED"
+
+
 class Locked(CardmintError):  # noqa: N818 - named after the status, like the server's
     """Too many failed attempts; ``retry_after`` says when to try again (seconds)."""
 
@@ -260,6 +301,16 @@ class ClientLocked(Locked):
     """Too many failed attempts from this client address or device id."""
 
     reason = "CLIENT_LOCKED"
+
+
+class ReservationLimit(Locked):
+    """Too many codes reserved and unpaid for an account or a client address."""
+
+    reason = "RESERVATION_LIMIT"
+
+
+class RevealLimit(Locked):
+    reason = "REVEAL_LIMIT"
 
 
 class Contention(CardmintError):  # noqa: N818 - named after the status, like the server's
@@ -306,6 +357,14 @@ ERRORS: dict[str, type[CardmintError]] = {
         NotReversible,
         IdempotencyKeyReused,
         Contention,
+        OrderNotFound,
+        SoldOut,
+        ReservationLimit,
+        RevealLimit,
+        PaymentMismatch,
+        OrderWrongState,
+        NotRefundable,
+        LotExported,
         InternalError,
     )
 }
@@ -504,6 +563,7 @@ class Client:
         self.events = event_pb2_grpc.EventServiceStub(self._channel)
         self.compliance = compliance_pb2_grpc.ComplianceServiceStub(self._channel)
         self.accounts = account_pb2_grpc.AccountServiceStub(self._channel)
+        self.orders = order_pb2_grpc.OrderServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -754,7 +814,9 @@ class Client:
     ) -> Iterator[event_pb2.Event]:
         """Events after ``after_id`` in commit order, then new ones as they commit, until
         ``timeout`` s pass (None: until the server shuts down or the caller stops
-        iterating). Keep the id of the last event handled and resume from it."""
+        iterating). Keep the id of the last event handled and resume from it. To stop early,
+        ``close()`` the iterator (or use ``contextlib.closing``) rather than dropping it: an
+        abandoned stream is cancelled by the garbage collector on an arbitrary thread."""
         call = self.events.Subscribe(
             event_pb2.SubscribeRequest(after_id=after_id, kinds=list(kinds)),
             timeout=timeout,
@@ -791,6 +853,69 @@ class Client:
             )
             resp = self._call(self.compliance.ListReports, request, retry=True)
             yield from resp.reports
+            token = resp.page.next_page_token
+            if not token:
+                return
+
+    # -- orders ---------------------------------------------------------------------------
+
+    def stock_pool(self, lot_id: int) -> order_pb2.StockPoolResponse:
+        """Put a lot (never exported) up for sale; a retry answers ``already_stocked``."""
+        return self._call(self.orders.StockPool, order_pb2.StockPoolRequest(lot_id=lot_id), retry=True)
+
+    def stock(self, sku: str) -> order_pb2.GetStockResponse:
+        return self._call(self.orders.GetStock, order_pb2.GetStockRequest(sku=sku), retry=True)
+
+    def create_order(
+        self,
+        items: Sequence[tuple[str, int, int]],
+        *,
+        account: str = "",
+        request_id: str | None = None,
+        client_address: str = "",
+    ) -> order_pb2.Order:
+        """Reserve codes: ``items`` are (sku, face value, quantity). Retried safely: the
+        request id (made up when not given) makes a repeat answer the first order."""
+        request = order_pb2.CreateOrderRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            account=account,
+            items=[order_pb2.OrderItem(sku=s, face_value_minor_units=f, quantity=q) for s, f, q in items],
+            client_address=client_address,
+        )
+        return self._call(self.orders.CreateOrder, request, retry=True)
+
+    def confirm_payment(self, order_id: int, payment_id: str, amount: int, currency: str) -> order_pb2.Order:
+        """Report a payment (payment service). A repeated ``payment_id`` answers the first
+        outcome (``replayed``), never a second delivery, so it is retried safely."""
+        request = order_pb2.ConfirmPaymentRequest(
+            order_id=order_id,
+            payment_id=payment_id,
+            amount=common_pb2.Money(minor_units=amount, currency=currency),
+        )
+        return self._call(self.orders.ConfirmPayment, request, retry=True)
+
+    def get_order(self, order_id: int, *, reveal: bool = False) -> order_pb2.Order:
+        """An order; ``reveal`` shows the delivered codes in full (the buyer only, audited)."""
+        request = order_pb2.GetOrderRequest(order_id=order_id, reveal_codes=reveal)
+        # A reveal counts against the buyer's limit: not retried.
+        return self._call(self.orders.GetOrder, request, retry=not reveal)
+
+    def list_orders(
+        self, *, account: str = "", status: str | None = None, page_size: int = 50
+    ) -> Iterator[order_pb2.Order]:
+        """Orders newest first (without codes), page by page; ``status`` e.g. "delivered"."""
+        wanted = order_pb2.ORDER_STATUS_UNSPECIFIED
+        if status is not None:
+            wanted = order_pb2.OrderStatus.Value(f"ORDER_STATUS_{status.upper()}")
+        token = ""
+        while True:
+            request = order_pb2.ListOrdersRequest(
+                account=account,
+                status=wanted,
+                page=common_pb2.PageRequest(page_size=page_size, page_token=token),
+            )
+            resp = self._call(self.orders.ListOrders, request, retry=True)
+            yield from resp.orders
             token = resp.page.next_page_token
             if not token:
                 return
@@ -838,3 +963,22 @@ class Client:
 
     def revoke_token(self, token_id: int) -> None:
         self._call(self.accounts.RevokeToken, account_pb2.RevokeTokenRequest(id=token_id), retry=True)
+
+    def cancel_order(self, order_id: int) -> order_pb2.Order:
+        # Cancelling a cancelled order answers it as it is: safe to retry.
+        return self._call(
+            self.orders.CancelOrder, order_pb2.CancelOrderRequest(order_id=order_id), retry=True
+        )
+
+    def review_order(self, order_id: int, *, approve: bool, reason: str = "") -> order_pb2.Order:
+        request = order_pb2.ReviewOrderRequest(order_id=order_id, approve=approve, reason=reason)
+        return self._call(self.orders.ReviewOrder, request)
+
+    def refund_order(self, order_id: int, *, reason: str = "") -> order_pb2.Order:
+        # Refunding a refunded order answers it as it is: safe to retry.
+        request = order_pb2.RefundOrderRequest(order_id=order_id, reason=reason)
+        return self._call(self.orders.RefundOrder, request, retry=True)
+
+    def expire_reservations(self) -> order_pb2.ExpireReservationsResponse:
+        """Run the reservation sweeper now (staff)."""
+        return self._call(self.orders.ExpireReservations, order_pb2.ExpireReservationsRequest(), retry=True)

@@ -27,6 +27,8 @@ from cardmint.v1 import (
     keys_pb2_grpc,
     lot_pb2,
     lot_pb2_grpc,
+    order_pb2,
+    order_pb2_grpc,
 )
 
 from .accounts import AccountServicer
@@ -39,6 +41,7 @@ from .errors import ErrorInterceptor, status_of
 from .events import EventServicer
 from .keys import KeyServicer
 from .lots import LotServicer
+from .orders import OrderServicer
 
 __all__ = [
     "OPEN_SERVICES",
@@ -63,6 +66,7 @@ SERVICE_NAMES: tuple[str, ...] = tuple(
         (event_pb2, "EventService"),
         (compliance_pb2, "ComplianceService"),
         (account_pb2, "AccountService"),
+        (order_pb2, "OrderService"),
     )
 )
 
@@ -81,3 +85,4 @@ def add_services(server: grpc.Server, domain: Domain) -> None:
     event_pb2_grpc.add_EventServiceServicer_to_server(EventServicer(domain), server)
     compliance_pb2_grpc.add_ComplianceServiceServicer_to_server(ComplianceServicer(domain), server)
     account_pb2_grpc.add_AccountServiceServicer_to_server(AccountServicer(domain), server)
+    order_pb2_grpc.add_OrderServiceServicer_to_server(OrderServicer(domain), server)

@@ -48,6 +48,18 @@ class DomainConfig:
     stream_chunk: int = 10_000
     page_limit_max: int = 500
     profile: str = "platform"  # compliance profile: a built-in name or a .toml file
+    # orders (the card shop). A reservation holds its codes this long unpaid (SPEC §3: 15 min).
+    order_ttl_seconds: int = 900
+    # A paid order waiting for manual review is refunded if not delivered within this long
+    # (seed 004: buyers who get no code within ~15 minutes are refunded).
+    delivery_deadline_seconds: int = 900
+    order_max_items: int = 10  # lines per order
+    order_max_codes: int = 50  # codes per order, all lines together
+    # Denial of inventory: codes held by unpaid, unexpired reservations at once.
+    held_codes_per_account: int = 50
+    held_codes_per_address: int = 200
+    order_reveals_per_hour: int = 60  # full views of delivered codes, per account
+    order_sweep_seconds: float = 5.0  # the background sweeper's period (0 = no sweeper thread)
 
 
 class Wake:

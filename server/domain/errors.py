@@ -35,14 +35,22 @@ __all__ = [
     "InsufficientFunds",
     "InvalidArgument",
     "KeyringError",
+    "LotExported",
     "LotNotFound",
     "LotNotReady",
     "LotVoid",
     "MalformedCode",
+    "NotRefundable",
     "NotReversible",
+    "OrderNotFound",
+    "OrderWrongState",
+    "PaymentMismatch",
     "PermissionDenied",
     "ProductExists",
     "ProductNotFound",
+    "ReservationLimit",
+    "RevealLimit",
+    "SoldOut",
     "TransactionNotFound",
     "TransferLimitReached",
     "Unauthenticated",
@@ -274,6 +282,71 @@ class Contention(DomainError):
     )
 
 
+# -- orders (the card shop)
+
+
+class OrderNotFound(DomainError):
+    # Also the answer to a customer naming someone else's order: order ids are sequential,
+    # so "exists but not yours" would let anyone count the shop's sales.
+    kind, reason, default_message = ErrorKind.NOT_FOUND, "ORDER_NOT_FOUND", "no such order"
+
+
+class SoldOut(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "SOLD_OUT",
+        "not enough codes of this product and value left in the pool; nothing was reserved",
+    )
+
+
+class ReservationLimit(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.RESOURCE_EXHAUSTED,
+        "RESERVATION_LIMIT",
+        "too many codes reserved and unpaid; pay or cancel an order, or wait for one to expire",
+    )
+
+
+class RevealLimit(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.RESOURCE_EXHAUSTED,
+        "REVEAL_LIMIT",
+        "too many full views of delivered codes; try again later",
+    )
+
+
+class PaymentMismatch(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "PAYMENT_MISMATCH",
+        "the payment's amount or currency is not the order's",
+    )
+
+
+class OrderWrongState(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "ORDER_WRONG_STATE",
+        "the order is not in a state that allows this",
+    )
+
+
+class NotRefundable(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "NOT_REFUNDABLE",
+        "a delivered code is refundable only while it is unbound, unspent and active",
+    )
+
+
+class LotExported(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "LOT_EXPORTED",
+        "the lot's plaintext was exported: its codes cannot be sold from the pool",
+    )
+
+
 ALL_ERRORS: tuple[type[DomainError], ...] = (
     InvalidArgument,
     MalformedCode,
@@ -302,4 +375,12 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     NotReversible,
     IdempotencyKeyReused,
     Contention,
+    OrderNotFound,
+    SoldOut,
+    ReservationLimit,
+    RevealLimit,
+    PaymentMismatch,
+    OrderWrongState,
+    NotRefundable,
+    LotExported,
 )

@@ -18,6 +18,7 @@ from .issued_index import IssuedIndex
 from .keyring import Keyring
 from .keys import KeyService
 from .lots import LotService
+from .orders import OrderService
 from .profiles import load_profile
 
 __all__ = ["Domain"]
@@ -54,11 +55,13 @@ class Domain:
         self.balances = BalanceService(ctx, self.cards)
         self.events = EventService(ctx)
         self.compliance = ComplianceService(ctx, self.cards)
+        self.orders = OrderService(ctx)
 
     def close(self) -> None:
         """Shutting down: end long-lived calls (event subscriptions) now."""
         self._ctx.closing.set()
         self._ctx.wake()
+        self.orders.stop_sweeper()  # a sweep in progress finishes before storage closes
 
     def refresh_index(self) -> None:
         self.index.refresh()

@@ -12,6 +12,7 @@ locks and the bulk card insert (executemany on SQLite, COPY on PostgreSQL).
 from __future__ import annotations
 
 import struct
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -45,7 +46,14 @@ from .models import (
     LotStatus,
     MoneyOutcome,
     MoneyResult,
+    NewOrder,
     NewProduct,
+    Order,
+    OrderItem,
+    OrderStatus,
+    PoolCard,
+    PoolCardState,
+    PoolStock,
     Product,
     Report,
     Role,
@@ -66,6 +74,9 @@ STATES_CHUNK = 32_000
 LOCK_AUDIT = 1
 LOCK_INDEX = 2
 LOCK_EVENTS = 3
+# Named locks on a subject (an account, a client address) take LOCK_SUBJECTS + a CRC-32
+# of the subject: above the fixed names, below any overflow of PostgreSQL's bigint key.
+LOCK_SUBJECTS = 1 << 8
 
 
 _Tx = TypeVar("_Tx")
@@ -221,6 +232,20 @@ _ENTRY = (
 _TOKEN_ROW = "id, token_hash, role, label, account_id, created_at, revoked_at"  # noqa: S105 - column names, not a secret
 _AUDIT = "id, at, actor, action, subject, detail, prev_hash, hash"
 _REPORT = "id, at, kind, subject, amount, currency, detail, profile"
+_ORDER = (
+    "id, account_id, request_id, amount, currency, status, client_address, created_at, expires_at,"
+    " payment_id, paid_amount, paid_at, deliver_by, delivered_at, closed_at, close_reason"
+)
+# What update_order may set besides the status; timestamps are converted on the way in.
+_ORDER_CHANGES = {
+    "payment_id": False,
+    "paid_amount": False,
+    "paid_at": True,
+    "deliver_by": True,
+    "delivered_at": True,
+    "closed_at": True,
+    "close_reason": False,
+}
 
 
 class SqlTx(ABC):
@@ -232,6 +257,12 @@ class SqlTx(ABC):
     """
 
     FOR_UPDATE = ""
+
+    def _claim(self, alias: str) -> str:
+        """The clause that makes a SELECT claim rows like a work queue: PostgreSQL locks each
+        row of ``alias`` it returns and skips rows another transaction holds; SQLite's single
+        writer has nobody to skip."""
+        return ""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -1248,3 +1279,284 @@ class SqlTx(ABC):
 
     def lot_digests(self, lot_id: int, chunk: int = DIGEST_CHUNK) -> Iterator[bytes]:
         return (c.digests for c in self.issued_cards(lot_id, chunk))
+
+    # -- orders and the pool (the card shop)
+    def lock_subject(self, kind: str, subject: str) -> None:
+        """Serialize, until commit, every transaction that locks the same (kind, subject).
+
+        For read-then-write rules no row can guard, such as "at most N codes reserved per
+        client address". PostgreSQL: an advisory lock (a CRC collision only serializes two
+        subjects that need not be); SQLite's single writer holds everything already.
+        """
+        self._lock(LOCK_SUBJECTS + zlib.crc32(f"{kind}\0{subject}".encode()))
+
+    def find_account(self, external_id: str) -> Account | None:
+        """The account of ``external_id``, if it exists (``ensure_account`` creates it)."""
+        row = self._one(
+            "SELECT id, external_id, created_at FROM accounts WHERE external_id = ?", (external_id,)
+        )
+        return None if row is None else Account(row[0], row[1], self._dt(row[2]))
+
+    def stock_pool(self, lot_id: int) -> int:
+        """Put the lot's active, unbound cards up for sale; how many went in."""
+        return self._execute(
+            "INSERT INTO pool_cards (card_id, lot_id, product_id, face_value, state, stocked_at)"
+            " SELECT id, lot_id, product_id, face_value, 'available', ? FROM cards"
+            " WHERE lot_id = ? AND status = 'active' AND account_id IS NULL",
+            (self._ts(self.now()), lot_id),
+        ).rowcount
+
+    def pool_lot_count(self, lot_id: int) -> int:
+        return int(self._one("SELECT COUNT(*) FROM pool_cards WHERE lot_id = ?", (lot_id,))[0])
+
+    def pool_stock(self, product_id: int) -> list[PoolStock]:
+        """The product's pool by face value. ``available`` counts only cards a buyer could
+        get now (active, unbound, unexpired), as ``reserve_pool_cards`` picks them."""
+        rows = self._all(
+            "SELECT p.face_value, c.currency, p.state, COUNT(*), SUM(CASE WHEN c.status = 'active'"
+            " AND c.account_id IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?) THEN 1 ELSE 0 END)"
+            " FROM pool_cards p JOIN cards c ON c.id = p.card_id WHERE p.product_id = ?"
+            " GROUP BY p.face_value, c.currency, p.state",
+            (self._ts(self.now()), product_id),
+        )
+        by_face: dict[tuple[int, str], dict[str, int]] = {}
+        for face, currency, state, n, sellable in rows:
+            counts = by_face.setdefault((int(face), currency), {})
+            counts[state] = int(sellable if state == PoolCardState.AVAILABLE.value else n)
+        return [
+            PoolStock(
+                face,
+                currency,
+                counts.get(PoolCardState.AVAILABLE.value, 0),
+                counts.get(PoolCardState.RESERVED.value, 0),
+                counts.get(PoolCardState.SOLD.value, 0),
+                counts.get(PoolCardState.RETURNED.value, 0),
+            )
+            for (face, currency), counts in sorted(by_face.items())
+        ]
+
+    def reserve_pool_cards(self, order_id: int, product_id: int, face_value: int, count: int) -> list[int]:
+        """Claim up to ``count`` sellable cards of the pool for ``order_id``; their ids.
+
+        Fewer than ``count`` means the pool ran short: the caller refuses the order and rolls
+        back. PostgreSQL: ``FOR UPDATE OF p SKIP LOCKED``, so concurrent buyers neither wait
+        on each other's rows nor take the same one (a row another buyer claimed and
+        committed meanwhile fails the re-checked ``state = 'available'`` and is skipped).
+        SQLite: one writer, nothing to skip.
+        """
+        _positive(count, "count")
+        rows = self._all(
+            "SELECT p.card_id FROM pool_cards p JOIN cards c ON c.id = p.card_id"
+            " WHERE p.product_id = ? AND p.face_value = ? AND p.state = 'available' AND c.status = 'active'"
+            " AND c.account_id IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?)"
+            f" ORDER BY p.card_id LIMIT ?{self._claim('p')}",
+            (product_id, face_value, self._ts(self.now()), count),
+        )
+        ids = [int(r[0]) for r in rows]
+        if len(ids) < count:
+            return ids
+        marks = ", ".join("?" * len(ids))
+        cur = self._execute(
+            f"UPDATE pool_cards SET state = 'reserved', order_id = ? WHERE card_id IN ({marks})"
+            " AND state = 'available'",
+            (order_id, *ids),
+        )
+        if cur.rowcount != len(ids):
+            raise self._fail(StorageError(f"claimed {len(ids)} pool cards but reserved {cur.rowcount}"))
+        return ids
+
+    def held_codes(
+        self, *, account_id: int | None = None, client_address: str | None = None
+    ) -> tuple[int, datetime | None]:
+        """Codes held by live reservations (unpaid, deadline ahead) of an account or a client
+        address, and the earliest deadline among them (when the first will be released)."""
+        if (account_id is None) == (client_address is None):
+            raise ValueError("held_codes needs exactly one of account_id or client_address")
+        column, value = (
+            ("account_id", account_id) if account_id is not None else ("client_address", client_address)
+        )
+        row = self._one(
+            f"SELECT COALESCE(SUM(quantity), 0), MIN(expires_at) FROM orders WHERE {column} = ?"
+            " AND status = 'reserved' AND expires_at > ?",
+            (value, self._ts(self.now())),
+        )
+        return int(row[0]), self._odt(row[1])
+
+    def _orders(self, rows: list[Any], items: dict[int, list[OrderItem]] | None = None) -> list[Order]:
+        """Orders from ``_ORDER`` rows, with their items (read here unless given)."""
+        if not rows:
+            return []
+        if items is None:
+            items = {}
+            ids = [r[0] for r in rows]
+            marks = ", ".join("?" * len(ids))
+            for oid, product_id, face, qty in self._all(
+                f"SELECT order_id, product_id, face_value, quantity FROM order_items WHERE order_id IN ({marks})"
+                " ORDER BY order_id, line",
+                ids,
+            ):
+                items.setdefault(oid, []).append(OrderItem(product_id, int(face), int(qty)))
+        return [
+            Order(
+                id=r[0],
+                account_id=r[1],
+                request_id=r[2],
+                items=tuple(items.get(r[0], ())),
+                amount=int(r[3]),
+                currency=r[4],
+                status=OrderStatus(r[5]),
+                client_address=r[6],
+                created_at=self._dt(r[7]),
+                expires_at=self._dt(r[8]),
+                payment_id=r[9],
+                paid_amount=None if r[10] is None else int(r[10]),
+                paid_at=self._odt(r[11]),
+                deliver_by=self._odt(r[12]),
+                delivered_at=self._odt(r[13]),
+                closed_at=self._odt(r[14]),
+                close_reason=r[15],
+            )
+            for r in rows
+        ]
+
+    def create_order(self, new: NewOrder) -> Order:
+        """An order in ``reserved`` state with its items; claim its cards next."""
+        if not new.items:
+            raise ValueError("an order needs at least one item")
+        for item in new.items:
+            _money(item.face_value, "face value")
+            _positive(item.quantity, "quantity")
+        if new.expires_at.tzinfo is None:
+            raise ValueError("expires_at must be timezone-aware (UTC)")
+        quantity = sum(i.quantity for i in new.items)
+        row = self._one(
+            "INSERT INTO orders (account_id, request_id, quantity, amount, currency, status, client_address,"
+            f" created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?, ?) RETURNING {_ORDER}",
+            (
+                new.account_id,
+                new.request_id,
+                quantity,
+                _money(new.amount),
+                _currency(new.currency),
+                new.client_address,
+                self._ts(self.now()),
+                self._ts(new.expires_at),
+            ),
+        )
+        for line, item in enumerate(new.items):
+            self._execute(
+                "INSERT INTO order_items (order_id, line, product_id, face_value, quantity) VALUES (?, ?, ?, ?, ?)",
+                (row[0], line, item.product_id, item.face_value, item.quantity),
+            )
+        return self._orders([row], {row[0]: list(new.items)})[0]
+
+    def get_order(self, order_id: int, *, lock: bool = False) -> Order | None:
+        """The order; ``lock`` holds its row to commit (PostgreSQL), so that payment,
+        cancellation and the sweeper decide one after the other on the same order."""
+        rows = self._all(
+            f"SELECT {_ORDER} FROM orders WHERE id = ?{self.FOR_UPDATE if lock else ''}", (order_id,)
+        )
+        return self._orders(rows)[0] if rows else None
+
+    def list_orders(
+        self,
+        *,
+        account_id: int | None = None,
+        status: OrderStatus | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[Order]:
+        """Newest first; pass the last order's id as ``before_id`` for the next page."""
+        where: list[str] = ["id < ?"]
+        params: list[Any] = [before_id if before_id is not None else 2**63 - 1]
+        if account_id is not None:
+            where.append("account_id = ?")
+            params.append(account_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(OrderStatus(status).value)
+        rows = self._all(
+            f"SELECT {_ORDER} FROM orders WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*params, limit),
+        )
+        return self._orders(rows)
+
+    def update_order(
+        self,
+        order_id: int,
+        *,
+        expect: Iterable[OrderStatus],
+        status: OrderStatus,
+        **changes: str | int | datetime | None,
+    ) -> Order | None:
+        """Move the order to ``status`` (setting ``changes``) if it is in one of ``expect``;
+        None when it was not."""
+        allowed = [OrderStatus(s).value for s in expect]
+        if not allowed:
+            raise ValueError("expect must name at least one status")
+        sets: list[str] = ["status = ?"]
+        params: list[Any] = [OrderStatus(status).value]
+        for name, value in changes.items():
+            if name not in _ORDER_CHANGES:
+                raise ValueError(f"update_order cannot set {name!r}")
+            sets.append(f"{name} = ?")
+            if _ORDER_CHANGES[name] and value is not None:
+                if not isinstance(value, datetime):
+                    raise TypeError(f"{name} must be a datetime")
+                params.append(self._ts(value))
+            else:
+                params.append(value)
+        marks = ", ".join("?" * len(allowed))
+        rows = self._all(
+            f"UPDATE orders SET {', '.join(sets)} WHERE id = ? AND status IN ({marks}) RETURNING {_ORDER}",
+            (*params, order_id, *allowed),
+        )
+        return self._orders(rows)[0] if rows else None
+
+    def order_cards(self, order_id: int, *, lock: bool = False) -> list[PoolCard]:
+        """The cards the order holds or bought, by card id. ``lock`` holds the card and pool
+        rows to commit (PostgreSQL), so no bind or redeem slips between a check and a change."""
+        rows = self._all(
+            f"SELECT p.state, p.order_id, {', '.join('c.' + c.strip() for c in _CARD.split(','))}"
+            " FROM pool_cards p JOIN cards c ON c.id = p.card_id WHERE p.order_id = ? ORDER BY p.card_id"
+            f"{self.FOR_UPDATE if lock else ''}",
+            (order_id,),
+        )
+        return [PoolCard(self._card(r[2:]), PoolCardState(r[0]), r[1]) for r in rows]
+
+    def move_pool_cards(self, order_id: int, *, expect: PoolCardState, state: PoolCardState) -> int:
+        """Move the order's cards in ``expect`` to ``state``; back to ``available`` lets go of
+        them (no order). How many moved."""
+        if PoolCardState(state) is PoolCardState.AVAILABLE:
+            sql = (
+                "UPDATE pool_cards SET state = 'available', order_id = NULL WHERE order_id = ? AND state = ?"
+            )
+            params: tuple[Any, ...] = (order_id, PoolCardState(expect).value)
+        else:
+            sql = "UPDATE pool_cards SET state = ? WHERE order_id = ? AND state = ?"
+            params = (PoolCardState(state).value, order_id, PoolCardState(expect).value)
+        return self._execute(sql, params).rowcount
+
+    def due_orders(self, status: OrderStatus, before: datetime, limit: int = 500) -> list[int]:
+        """Ids of orders past their deadline: unpaid reservations (``reserved``, by
+        ``expires_at``) or paid orders awaiting review (``review``, by ``deliver_by``)."""
+        column = {OrderStatus.RESERVED: "expires_at", OrderStatus.REVIEW: "deliver_by"}[OrderStatus(status)]
+        # Claimed like a work queue: an order another transaction holds (being paid right
+        # now, or taken by another process's sweeper) is skipped, not waited for.
+        rows = self._all(
+            f"SELECT o.id FROM orders o WHERE o.status = ? AND o.{column} <= ? ORDER BY o.{column}, o.id"
+            f" LIMIT ?{self._claim('o')}",
+            (OrderStatus(status).value, self._ts(before), limit),
+        )
+        return [int(r[0]) for r in rows]
+
+    def record_refund(self, order: Order, amount: int, currency: str) -> LedgerEntry:
+        """The refund of an order's payment, as an account-level ledger entry (append-only):
+        what the payment service pays back. ``request_id`` names the order."""
+        return self._ledger(
+            LedgerKind.REFUND,
+            _currency(currency),
+            _money(amount),
+            account_id=order.account_id,
+            request_id=f"order:{order.id}",
+        )

@@ -304,10 +304,69 @@ CREATE TABLE account_devices (
 ){strict};
 """
 
+# v5: the card shop (docs/storage.md, "Orders and the pool"). A card is for sale only once
+# stock_pool has put it in pool_cards, and its pool state (available / reserved by an order /
+# sold / returned) lives there, never in cards.status: the cards table needs no rebuild on
+# SQLite, and the row a buyer claims (FOR UPDATE SKIP LOCKED on PostgreSQL) is a small one.
+# pool_cards.card_id and lot_id carry no FOREIGN KEY for the reason cards.lot_id has none
+# (stock_pool copies them out of cards itself, so they hold by construction).
+_V5 = """
+CREATE TABLE orders (
+    id {id},
+    account_id {big} NOT NULL REFERENCES accounts (id),
+    request_id TEXT NOT NULL,
+    quantity {int} NOT NULL CHECK (quantity >= 1),
+    amount {big} NOT NULL CHECK (amount >= 1),
+    currency TEXT NOT NULL CHECK (length(currency) = 3),
+    status TEXT NOT NULL CHECK (status IN ('reserved', 'review', 'delivered', 'cancelled', 'expired',
+        'refunded')),
+    client_address TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    expires_at {ts} NOT NULL,
+    payment_id TEXT UNIQUE,
+    paid_amount {big} CHECK (paid_amount >= 1),
+    paid_at {ts},
+    deliver_by {ts},
+    delivered_at {ts},
+    closed_at {ts},
+    close_reason TEXT,
+    CHECK ((payment_id IS NULL) = (paid_at IS NULL))
+){strict};
+CREATE INDEX orders_account ON orders (account_id, id);
+CREATE INDEX orders_held_account ON orders (account_id, expires_at) WHERE status = 'reserved';
+CREATE INDEX orders_held_address ON orders (client_address, expires_at) WHERE status = 'reserved';
+CREATE INDEX orders_due_reserved ON orders (expires_at) WHERE status = 'reserved';
+CREATE INDEX orders_due_review ON orders (deliver_by) WHERE status = 'review';
+
+CREATE TABLE order_items (
+    order_id {big} NOT NULL REFERENCES orders (id),
+    line {int} NOT NULL,
+    product_id {big} NOT NULL REFERENCES products (id),
+    face_value {big} NOT NULL CHECK (face_value >= 1),
+    quantity {int} NOT NULL CHECK (quantity >= 1),
+    PRIMARY KEY (order_id, line)
+){strict};
+
+CREATE TABLE pool_cards (
+    card_id {big} PRIMARY KEY,
+    lot_id {big} NOT NULL,
+    product_id {big} NOT NULL,
+    face_value {big} NOT NULL CHECK (face_value >= 1),
+    state TEXT NOT NULL CHECK (state IN ('available', 'reserved', 'sold', 'returned')),
+    order_id {big} REFERENCES orders (id),
+    stocked_at {ts} NOT NULL,
+    CHECK ((order_id IS NULL) = (state = 'available'))
+){strict};
+CREATE INDEX pool_available ON pool_cards (product_id, face_value, card_id) WHERE state = 'available';
+CREATE INDEX pool_order ON pool_cards (order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX pool_lot ON pool_cards (lot_id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
     Migration(4, "event outbox", _V4, _V4_SQLITE, _V4_POSTGRES),
+    Migration(5, "orders", _V5),
     Migration(6, "compliance", _V6),
     Migration(7, "blacklist", _V7),
     Migration(8, "account devices", _V8),

@@ -28,7 +28,14 @@ __all__ = [
     "LotStatus",
     "MoneyOutcome",
     "MoneyResult",
+    "NewOrder",
     "NewProduct",
+    "Order",
+    "OrderItem",
+    "OrderStatus",
+    "PoolCard",
+    "PoolCardState",
+    "PoolStock",
     "Product",
     "Role",
     "Token",
@@ -335,3 +342,86 @@ class IndexChange:
     lot_id: int
     change: str
     at: datetime
+
+
+# -- orders (the card-shop flow; docs/storage.md "Orders and the pool")
+
+
+class OrderStatus(enum.StrEnum):
+    RESERVED = "reserved"  # codes locked, waiting for payment until expires_at
+    REVIEW = "review"  # paid; a product with manual review waits for staff until deliver_by
+    DELIVERED = "delivered"  # paid and the codes are the buyer's
+    CANCELLED = "cancelled"  # given up before payment; codes back in the pool
+    EXPIRED = "expired"  # not paid in time; codes back in the pool
+    REFUNDED = "refunded"  # paid but not delivered (in time), or delivered codes returned
+
+
+class PoolCardState(enum.StrEnum):
+    AVAILABLE = "available"  # for sale
+    RESERVED = "reserved"  # held by order_id (waiting for payment or review)
+    SOLD = "sold"  # delivered to order_id's buyer
+    RETURNED = "returned"  # delivered, then refunded: the card is void, never sold again
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    product_id: int
+    face_value: int
+    quantity: int
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    account_id: int
+    request_id: str
+    items: tuple[OrderItem, ...]
+    amount: int  # total price in minor units (the sum of face values)
+    currency: str
+    client_address: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Order:
+    id: int
+    account_id: int
+    request_id: str
+    items: tuple[OrderItem, ...]
+    amount: int
+    currency: str
+    status: OrderStatus
+    client_address: str
+    created_at: datetime
+    expires_at: datetime  # the reservation's deadline
+    payment_id: str | None
+    paid_amount: int | None
+    paid_at: datetime | None
+    deliver_by: datetime | None  # set when paid: a refund follows if not delivered by then
+    delivered_at: datetime | None
+    closed_at: datetime | None  # cancelled, expired or refunded
+    close_reason: str | None
+
+    @property
+    def quantity(self) -> int:
+        return sum(i.quantity for i in self.items)
+
+
+@dataclass(frozen=True)
+class PoolCard:
+    """A card of the pool with the order that holds it (None while available)."""
+
+    card: Card
+    state: PoolCardState
+    order_id: int | None
+
+
+@dataclass(frozen=True)
+class PoolStock:
+    """Cards of one product and face value in the pool, by state."""
+
+    face_value: int
+    currency: str
+    available: int
+    reserved: int
+    sold: int
+    returned: int

@@ -120,6 +120,9 @@ def _sql(text: str) -> str:
 class _PgTx(SqlTx):
     FOR_UPDATE = " FOR UPDATE"
 
+    def _claim(self, alias: str) -> str:
+        return f" FOR UPDATE OF {alias} SKIP LOCKED"
+
     def __init__(self, conn: psycopg.Connection[Any], clock: Clock) -> None:
         super().__init__(clock)
         self._conn = conn

@@ -4,6 +4,7 @@ end with the server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -67,9 +68,13 @@ def test_a_live_subscriber_hears_a_commit_without_waiting_for_its_poll(
 
     def listen() -> None:
         subscribed.set()
-        for e in admin.subscribe_events(0, timeout=20.0):
-            got.append(e)
-            return  # the first event is enough
+        # Closed here, on this thread, when we stop early: an abandoned streaming call left
+        # to the garbage collector is cancelled on whatever thread collects it, which can
+        # deadlock inside grpc.
+        with contextlib.closing(admin.subscribe_events(0, timeout=20.0)) as events:
+            for e in events:
+                got.append(e)
+                return  # the first event is enough
 
     t = threading.Thread(target=listen)
     t.start()

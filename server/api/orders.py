@@ -1,0 +1,178 @@
+"""OrderService: the card shop (pool, orders, payment, delivery, refunds)."""
+
+from __future__ import annotations
+
+import grpc
+from cardmint.server.domain import DeliveredCode, Domain, OrderLine, OrderStatus, OrderView
+from cardmint.v1 import card_pb2, common_pb2, order_pb2, order_pb2_grpc
+
+from ._convert import money, page_cursor, page_size, timestamp
+from .auth import current_principal
+
+__all__ = ["OrderServicer", "order_message", "peer_address"]
+
+MAX_PAGE = 500
+_STATUS_OUT = {
+    OrderStatus.RESERVED: order_pb2.ORDER_STATUS_RESERVED,
+    OrderStatus.REVIEW: order_pb2.ORDER_STATUS_REVIEW,
+    OrderStatus.DELIVERED: order_pb2.ORDER_STATUS_DELIVERED,
+    OrderStatus.CANCELLED: order_pb2.ORDER_STATUS_CANCELLED,
+    OrderStatus.EXPIRED: order_pb2.ORDER_STATUS_EXPIRED,
+    OrderStatus.REFUNDED: order_pb2.ORDER_STATUS_REFUNDED,
+}
+_STATUS_IN = {number: status for status, number in _STATUS_OUT.items()}
+_CARD_STATUS = {
+    "active": card_pb2.CARD_STATUS_ACTIVE,
+    "frozen": card_pb2.CARD_STATUS_FROZEN,
+    "void": card_pb2.CARD_STATUS_VOID,
+    "expired": card_pb2.CARD_STATUS_EXPIRED,
+}
+
+
+def peer_address(peer: str) -> str:
+    """The caller's host from grpc's ``context.peer()`` ("ipv4:10.0.0.7:53211" →
+    "ipv4:10.0.0.7", "ipv6:[::1]:53211" → "ipv6:[::1]"): one address, whatever the port."""
+    scheme, _, rest = peer.partition(":")
+    if scheme == "ipv4":
+        return f"ipv4:{rest.rsplit(':', 1)[0]}"
+    if scheme == "ipv6":
+        host = rest.rsplit("]", 1)[0] + "]" if rest.startswith("[") else rest.rsplit(":", 1)[0]
+        return f"ipv6:{host}"
+    return peer
+
+
+def _code(c: DeliveredCode) -> order_pb2.DeliveredCode:
+    return order_pb2.DeliveredCode(
+        serial=c.serial,
+        code=c.code,
+        revealed=c.revealed,
+        face_value=money(c.face_value, c.currency),
+        status=_CARD_STATUS[c.status],
+        expires_at=timestamp(c.expires_at),
+    )
+
+
+def order_message(o: OrderView) -> order_pb2.Order:
+    return order_pb2.Order(
+        id=o.id,
+        account=o.account,
+        status=_STATUS_OUT[o.status],
+        items=[
+            order_pb2.OrderItem(sku=i.sku, face_value_minor_units=i.face_value, quantity=i.quantity)
+            for i in o.items
+        ],
+        total=money(o.amount, o.currency),
+        created_at=timestamp(o.created_at),
+        expires_at=timestamp(o.expires_at),
+        payment_id=o.payment_id or "",
+        paid=money(o.paid_amount, o.currency) if o.paid_amount is not None else None,
+        paid_at=timestamp(o.paid_at),
+        deliver_by=timestamp(o.deliver_by),
+        delivered_at=timestamp(o.delivered_at),
+        closed_at=timestamp(o.closed_at),
+        close_reason=o.close_reason or "",
+        codes=[_code(c) for c in o.codes],
+        replayed=o.replayed,
+    )
+
+
+class OrderServicer(order_pb2_grpc.OrderServiceServicer):
+    def __init__(self, domain: Domain) -> None:
+        self._orders = domain.orders
+
+    def StockPool(  # noqa: N802 - grpc's generated method names
+        self, request: order_pb2.StockPoolRequest, context: grpc.ServicerContext
+    ) -> order_pb2.StockPoolResponse:
+        r = self._orders.stock_pool(current_principal(), request.lot_id)
+        return order_pb2.StockPoolResponse(
+            lot_id=r.lot_id, sku=r.sku, stocked=r.stocked, already_stocked=r.already
+        )
+
+    def GetStock(  # noqa: N802 - grpc's generated method names
+        self, request: order_pb2.GetStockRequest, context: grpc.ServicerContext
+    ) -> order_pb2.GetStockResponse:
+        stock = self._orders.stock(current_principal(), request.sku)
+        return order_pb2.GetStockResponse(
+            sku=request.sku,
+            stock=[
+                order_pb2.PoolStock(
+                    face_value=money(s.face_value, s.currency),
+                    available=s.available,
+                    reserved=s.reserved,
+                    sold=s.sold,
+                    returned=s.returned,
+                )
+                for s in stock
+            ],
+        )
+
+    def CreateOrder(  # noqa: N802 - grpc's generated method names
+        self, request: order_pb2.CreateOrderRequest, context: grpc.ServicerContext
+    ) -> order_pb2.Order:
+        view = self._orders.create_order(
+            current_principal(),
+            [OrderLine(i.sku, i.face_value_minor_units, i.quantity) for i in request.items],
+            request_id=request.request_id,
+            account=request.account or None,
+            peer=peer_address(context.peer()),
+            client_address=request.client_address or None,
+        )
+        return order_message(view)
+
+    def ConfirmPayment(  # noqa: N802 - grpc's generated method names
+        self, request: order_pb2.ConfirmPaymentRequest, context: grpc.ServicerContext
+    ) -> order_pb2.Order:
+        view = self._orders.confirm_payment(
+            current_principal(),
+            request.order_id,
+            payment_id=request.payment_id,
+            amount=request.amount.minor_units,
+            currency=request.amount.currency,
+        )
+        return order_message(view)
+
+    def GetOrder(self, request: order_pb2.GetOrderRequest, context: grpc.ServicerContext) -> order_pb2.Order:  # noqa: N802
+        return order_message(
+            self._orders.get_order(current_principal(), request.order_id, reveal=request.reveal_codes)
+        )
+
+    def ListOrders(  # noqa: N802 - grpc's generated method names
+        self, request: order_pb2.ListOrdersRequest, context: grpc.ServicerContext
+    ) -> order_pb2.ListOrdersResponse:
+        page = self._orders.list_orders(
+            current_principal(),
+            account=request.account or None,
+            status=_STATUS_IN.get(request.status),
+            before_id=page_cursor(request.page),
+            limit=page_size(request.page, MAX_PAGE),
+        )
+        token = "" if page.next_before_id is None else str(page.next_before_id)
+        return order_pb2.ListOrdersResponse(
+            orders=[order_message(o) for o in page.items], page=common_pb2.PageResponse(next_page_token=token)
+        )
+
+    def CancelOrder(  # noqa: N802 - grpc's generated method names
+        self, request: order_pb2.CancelOrderRequest, context: grpc.ServicerContext
+    ) -> order_pb2.Order:
+        return order_message(self._orders.cancel_order(current_principal(), request.order_id))
+
+    def ReviewOrder(  # noqa: N802 - grpc's generated method names
+        self, request: order_pb2.ReviewOrderRequest, context: grpc.ServicerContext
+    ) -> order_pb2.Order:
+        view = self._orders.review_order(
+            current_principal(), request.order_id, approve=request.approve, reason=request.reason
+        )
+        return order_message(view)
+
+    def RefundOrder(  # noqa: N802 - grpc's generated method names
+        self, request: order_pb2.RefundOrderRequest, context: grpc.ServicerContext
+    ) -> order_pb2.Order:
+        return order_message(
+            self._orders.refund_order(current_principal(), request.order_id, reason=request.reason)
+        )
+
+    def ExpireReservations(  # noqa: N802 - grpc's generated method names
+        self, request: order_pb2.ExpireReservationsRequest, context: grpc.ServicerContext
+    ) -> order_pb2.ExpireReservationsResponse:
+        result = self._orders.expire_reservations(current_principal())
+        return order_pb2.ExpireReservationsResponse(expired=result.expired, refunded=result.refunded)

@@ -37,7 +37,7 @@ from cardmint.cli.bench_server import (
 )
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from tests.server.conftest import PgServer, pg_server
+from tests.conftest import PgServer, pg_server
 
 __all__ = ["pg_server"]  # the session's throwaway PostgreSQL, shared with tests/server
 

@@ -231,4 +231,16 @@ CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION cardmint_append_only();
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),)
+# v3: a lot records when its cards expire (the product's validity, counted from the moment
+# the lot was created), so an export can say so without deriving it. Lots of v1 take the
+# expiry their cards already carry (NULL: no expiry, or no cards). Numbered 3: v2 is another
+# change, and the runner applies whatever versions are missing, in order.
+_V3 = """
+ALTER TABLE lots ADD COLUMN expires_at {ts};
+UPDATE lots SET expires_at = (SELECT MAX(c.expires_at) FROM cards c WHERE c.lot_id = lots.id);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
+    Migration(3, "lot expiry", _V3),
+)

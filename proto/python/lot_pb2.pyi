@@ -65,6 +65,7 @@ class Lot(_message.Message):
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
     VOIDED_AT_FIELD_NUMBER: _builtins.int
     PLAINTEXT_EXPORTED_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned id."""
     product_id: _builtins.int
@@ -99,6 +100,12 @@ class Lot(_message.Message):
     def voided_at(self) -> _timestamp_pb2.Timestamp:
         """When the lot was voided; unset unless voided."""
 
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When every card of the lot expires: the product's validity counted from `created_at`,
+        fixed when the lot is created. Unset when the product's cards never expire.
+        """
+
     def __init__(
         self,
         *,
@@ -114,10 +121,11 @@ class Lot(_message.Message):
         completed_at: _timestamp_pb2.Timestamp | None = ...,
         voided_at: _timestamp_pb2.Timestamp | None = ...,
         plaintext_exported: _builtins.bool = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "face_value", b"face_value", "voided_at", b"voided_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "created_at", b"created_at", "expires_at", b"expires_at", "face_value", b"face_value", "voided_at", b"voided_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "count", b"count", "created_at", b"created_at", "created_by", b"created_by", "face_value", b"face_value", "id", b"id", "plaintext_exported", b"plaintext_exported", "product_id", b"product_id", "serial_prefix", b"serial_prefix", "serial_start", b"serial_start", "status", b"status", "voided_at", b"voided_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "count", b"count", "created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "face_value", b"face_value", "id", b"id", "plaintext_exported", b"plaintext_exported", "product_id", b"product_id", "serial_prefix", b"serial_prefix", "serial_start", b"serial_start", "status", b"status", "voided_at", b"voided_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,7 +81,7 @@ class LotServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamLot(self, request, context):
-        """The plaintext codes of a complete lot, in chunks. The first export is open to
+        """The plaintext codes of a complete lot, in chunks, in serial order. The first export is open to
         operators; every later one needs the admin role. Every export is audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -44,7 +44,7 @@ class LotServiceStub:
     GetLot: _grpc.UnaryUnaryMultiCallable[_lot_pb2.GetLotRequest, _lot_pb2.Lot]
     """A lot by id."""
     StreamLot: _grpc.UnaryStreamMultiCallable[_lot_pb2.StreamLotRequest, _lot_pb2.LotChunk]
-    """The plaintext codes of a complete lot, in chunks. The first export is open to
+    """The plaintext codes of a complete lot, in chunks, in serial order. The first export is open to
     operators; every later one needs the admin role. Every export is audited.
     """
     VoidLot: _grpc.UnaryUnaryMultiCallable[_lot_pb2.VoidLotRequest, _lot_pb2.Lot]
@@ -66,7 +66,7 @@ class LotServiceAsyncStub(LotServiceStub):
     GetLot: _aio.UnaryUnaryMultiCallable[_lot_pb2.GetLotRequest, _lot_pb2.Lot]  # type: ignore[assignment]
     """A lot by id."""
     StreamLot: _aio.UnaryStreamMultiCallable[_lot_pb2.StreamLotRequest, _lot_pb2.LotChunk]  # type: ignore[assignment]
-    """The plaintext codes of a complete lot, in chunks. The first export is open to
+    """The plaintext codes of a complete lot, in chunks, in serial order. The first export is open to
     operators; every later one needs the admin role. Every export is audited.
     """
     VoidLot: _aio.UnaryUnaryMultiCallable[_lot_pb2.VoidLotRequest, _lot_pb2.Lot]  # type: ignore[assignment]
@@ -103,7 +103,7 @@ class LotServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _lot_pb2.StreamLotRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_lot_pb2.LotChunk], _abc.AsyncIterator[_lot_pb2.LotChunk]]:
-        """The plaintext codes of a complete lot, in chunks. The first export is open to
+        """The plaintext codes of a complete lot, in chunks, in serial order. The first export is open to
         operators; every later one needs the admin role. Every export is audited.
         """
 

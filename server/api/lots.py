@@ -7,10 +7,12 @@ import threading
 from collections.abc import Iterator
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from cardmint.server.domain import Domain, Lot, LotStatus
-from cardmint.v1 import lot_pb2, lot_pb2_grpc
+from cardmint.v1 import common_pb2, lot_pb2, lot_pb2_grpc
 
-from ._convert import money, pack, timestamp
+from ._convert import money, timestamp
 from .auth import current_principal
 
 __all__ = ["LotServicer", "lot_message"]
@@ -36,7 +38,20 @@ def lot_message(lot: Lot) -> lot_pb2.Lot:
         completed_at=timestamp(lot.completed_at),
         voided_at=timestamp(lot.voided_at),
         plaintext_exported=lot.plaintext_exported,
+        expires_at=timestamp(lot.expires_at),
     )
+
+
+def pack_array(strings: npt.NDArray[np.bytes_]) -> common_pb2.PackedStrings:
+    """An ``S`` array as ``PackedStrings`` without a Python object per string: the array's
+    buffer as is when every string fills the width (a lot's serials and codes do)."""
+    n, width = len(strings), strings.dtype.itemsize
+    raw = np.ascontiguousarray(strings).view(np.uint8).reshape(n, width)
+    if n and width and raw[:, -1].all():
+        return common_pb2.PackedStrings(data=raw.tobytes(), width=width)
+    # Shorter strings are NUL-padded in an S array (and tolist() strips the padding).
+    items = strings.tolist()
+    return common_pb2.PackedStrings(data=b"".join(items), lengths=[len(b) for b in items])
 
 
 class LotServicer(lot_pb2_grpc.LotServiceServicer):
@@ -84,7 +99,7 @@ class LotServicer(lot_pb2_grpc.LotServiceServicer):
         self, request: lot_pb2.StreamLotRequest, context: grpc.ServicerContext
     ) -> Iterator[lot_pb2.LotChunk]:
         for chunk in self._lots.stream_lot(current_principal(), request.lot_id):
-            yield lot_pb2.LotChunk(serials=pack(chunk.serials), codes=pack(chunk.codes))
+            yield lot_pb2.LotChunk(serials=pack_array(chunk.serial_array), codes=pack_array(chunk.code_array))
 
     def VoidLot(self, request: lot_pb2.VoidLotRequest, context: grpc.ServicerContext) -> lot_pb2.Lot:  # noqa: N802
         return lot_message(self._lots.void_lot(current_principal(), request.lot_id))

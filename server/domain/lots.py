@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
+from cardmint.kernel import DEFAULT_GROUP
 from cardmint.server.storage import (
     CardBatch,
     ConflictError,
@@ -31,18 +36,88 @@ from .errors import (
     LotVoid,
     ProductNotFound,
 )
-from .keys import display
 
 __all__ = ["LotChunk", "LotService", "LotStatus"]
 
 Progress = Callable[[int, int], None]
 SERIAL_WIDTH = 9
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class LotChunk:
-    serials: tuple[str, ...]
-    codes: tuple[str, ...]
+    """One chunk of an export, column-wise: row i of both arrays is one card.
+
+    ``serial_array`` holds the serials and ``code_array`` the codes in display form
+    (XXXX-XXXX-...), as ASCII in ``S`` arrays: fixed width, no Python object per card.
+    """
+
+    serial_array: npt.NDArray[np.bytes_]
+    code_array: npt.NDArray[np.bytes_]
+
+    def __len__(self) -> int:
+        return len(self.serial_array)
+
+    @property
+    def serials(self) -> tuple[str, ...]:
+        return tuple(s.decode("utf-8") for s in self.serial_array.tolist())
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(c.decode("ascii") for c in self.code_array.tolist())
+
+
+def _digest_order(digests: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
+    """The order that sorts rows of ``digests`` by their first 8 bytes (ties: any order)."""
+    head = np.zeros((len(digests), 8), dtype=np.uint8)
+    w = min(8, digests.shape[1])
+    head[:, :w] = digests[:, :w]
+    return np.argsort(head.view(">u8").ravel(), kind="stable")
+
+
+def _prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """``items``, produced on a worker thread up to ``depth`` ahead of the consumer.
+
+    Minting a chunk (the kernel, which releases the GIL) then overlaps with storing the one
+    before (SQLite's and the PostgreSQL socket's C code, which do too); reading and opening
+    an export's next chunk overlaps with sending the last. An error on the worker is raised
+    here; a consumer that stops early (or is closed) stops the worker.
+    """
+    slots: queue.Queue[tuple[bool, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[bool, object]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            put((False, e))
+        else:
+            put((False, None))
+
+    worker = threading.Thread(target=work, name="cardmint-lot", daemon=True)
+    worker.start()
+    try:
+        while True:
+            more, item = slots.get()
+            if not more:
+                if isinstance(item, BaseException):
+                    raise item
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        worker.join()
 
 
 def serial_prefix(product: Product) -> str:
@@ -91,8 +166,16 @@ class LotService:
             start = tx.reserve_serials(prefix, count)
             if start + count > 10**SERIAL_WIDTH:
                 raise InvalidArgument.of("count", "this product has run out of card numbers")
+            # The product's validity counts from the lot's creation, for every card of it.
+            validity = product.validity_days
             return tx.create_lot(
-                product.id, count, value, serial_prefix=prefix, serial_start=start, created_by=principal.actor
+                product.id,
+                count,
+                value,
+                serial_prefix=prefix,
+                serial_start=start,
+                created_by=principal.actor,
+                valid_for=timedelta(days=validity) if validity else None,
             )
 
         # Step 1 commits on its own: the lot is visibly "minting" while it fills, and a
@@ -112,19 +195,10 @@ class LotService:
 
     def _fill(self, principal: Principal, product: Product, lot: Lot, progress: Progress | None) -> Lot:
         ctx = self._ctx
-        kernel, keys = ctx.kernel, ctx.keyring
         with ctx.storage.transaction() as tx:
-            expires_at = tx.now() + timedelta(days=product.validity_days) if product.validity_days else None
-            minter = kernel.minter(product.code_length)
             stored = 0
-            for batch in minter.chunks(lot.count, ctx.config.lot_chunk, key=keys.digest_key):
-                assert batch.digests is not None  # keyed take always digests
-                sealed = kernel.seal(batch.codes, batch.digests, keys.seal_key)
-                serials = kernel.serials(
-                    lot.serial_prefix, lot.serial_start + stored, len(batch), SERIAL_WIDTH
-                )
-                # Only serials, digests and sealed records go down; batch.codes stays here.
-                tx.add_cards(lot, CardBatch(serials, batch.digests, sealed, keys.seal_key_id), expires_at)
+            for batch in _prefetched(self._minted(product, lot)):
+                tx.add_cards(lot, batch, lot.expires_at)
                 stored += len(batch)
                 if progress is not None:
                     progress(stored, lot.count)
@@ -136,6 +210,25 @@ class LotService:
                 detail(sku=product.sku, count=lot.count, face_value=lot.face_value, currency=lot.currency),
             )
         return completed
+
+    def _minted(self, product: Product, lot: Lot) -> Iterator[CardBatch]:
+        """The lot's cards chunk by chunk: minted, sealed, numbered. Only serials, digests and
+        sealed records leave here; the plaintext codes do not."""
+        kernel, keys = self._ctx.kernel, self._ctx.keyring
+        seal_key, seal_key_id = keys.seal_key, keys.seal_key_id  # one key for the whole lot
+        minter = kernel.minter(product.code_length)
+        start = lot.serial_start
+        for batch in minter.chunks(lot.count, self._ctx.config.lot_chunk, key=keys.digest_key):
+            assert batch.digests is not None  # keyed take always digests
+            # Numbered in digest order, so that storing a chunk fills the digest index in
+            # order instead of at random (~2x faster on SQLite at 10^6 cards). The order of
+            # keyed digests says nothing about the codes.
+            order = _digest_order(batch.digests)
+            codes, digests = batch.codes[order], np.ascontiguousarray(batch.digests[order])
+            sealed = kernel.seal(codes, digests, seal_key)
+            serials = kernel.serials(lot.serial_prefix, start, len(codes), SERIAL_WIDTH)
+            start += len(codes)
+            yield CardBatch(serials, digests, sealed, seal_key_id)
 
     def _discard(self, lot_id: int) -> None:
         # Already void is fine: the stale-lot sweep got there first.
@@ -164,32 +257,31 @@ class LotService:
             return lot
 
         lot = ctx.run(claim)
-        return self._chunks(lot)
+        # Reading and opening the next chunks overlaps with sending this one.
+        return _prefetched(self._chunks(lot), depth=2)
 
     def _chunks(self, lot: Lot) -> Iterator[LotChunk]:
         ctx = self._ctx
+        kernel, keys = ctx.kernel, ctx.keyring
         after = 0
         while True:
             with ctx.storage.read() as tx:
-                cards = tx.lot_cards(lot.id, after, ctx.config.stream_chunk)
-            if not cards:
+                after, batches = tx.lot_card_batches(lot.id, after, ctx.config.stream_chunk)
+            if not batches:
                 return
-            after = cards[-1].id
-            serials = tuple(c.serial for c in cards)
-            codes: list[str] = []
-            # A lot is sealed under one key, but rotation may leave mixed ids: open per id.
-            by_key: dict[int, list[int]] = {}
-            for i, c in enumerate(cards):
-                by_key.setdefault(c.key_id, []).append(i)
-            opened: dict[int, str] = {}
-            for key_id, rows in by_key.items():
-                sealed = np.array([np.frombuffer(cards[i].sealed, np.uint8) for i in rows])
-                digests = np.array([np.frombuffer(cards[i].digest, np.uint8) for i in rows])
-                plain = ctx.kernel.open(sealed, digests, ctx.keyring.seal_keys[key_id])
-                for i, code in zip(rows, plain.tolist(), strict=True):
-                    opened[i] = display(code.decode("ascii"))
-            codes = [opened[i] for i in range(len(cards))]
-            yield LotChunk(serials, tuple(codes))
+            serials, codes = [], []
+            # A lot is sealed under one key; batches only split where the key id changes.
+            for b in batches:
+                plain = kernel.open(b.sealed, b.digests, keys.seal_keys[b.key_id])
+                codes.append(kernel.display(plain, DEFAULT_GROUP))
+                if isinstance(b.serials, np.ndarray):
+                    serials.append(b.serials)
+                else:
+                    serials.append(np.array([s.encode("utf-8") for s in b.serials], dtype=np.bytes_))
+            if len(batches) == 1:
+                yield LotChunk(serials[0], codes[0])
+            else:
+                yield LotChunk(np.concatenate(serials), np.concatenate(codes))
 
     def get_lot(self, principal: Principal, lot_id: int) -> Lot:
         require(principal, STAFF)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -77,6 +77,7 @@ class UnitOfWork(Protocol):
         serial_prefix: str,
         serial_start: int,
         created_by: str,
+        valid_for: timedelta | None = None,
     ) -> Lot: ...
     def get_lot(self, lot_id: int) -> Lot | None: ...
     def list_lots(self, product_id: int | None = None, after_id: int = 0, limit: int = 100) -> list[Lot]: ...
@@ -86,6 +87,9 @@ class UnitOfWork(Protocol):
     def abandon_stale_lots(self, older_than: datetime) -> list[int]: ...
     def mark_lot_exported(self, lot_id: int) -> bool: ...
     def lot_cards(self, lot_id: int, after_id: int = 0, limit: int = 10_000) -> list[Card]: ...
+    def lot_card_batches(
+        self, lot_id: int, after_id: int = 0, limit: int = 10_000
+    ) -> tuple[int, list[CardBatch]]: ...
     def count_lot_cards(self, lot_id: int) -> int: ...
 
     # cards and binding

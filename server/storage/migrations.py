@@ -362,9 +362,19 @@ CREATE INDEX pool_order ON pool_cards (order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX pool_lot ON pool_cards (lot_id);
 """
 
+# v3: a lot records when its cards expire (the product's validity, counted from the moment
+# the lot was created), so an export can say so without deriving it. Lots of v1 take the
+# expiry their cards already carry (NULL: no expiry, or no cards). Numbered 3: v2 is another
+# change, and the runner applies whatever versions are missing, in order.
+_V3 = """
+ALTER TABLE lots ADD COLUMN expires_at {ts};
+UPDATE lots SET expires_at = (SELECT MAX(c.expires_at) FROM cards c WHERE c.lot_id = lots.id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
+    Migration(3, "lot expiry", _V3),
     Migration(4, "event outbox", _V4, _V4_SQLITE, _V4_POSTGRES),
     Migration(5, "orders", _V5),
     Migration(6, "compliance", _V6),

@@ -147,6 +147,9 @@ class Lot:
     completed_at: datetime | None
     voided_at: datetime | None
     plaintext_exported: bool
+    # When every card of the lot expires (set at creation from the product's validity);
+    # None when the product's cards never expire.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

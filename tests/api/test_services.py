@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from cardmint.client import (
     AccountLocked,
@@ -28,7 +30,7 @@ from cardmint.client import (
 )
 from cardmint.kernel import ALPHABET
 from cardmint.server.app import Running, start
-from cardmint.v1 import balance_pb2, card_pb2, catalog_pb2, lot_pb2
+from cardmint.v1 import balance_pb2, card_pb2, catalog_pb2, lot_pb2, lot_pb2_grpc
 
 Connect = Callable[..., Client]
 
@@ -257,6 +259,37 @@ def test_redeem_race_spends_exactly_the_balance(connect: Connect) -> None:
     assert spent == 990 and balance == 10  # all that fits was spent, and not a unit more
     ledger = list(admin.transactions(serial=serial, page_size=500))
     assert -sum(t.amount.minor_units for t in ledger) == spent
+
+
+def test_lot_expiry_and_width_packed_export(connect: Connect, server: Running, channel: grpc.Channel) -> None:
+    admin = connect("admin")
+    admin.create_product(sku="GC-E", name="Expiring", currency="CNY", denominations=[5000], validity_days=30)
+    admin.create_product(sku="GC-F", name="Forever", currency="CNY", denominations=[5000])
+    lot = admin.create_lot("GC-E", 40, 5000)
+    assert lot.HasField("expires_at")
+    assert lot.expires_at.ToDatetime() - lot.created_at.ToDatetime() == timedelta(days=30)
+    assert admin.get_lot(lot.id).expires_at == lot.expires_at
+    assert not admin.create_lot("GC-F", 1, 5000).HasField("expires_at")
+    # On the wire: every chunk is two fixed-width buffers, no per-string lengths.
+    token = server.domain.auth.create_token("admin").token
+    chunks = list(
+        lot_pb2_grpc.LotServiceStub(channel).StreamLot(
+            lot_pb2.StreamLotRequest(lot_id=lot.id),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=30,
+        )
+    )
+    assert [len(c.serials.data) // c.serials.width for c in chunks] == [16, 16, 8]  # stream_chunk=16
+    assert all(c.codes.width == 19 and not c.codes.lengths and not c.serials.lengths for c in chunks)
+    # The client's array form and its (serial, code) form agree, in serial order.
+    arrays = list(admin.stream_lot_arrays(lot.id))
+    assert all(s.dtype.kind == c.dtype.kind == "S" for s, c in arrays)
+    pairs = [
+        (s.decode(), c.decode()) for ss, cc in arrays for s, c in zip(ss.tolist(), cc.tolist(), strict=True)
+    ]
+    assert pairs == list(admin.stream_lot(lot.id))
+    assert [s for s, _ in pairs] == sorted(s for s, _ in pairs)
+    assert {r.status for r in admin.check([c for _, c in pairs])} == {"ok"}
 
 
 def test_servers_sharing_a_database_see_each_others_lots(

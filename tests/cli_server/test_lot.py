@@ -6,14 +6,19 @@ import csv
 import io
 import stat
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from subprocess import CompletedProcess
 
+import numpy as np
 import pytest
+from cardmint.cli import lot as lot_cli
 from cardmint.cli.lot import HEADER, Progress, Row, write_codes
 from cardmint.client import Client
 from cardmint.server.app import Running
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.cli_server.xlsx import read_sheets
 
@@ -82,6 +87,25 @@ def test_lot_xlsx_split_across_sheets(cli: Cli, product: str, server: Running, t
     assert [r[:2] for r in again] == [r[:2] for r in body]
 
 
+def test_lot_csv_expiry_is_the_lots(cli: Cli, product: str, server: Running, tmp_path: Path) -> None:
+    """The expiry column is what the server recorded for the lot, not a guess from created_at."""
+    out = _ok(cli("lot", "create", "--product", product, "-n", "3", "--face-value", "100", "--out", "e.csv"))
+    lot_id = int(out.split(":")[0].removeprefix("lot "))
+    token = server.domain.auth.create_token("admin").token
+    with Client(f"127.0.0.1:{server.port}", token) as c:
+        lot = c.get_lot(lot_id)
+    want = datetime.fromtimestamp(lot.expires_at.seconds, UTC)
+    assert lot.expires_at.ToDatetime(UTC) == lot.created_at.ToDatetime(UTC) + timedelta(days=30)
+    rows = list(csv.reader((tmp_path / "work" / "e.csv").read_text().splitlines()))[1:]
+    assert {r[4] for r in rows} == {want.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    # A product without an expiry leaves the column empty.
+    _ok(cli("product", "create", "--sku", "GC-NOEXP", "--name", "No expiry", "--currency", "CNY",
+            "--denominations", "100"))  # fmt: skip
+    _ok(cli("lot", "create", "--product", "GC-NOEXP", "-n", "2", "--out", "n.csv"))
+    rows = list(csv.reader((tmp_path / "work" / "n.csv").read_text().splitlines()))[1:]
+    assert [r[4] for r in rows] == ["", ""]
+
+
 def test_lot_refuses_to_overwrite(cli: Cli, product: str, tmp_path: Path) -> None:
     path = tmp_path / "work" / "lot.csv"
     path.write_text("keep me\n")
@@ -120,6 +144,46 @@ def test_xlsx_sheet_split(tmp_path: Path, n: int, cap: int, sizes: list[int]) ->
     assert [len(rows) for _, rows in got] == sizes
     assert [r[1] for _, rows in got for r in rows[1:]] == [f"CODE-{i:04d}" for i in range(n)]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+_FIELD = st.text(alphabet=st.sampled_from('AZ09-,"\r\n é'), min_size=0, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    chunks=st.lists(st.lists(st.tuples(_FIELD, _FIELD), max_size=5), max_size=4),
+    width=st.integers(1, 8),
+    face=st.sampled_from([Decimal("100.00"), Decimal("0.5")]),
+    expiry=st.sampled_from(["", "2029-01-01T00:00:00Z", 'a,"b']),
+)
+def test_csv_from_arrays_is_what_csv_writer_writes(
+    tmp_path_factory: pytest.TempPathFactory,
+    chunks: list[list[tuple[str, str]]],
+    width: int,
+    face: Decimal,
+    expiry: str,
+) -> None:
+    """The column-wise CSV (and its per-chunk fallback: fields to quote, strings shorter than
+    their array's width, non-ASCII) is byte for byte the csv.writer file of the same rows."""
+    tmp = tmp_path_factory.mktemp("csv")
+    arrays = []
+    for chunk in chunks:
+        serials = np.array([s.encode() for s, _ in chunk] or [b"x" * width], dtype=np.bytes_)[: len(chunk)]
+        codes = np.array([c.encode() for _, c in chunk] or [b"x"], dtype=np.bytes_)[: len(chunk)]
+        arrays.append((serials, codes))
+    # Full-width fixed arrays too, the common case, without anything to quote.
+    fixed = np.array([f"{i:0{width}d}"[-width:].encode() for i in range(7)], dtype=f"S{width}")
+    arrays.append((fixed, np.array([b"ABCD-EFGH"] * 7)))
+    rows = [
+        (s.decode(), c.decode(), face, "CNY", expiry)
+        for serials, codes in arrays
+        for s, c in zip(serials.tolist(), codes.tolist(), strict=True)
+    ]
+    want, got = tmp / "want.csv", tmp / "got.csv"
+    with want.open("w", encoding="utf-8", newline="") as fh:
+        assert lot_cli._write_csv(fh, rows) == len(rows)
+    assert lot_cli._write_csv_chunks(got, arrays, face, "CNY", expiry) == len(rows)
+    assert got.read_bytes() == want.read_bytes()
 
 
 def test_excel_cap_counts_the_header() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ from cardmint.server.domain import (
     ProductNotFound,
 )
 from cardmint.server.domain.keys import STATUS_CODE
+from cardmint.server.domain.lots import _prefetched
 from cardmint.server.storage import CardStatus, Storage
 
 from .conftest import Callers, FakeClock, MintedLot
@@ -90,6 +94,88 @@ def test_lot_is_all_or_nothing(domain: Domain, who: Callers, make_lot: Callable[
         assert tx.count_lot_cards(failed.id) == 0
     with pytest.raises(LotVoid):
         domain.lots.stream_lot(who.admin, failed.id)
+
+
+def test_lot_expiry_is_fixed_at_creation(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot], storage: Storage, clock: FakeClock
+) -> None:
+    minted = make_lot(9)  # the product is valid 365 days
+    lot = minted.lot
+    assert lot.expires_at == lot.created_at + timedelta(days=365)
+    clock.advance(days=3)  # a later read reports the same expiry, fixed when the lot was made
+    assert domain.lots.get_lot(who.admin, lot.id).expires_at == lot.expires_at
+    with storage.read() as tx:
+        assert {c.expires_at for c in tx.lot_cards(lot.id)} == {lot.expires_at}
+    forever = make_lot(2, sku="GC-FOREVER", validity_days=None).lot
+    assert forever.expires_at is None
+    with storage.read() as tx:
+        assert {c.expires_at for c in tx.lot_cards(forever.id)} == {None}
+
+
+def test_lot_numbered_in_digest_order_and_exported_in_serial_order(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot], storage: Storage
+) -> None:
+    minted = make_lot(20)  # lot_chunk=7: chunks of 7, 7, 6; stream_chunk=5
+    with storage.read() as tx:
+        cards = tx.lot_cards(minted.lot.id)
+    # Stored in serial order, and within each minted chunk the serials follow the digests.
+    assert [c.serial for c in cards] == sorted(c.serial for c in cards)
+    for lo in range(0, 20, 7):
+        digests = [c.digest[:8] for c in cards[lo : lo + 7]]
+        assert digests == sorted(digests)
+    # The export hands them out in that same order, each serial with its own code.
+    assert list(minted.cards) == [c.serial for c in cards]
+    kernel, keys = get_kernel(), domain.keyring
+    for c in cards:
+        code = minted.cards[c.serial].replace("-", "").encode()
+        assert kernel.digest([code], keys.digest_key)[0].tobytes() == c.digest
+    chunks = list(domain.lots.stream_lot(who.admin, minted.lot.id))
+    assert [len(ch) for ch in chunks] == [5, 5, 5, 5]
+    assert all(ch.serial_array.dtype.kind == ch.code_array.dtype.kind == "S" for ch in chunks)
+    assert chunks[0].code_array.dtype.itemsize == 19 and chunks[0].codes[0].count("-") == 3
+
+
+def test_a_failed_fill_stops_its_minting_thread(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot]
+) -> None:
+    make_lot(1)
+
+    def boom(done: int, total: int) -> None:
+        raise RuntimeError("the caller went away")
+
+    with pytest.raises(RuntimeError):
+        domain.lots.create_lot(who.operator, sku="GC-500", count=50, face_value=100, progress=boom)
+    assert not [t for t in threading.enumerate() if t.name == "cardmint-lot"]
+
+
+def test_prefetched_hands_over_items_errors_and_stops() -> None:
+    assert list(_prefetched(iter(range(10)), depth=2)) == list(range(10))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("minting failed")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="minting failed"):
+        got.extend(_prefetched(failing()))
+    assert got == [1, 2]
+
+    produced: list[int] = []
+    closed = threading.Event()
+
+    def endless() -> Iterator[int]:
+        try:
+            for i in itertools.count():
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    stream = _prefetched(endless())
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # the consumer stops: the worker stops too, a chunk or two ahead at most
+    assert closed.wait(5) and len(produced) <= 6
 
 
 def test_stale_minting_lots_are_swept(

@@ -291,8 +291,12 @@ class CardService:
             n, until = tx.hold_attempts(AttemptKind.CARD, serial, cfg.card_lock_seconds)
             if n >= cfg.card_failures:
                 return CardLocked(retry_after=(until - now).total_seconds())
+        # Client counters are read, not held: holding one would queue every bind from a
+        # busy address (a NAT, a proxy) behind each other. So under concurrency a client may
+        # get up to its in-flight binds past its limit; the card and account limits stay
+        # exact.
         for kind, subject in origin.subjects():
-            n, until = tx.hold_attempts(kind, subject, cfg.client_lock_seconds)
+            n, until = tx.attempt_count(kind, subject, cfg.client_lock_seconds)
             if n >= self._client_limit(kind):
                 return ClientLocked(retry_after=(until - now).total_seconds())
 

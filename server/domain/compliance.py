@@ -61,40 +61,34 @@ class ComplianceService:
     def freeze(self, principal: Principal, serial: str, *, reason: str) -> CardView:
         """Staff stop a card: nothing can be spent or bound until it is unfrozen. Freezing
         a frozen card changes nothing (a retry is safe); a void card cannot be frozen."""
-        require(principal, STAFF)
-        why = _reason(reason)
-
-        def work(tx: UnitOfWork) -> tuple[Card, datetime]:
-            card = self._card(tx, serial)
-            if card.status is CardStatus.VOID:
-                raise CardVoid()
-            if card.status is CardStatus.ACTIVE:
-                frozen = tx.set_card_status(card.id, CardStatus.FROZEN, only_from=[CardStatus.ACTIVE])
-                assert frozen is not None  # the row was just read as active in this transaction
-                card = frozen
-                tx.append_audit(principal.actor, "card.freeze", f"card:{card.id}", detail(reason=why))
-                emit(tx, EventKind.CARD_FROZEN, f"card:{card.serial}", reason=why, by=principal.actor)
-            return card, tx.now()
-
-        card, now = self._ctx.run(work)
-        self._ctx.wake()
-        return self._cards.view(card, now)
+        return self._move(principal, serial, reason, CardStatus.ACTIVE, CardStatus.FROZEN)
 
     def unfreeze(self, principal: Principal, serial: str, *, reason: str) -> CardView:
         """Staff release a frozen card. Unfreezing an active card changes nothing."""
+        return self._move(principal, serial, reason, CardStatus.FROZEN, CardStatus.ACTIVE)
+
+    def _move(
+        self, principal: Principal, serial: str, reason: str, source: CardStatus, target: CardStatus
+    ) -> CardView:
+        """``source`` -> ``target``, audited and announced; already at ``target``: no-op."""
         require(principal, STAFF)
         why = _reason(reason)
+        action, event = (
+            ("card.freeze", EventKind.CARD_FROZEN)
+            if target is CardStatus.FROZEN
+            else ("card.unfreeze", EventKind.CARD_UNFROZEN)
+        )
 
         def work(tx: UnitOfWork) -> tuple[Card, datetime]:
             card = self._card(tx, serial)
             if card.status is CardStatus.VOID:
                 raise CardVoid()
-            if card.status is CardStatus.FROZEN:
-                active = tx.set_card_status(card.id, CardStatus.ACTIVE, only_from=[CardStatus.FROZEN])
-                assert active is not None
-                card = active
-                tx.append_audit(principal.actor, "card.unfreeze", f"card:{card.id}", detail(reason=why))
-                emit(tx, EventKind.CARD_UNFROZEN, f"card:{card.serial}", reason=why, by=principal.actor)
+            if card.status is source:
+                moved = tx.set_card_status(card.id, target, only_from=[source])
+                assert moved is not None  # the row was just read in this transaction
+                card = moved
+                tx.append_audit(principal.actor, action, f"card:{card.id}", detail(reason=why))
+                emit(tx, event, f"card:{card.serial}", reason=why, by=principal.actor)
             return card, tx.now()
 
         card, now = self._ctx.run(work)

@@ -47,6 +47,9 @@ class DomainConfig:
     lot_chunk: int = 65_536
     stream_chunk: int = 10_000
     page_limit_max: int = 500
+    # A verified token is remembered this long; a revocation made by another server process
+    # takes effect here within it (one made through this process, at once). 0 = ask every call.
+    auth_cache_seconds: float = 1.0
     profile: str = "platform"  # compliance profile: a built-in name or a .toml file
     # orders (the card shop). A reservation holds its codes this long unpaid (SPEC §3: 15 min).
     order_ttl_seconds: int = 900

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -57,8 +60,25 @@ def hash_token(token: str) -> bytes:
 
 
 class AuthService:
-    def __init__(self, storage: Storage) -> None:
+    """Tokens: minted, listed, revoked, and verified on every call.
+
+    A verified token is remembered for ``cache_seconds`` (keyed by its hash, never the
+    token), so a busy client does not cost a database read per call. Revoking through this
+    process forgets the token at once; a revocation made by another server process sharing
+    the database takes effect here within ``cache_seconds``. Unknown or revoked tokens are
+    never remembered: every refusal is decided by the database.
+    """
+
+    CACHE_MAX = 10_000  # remembered tokens; the cache is dropped whole when it overflows
+
+    def __init__(
+        self, storage: Storage, *, cache_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._storage = storage
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._cache: dict[bytes, tuple[float, Principal]] = {}
+        self._cache_lock = threading.Lock()
 
     def issue_token(
         self, principal: Principal, role: Role | str, *, label: str = "", account: str | None = None
@@ -124,6 +144,9 @@ class AuthService:
         if scheme.lower() != "bearer" or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
             raise Unauthenticated()
         digest = hash_token(token)
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > self._clock():
+            return hit[1]
         with self._storage.read() as tx:
             row = tx.find_token(digest)
             account = (
@@ -133,9 +156,21 @@ class AuthService:
         # answer's timing never depends on how much of a guessed hash matched.
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_hash, digest):
             raise Unauthenticated()
-        return Principal(
+        principal = Principal(
             row.id, row.role, row.account_id, account.external_id if account else None, row.label
         )
+        if self._cache_seconds > 0:
+            with self._cache_lock:
+                if len(self._cache) >= self.CACHE_MAX:
+                    self._cache.clear()
+                self._cache[digest] = (self._clock() + self._cache_seconds, principal)
+        return principal
+
+    def forget(self, token_id: int) -> None:
+        """Drop a token from the verified-token cache (after it was revoked)."""
+        with self._cache_lock:
+            for digest in [d for d, (_, p) in self._cache.items() if p.token_id == token_id]:
+                del self._cache[digest]
 
     def revoke_token(self, principal: Principal, token_id: int) -> None:
         if principal.role is not Role.ADMIN:
@@ -149,3 +184,4 @@ class AuthService:
 
         # Revoking an unknown or already revoked token is a no-op: the end state is the same.
         self._storage.run(work)
+        self.forget(token_id)

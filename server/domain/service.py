@@ -47,7 +47,7 @@ class Domain:
         self.index = IssuedIndex(storage, k)
         self.profile = load_profile(self.config.profile)
         ctx = self._ctx = Context(storage, keyring, k, self.config, self.index, self.profile)
-        self.auth = AuthService(storage)
+        self.auth = AuthService(storage, cache_seconds=self.config.auth_cache_seconds)
         self.keys = KeyService(ctx)
         self.catalog = CatalogService(ctx)
         self.lots = LotService(ctx)

@@ -23,7 +23,7 @@ from cardmint.server.domain import (
     Role,
     Unauthenticated,
 )
-from cardmint.server.domain.auth import hash_token
+from cardmint.server.domain.auth import AuthService, hash_token
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -98,6 +98,34 @@ def test_amount_range_rules(lo: int, hi: int, flt: bool) -> None:
         with pytest.raises(InvalidArgument) as e:
             validate_product(amount_range=rng, **kw)  # type: ignore[arg-type]
         assert [v.field for v in e.value.violations] == ["amount_range"]
+
+
+def test_revocation_by_another_process_takes_effect_within_the_cache_time(domain: Domain) -> None:
+    now = [100.0]
+    here = AuthService(domain.storage, cache_seconds=1.0, clock=lambda: now[0])
+    elsewhere = AuthService(domain.storage, cache_seconds=1.0)  # another server process
+    admin = elsewhere.authenticate("Bearer " + elsewhere.create_token(Role.ADMIN).token)
+    issued = here.create_token("operator")
+    bearer = f"Bearer {issued.token}"
+    assert here.authenticate(bearer).token_id == issued.token_id
+    elsewhere.revoke_token(admin, issued.token_id)
+    with pytest.raises(Unauthenticated):
+        elsewhere.authenticate(bearer)  # the revoking process forgets it at once
+    now[0] += 0.5
+    assert here.authenticate(bearer).token_id == issued.token_id  # remembered, within 1 s
+    now[0] += 0.6
+    with pytest.raises(Unauthenticated):
+        here.authenticate(bearer)  # past the cache time: the database decides, and refuses
+    now[0] += 100
+    with pytest.raises(Unauthenticated):
+        here.authenticate(bearer)  # a refusal is never remembered as an acceptance
+    # With no cache every call asks the database.
+    uncached = AuthService(domain.storage, cache_seconds=0)
+    other = uncached.create_token("merchant")
+    assert uncached.authenticate(f"Bearer {other.token}").role is Role.MERCHANT
+    elsewhere.revoke_token(admin, other.token_id)
+    with pytest.raises(Unauthenticated):
+        uncached.authenticate(f"Bearer {other.token}")
 
 
 def test_tokens(domain: Domain) -> None:

@@ -1016,6 +1016,31 @@ class SqlTx(ABC):
             )
         return [self._report(r) for r in rows]
 
+    _DEBIT = (
+        "UPDATE cards SET balance = balance - ? WHERE id = ? AND status = 'active' AND currency = ?"
+        " AND balance >= ? AND (expires_at IS NULL OR expires_at > ?)"
+    )
+
+    def _debit(self, card_id: int, amount: int, currency: str, request_id: str | None) -> LedgerEntry | None:
+        """The guarded balance UPDATE and its ledger row, or None when the guard refused.
+
+        Two statements here; a backend that can run both as one overrides this."""
+        now = self._ts(self.now())
+        row = self._one(
+            self._DEBIT + " RETURNING balance, account_id", (amount, card_id, currency, amount, now)
+        )
+        if row is None:
+            return None
+        return self._ledger(
+            LedgerKind.REDEEM,
+            currency,
+            -amount,
+            card_id=card_id,
+            account_id=row[1],
+            balance_after=row[0],
+            request_id=request_id,
+        )
+
     def _report(self, row: Any) -> Report:
         return Report(row[0], self._dt(row[1]), row[2], row[3], row[4], row[5], row[6], row[7])
 
@@ -1028,23 +1053,9 @@ class SqlTx(ABC):
         so concurrent redemptions can never take a card below zero.
         """
         _money(amount)
-        now = self._ts(self.now())
-        row = self._one(
-            "UPDATE cards SET balance = balance - ? WHERE id = ? AND status = 'active' AND currency = ?"
-            " AND balance >= ? AND (expires_at IS NULL OR expires_at > ?) RETURNING balance, account_id",
-            (amount, card_id, currency, amount, now),
-        )
-        if row is not None:
-            entry = self._ledger(
-                LedgerKind.REDEEM,
-                currency,
-                -amount,
-                card_id=card_id,
-                account_id=row[1],
-                balance_after=row[0],
-                request_id=request_id,
-            )
-            return MoneyResult(MoneyOutcome.OK, int(row[0]), entry)
+        entry = self._debit(card_id, amount, currency, request_id)
+        if entry is not None:
+            return MoneyResult(MoneyOutcome.OK, int(entry.balance_after or 0), entry)
         card = self.get_card(card_id)
         if card is None:
             return MoneyResult(MoneyOutcome.NOT_FOUND, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -106,3 +107,50 @@ def test_the_fast_hash_is_the_chain_hash(prev: bytes, seq: int, at_us: int, fiel
     at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at_us)
     encodable = [f.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for f in fields]
     assert audit_hash(prev, seq, at, *encodable) == audit_hash_us(prev, seq, at_us, *encodable)
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_journaled_events_a_dead_process_left_are_chained_by_the_next_to_start(
+    opener: Callable[[], Storage],
+) -> None:
+    """PostgreSQL journals audit events and chains them right after the commit; a process
+    killed between the two leaves them journaled, and the next process to start chains
+    them, in journal order, with nothing lost or doubled."""
+    first = opener()
+    _chain(first)
+    with first.transaction() as tx:  # committed, never sealed: what a kill -9 leaves
+        for i in range(3):
+            tx._execute(  # type: ignore[attr-defined]
+                "INSERT INTO audit_pending (at, actor, action, subject, detail)"
+                " VALUES (now(), 'token:9', 'card.bind', ?, '{}')",
+                (f"card:late{i}",),
+            )
+    assert verify_storage(first).events == N  # not in the chain yet
+    second = opener()  # its sealer's first round looks for leftovers
+    deadline = time.monotonic() + 20
+    while verify_storage(second).events < N + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    v = verify_storage(second)
+    assert v.ok and v.events == N + 3
+    with second.read() as tx:
+        late = [e.subject for e in tx.audit_entries(after_id=N)]
+        left = tx._one("SELECT count(*) FROM audit_pending")[0]  # type: ignore[attr-defined]
+    assert late == ["card:late0", "card:late1", "card:late2"] and left == 0
+
+
+def test_the_sealer_releases_its_waiters_when_a_round_fails() -> None:
+    from cardmint.server.storage.postgres import _AuditSealer
+
+    rounds: list[int] = []
+
+    def seal() -> int:
+        rounds.append(1)
+        raise OSError("the database went away")
+
+    sealer = _AuditSealer(seal)
+    try:
+        for _ in range(3):
+            sealer.seal_and_wait(timeout=20)  # returns: the events wait in the journal
+    finally:
+        sealer.stop()
+    assert 2 <= len(rounds) <= 5  # the startup round, then at least one per wait (batched)

@@ -33,6 +33,7 @@ from ._sql import (
     CARD_COLUMNS,
     GENESIS_HASH,
     LOCK_AUDIT,
+    LOCK_EVENTS,
     CardRows,
     Clock,
     SqlTx,
@@ -42,7 +43,7 @@ from ._sql import (
 )
 from .errors import ConflictError, MigrationError, StorageError, TransientError
 from .migrations import MIGRATIONS
-from .models import AuditEntry, LedgerEntry, LedgerKind
+from .models import AuditEntry, Event, LedgerEntry, LedgerKind
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,9 @@ def _sql(text: str) -> str:
     return text.replace("?", "%s")
 
 
-class _AuditSealer:
-    """Chains journaled audit events in batches, on its own thread: group commit for the
-    audit chain.
+class _Sealer:
+    """Moves journaled audit and outbox events in batches, on its own thread: group commit
+    for the audit chain and the outbox.
 
     A committer asks for a seal round and waits for one that *started* after its request
     (so after its commit) to finish; however many committers ask meanwhile, the next round
@@ -174,7 +175,7 @@ class _AuditSealer:
         self._asked = 1  # rounds requested (the first: leftovers from a process that died)
         self._served = 0  # requests the finished rounds covered
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="cardmint-audit-sealer", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="cardmint-sealer", daemon=True)
         self._thread.start()
 
     def seal_and_wait(self, timeout: float = 30.0) -> None:
@@ -198,7 +199,7 @@ class _AuditSealer:
             try:
                 self._seal()
             except Exception:  # the database is down or refusing: waiters go on, events wait
-                log.exception("sealing the audit journal failed; retrying on the next round")
+                log.exception("sealing the journals failed; retrying on the next round")
             with self._cond:
                 self._served = max(self._served, covers)
                 self._cond.notify_all()
@@ -226,7 +227,7 @@ class _PgTx(SqlTx):
         # next one runs, and a cursor per statement costs ~25% of psycopg's CPU per call.
         self._cur: psycopg.Cursor[Any] = conn.cursor()
         self.cards_added = 0
-        self.audited = False  # journaled audit events: seal them after the commit
+        self.journaled = False  # wrote to a journal (audit, events): seal after the commit
 
     def _debit(self, card_id: int, amount: int, currency: str, request_id: str | None) -> LedgerEntry | None:
         # The guarded UPDATE and the ledger INSERT in one statement: one round trip fewer
@@ -263,8 +264,44 @@ class _PgTx(SqlTx):
             "INSERT INTO audit_pending (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
             (self._ts(at), actor, action, subject, detail),
         )
-        self.audited = True
+        self.journaled = True
         return AuditEntry(0, at, actor, action, subject, detail, b"", b"")
+
+    def emit_event(self, kind: str, subject: str, detail: str = "{}") -> Event:
+        """Journal one outbox event, with no lock: the storage numbers it right after the
+        commit, before the caller hears back, so ids stay in the order events become
+        visible. The event returned has no id yet (0)."""
+        event = Event(0, self.now(), kind, subject, detail)
+        self._execute(
+            "INSERT INTO events_pending (at, kind, subject, detail) VALUES (?, ?, ?, ?)",
+            (self._ts(event.at), kind, subject, detail),
+        )
+        self.journaled = True
+        return event
+
+    def seal_events(self, limit: int) -> int:
+        """Number up to ``limit`` journaled outbox events onto ``events``, oldest first.
+
+        Under the events lock, like the SQLite path's in-transaction numbering: a subscriber
+        that has seen id N has seen everything before it."""
+        self._lock(LOCK_EVENTS)
+        rows = self._all(
+            "DELETE FROM events_pending WHERE id IN (SELECT id FROM events_pending ORDER BY id LIMIT ?)"
+            " RETURNING id, at, kind, subject, detail",
+            (limit,),
+        )
+        if not rows:
+            return 0
+        rows.sort(key=lambda r: int(r[0]))
+        last = int(self._one("SELECT COALESCE(MAX(id), 0) FROM events")[0])
+        self._executemany(
+            "INSERT INTO events (id, at, kind, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            [
+                (last + n, at, kind, subject, detail)
+                for n, (_, at, kind, subject, detail) in enumerate(rows, 1)
+            ],
+        )
+        return len(rows)
 
     def seal_audit(self, limit: int) -> int:
         """Chain up to ``limit`` journaled events onto audit_log, oldest first; how many.
@@ -379,7 +416,7 @@ class PostgresStorage:
             self._pool.close()
             raise
         # Also chains what a process that died between its commit and the seal left behind.
-        self._sealer = _AuditSealer(self.seal_audit)
+        self._sealer = _Sealer(self.seal_journals)
 
     def _migrate(self) -> None:
         with self._pool.connection() as conn, conn.transaction():
@@ -434,9 +471,9 @@ class PostgresStorage:
                 raise StorageError(f"transaction rolled back after an earlier error: {tx.failed}")
             if tx.cards_added >= _ANALYZE_MIN_CARDS:
                 _refresh_statistics(conn, tx.cards_added)
-        if tx.audited:
+        if tx.journaled:
             # The connection is back in the pool; wait (batched with every other committer)
-            # until a seal that started after this commit has chained our events.
+            # until a seal that started after this commit has moved our journaled rows.
             self._sealer.seal_and_wait()
 
     @contextmanager
@@ -458,15 +495,18 @@ class PostgresStorage:
         """``work`` in a write transaction, retried on deadlock or serialization failure."""
         return run_retrying(self.transaction, work, attempts)
 
-    def seal_audit(self, batch: int = 5_000) -> int:
-        """Chain every journaled audit event now; how many were chained."""
-        sealed = 0
-        while True:
-            with self.transaction() as tx:
-                n = tx.seal_audit(batch)
-            sealed += n
-            if n < batch:
-                return sealed
+    def seal_journals(self, batch: int = 5_000) -> int:
+        """Chain every journaled audit event and number every journaled outbox event now,
+        each journal in its own transactions (its own lock); how many rows moved."""
+        moved = 0
+        for seal in (_PgTx.seal_audit, _PgTx.seal_events):
+            while True:
+                with self.transaction() as tx:
+                    n = seal(tx, batch)
+                moved += n
+                if n < batch:
+                    break
+        return moved
 
     def close(self) -> None:
         self._sealer.stop()

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -46,6 +46,10 @@ from .migrations import MIGRATIONS
 from .models import AuditEntry, Event, LedgerEntry, LedgerKind
 
 log = logging.getLogger(__name__)
+
+# The journals (migration 12) and the lock each one's sealing takes, in locking order.
+JOURNALS = ("audit", "events")
+_JOURNAL_LOCKS = {"audit": LOCK_AUDIT, "events": LOCK_EVENTS}
 
 __all__ = ["PostgresStorage"]
 
@@ -160,27 +164,29 @@ class _Sealer:
     """Moves journaled audit and outbox events in batches, on its own thread: group commit
     for the audit chain and the outbox.
 
-    A committer asks for a seal round and waits for one that *started* after its request
-    (so after its commit) to finish; however many committers ask meanwhile, the next round
-    serves them all with one transaction. A round that fails (the database went away) still
-    releases its waiters: their events are durable in the journal and the next round, or
-    the next process to start, chains them.
+    A committer asks for a seal round of the journals it wrote and waits for one that
+    *started* after its request (so after its commit) to finish; however many committers
+    ask meanwhile, the next round serves them all with one transaction. A round that fails
+    (the database went away) still releases its waiters: their events are durable in the
+    journal and the next round, or the next process to start, moves them.
     """
 
     IDLE_SECONDS = 5.0  # with no requests, look for leftovers this often
 
-    def __init__(self, seal: Callable[[], int]) -> None:
+    def __init__(self, seal: Callable[[frozenset[str]], object]) -> None:
         self._seal = seal
         self._cond = threading.Condition()
         self._asked = 1  # rounds requested (the first: leftovers from a process that died)
         self._served = 0  # requests the finished rounds covered
+        self._kinds: set[str] = set(JOURNALS)  # journals the requests not yet served wrote
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="cardmint-sealer", daemon=True)
         self._thread.start()
 
-    def seal_and_wait(self, timeout: float = 30.0) -> None:
+    def seal_and_wait(self, kinds: Collection[str], timeout: float = 30.0) -> None:
         with self._cond:
             self._asked += 1
+            self._kinds.update(kinds)
             mine = self._asked
             self._cond.notify_all()
             self._cond.wait_for(lambda: self._served >= mine or self._stopping, timeout)
@@ -194,12 +200,19 @@ class _Sealer:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._asked > self._served or self._stopping, self.IDLE_SECONDS)
+                asked = self._cond.wait_for(
+                    lambda: self._asked > self._served or self._stopping, self.IDLE_SECONDS
+                )
                 covers = self._asked
+                kinds = frozenset(self._kinds) if asked else frozenset(JOURNALS)
+                self._kinds.clear()
             try:
-                self._seal()
+                if kinds:
+                    self._seal(kinds)
             except Exception:  # the database is down or refusing: waiters go on, events wait
                 log.exception("sealing the journals failed; retrying on the next round")
+                with self._cond:
+                    self._kinds.update(kinds)
             with self._cond:
                 self._served = max(self._served, covers)
                 self._cond.notify_all()
@@ -227,7 +240,7 @@ class _PgTx(SqlTx):
         # next one runs, and a cursor per statement costs ~25% of psycopg's CPU per call.
         self._cur: psycopg.Cursor[Any] = conn.cursor()
         self.cards_added = 0
-        self.journaled = False  # wrote to a journal (audit, events): seal after the commit
+        self.journaled: set[str] = set()  # journals written (JOURNALS): sealed after the commit
 
     def _debit(self, card_id: int, amount: int, currency: str, request_id: str | None) -> LedgerEntry | None:
         # The guarded UPDATE and the ledger INSERT in one statement: one round trip fewer
@@ -264,7 +277,7 @@ class _PgTx(SqlTx):
             "INSERT INTO audit_pending (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
             (self._ts(at), actor, action, subject, detail),
         )
-        self.journaled = True
+        self.journaled.add("audit")
         return AuditEntry(0, at, actor, action, subject, detail, b"", b"")
 
     def emit_event(self, kind: str, subject: str, detail: str = "{}") -> Event:
@@ -276,62 +289,66 @@ class _PgTx(SqlTx):
             "INSERT INTO events_pending (at, kind, subject, detail) VALUES (?, ?, ?, ?)",
             (self._ts(event.at), kind, subject, detail),
         )
-        self.journaled = True
+        self.journaled.add("events")
         return event
 
-    def seal_events(self, limit: int) -> int:
-        """Number up to ``limit`` journaled outbox events onto ``events``, oldest first.
+    def seal(self, kinds: Collection[str], limit: int) -> bool:
+        """Move up to ``limit`` journaled rows of each journal in ``kinds`` (oldest first):
+        audit events chained onto audit_log, outbox events numbered onto events. True when a
+        journal may hold more.
 
-        Under the events lock, like the SQLite path's in-transaction numbering: a subscriber
-        that has seen id N has seen everything before it."""
-        self._lock(LOCK_EVENTS)
-        rows = self._all(
-            "DELETE FROM events_pending WHERE id IN (SELECT id FROM events_pending ORDER BY id LIMIT ?)"
-            " RETURNING id, at, kind, subject, detail",
-            (limit,),
-        )
-        if not rows:
-            return 0
-        rows.sort(key=lambda r: int(r[0]))
-        last = int(self._one("SELECT COALESCE(MAX(id), 0) FROM events")[0])
-        self._executemany(
-            "INSERT INTO events (id, at, kind, subject, detail) VALUES (?, ?, ?, ?, ?)",
-            [
-                (last + n, at, kind, subject, detail)
-                for n, (_, at, kind, subject, detail) in enumerate(rows, 1)
-            ],
-        )
-        return len(rows)
-
-    def seal_audit(self, limit: int) -> int:
-        """Chain up to ``limit`` journaled events onto audit_log, oldest first; how many.
-
-        Under the audit lock, so one sealer at a time across every server process; the
-        journal rows leave in the same transaction as the chained rows arrive, so an event
-        is always in exactly one of the two."""
-        self._lock(LOCK_AUDIT)
-        rows = self._all(
-            "DELETE FROM audit_pending WHERE id IN (SELECT id FROM audit_pending ORDER BY id LIMIT ?)"
-            " RETURNING id, at, actor, action, subject, detail",
-            (limit,),
-        )
-        if not rows:
-            return 0
-        rows.sort(key=lambda r: int(r[0]))
-        last = self._one("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-        seq, prev = (0, GENESIS_HASH) if last is None else (int(last[0]), bytes(last[1]))
-        chained = []
-        for _, at, actor, action, subject, detail in rows:
-            seq += 1
-            digest = audit_hash(prev, seq, at, actor, action, subject, detail)
-            chained.append((seq, at, actor, action, subject, detail, prev, digest))
-            prev = digest
-        self._executemany(
-            "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            chained,
-        )
-        return len(rows)
+        Under each table's lock (taken in one fixed order, so sealers never deadlock), so one
+        sealer at a time across every server process; the journal rows leave in the same
+        transaction as the moved rows arrive, so an event is always in exactly one place."""
+        wanted = [k for k in JOURNALS if k in kinds]
+        locks = ", ".join(f"pg_advisory_xact_lock({_LOCK_BASE + _JOURNAL_LOCKS[k]})" for k in wanted)
+        self._execute(f"SELECT {locks}")
+        more = False
+        if "audit" in wanted:
+            # The head, read after the lock, rides along with every moved row.
+            rows = self._all(
+                "WITH moved AS (DELETE FROM audit_pending WHERE id IN"
+                " (SELECT id FROM audit_pending ORDER BY id LIMIT ?)"
+                " RETURNING id, at, actor, action, subject, detail)"
+                " SELECT m.id, m.at, m.actor, m.action, m.subject, m.detail, h.id, h.hash FROM moved m"
+                " LEFT JOIN (SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1) h ON TRUE",
+                (limit,),
+            )
+            if rows:
+                rows.sort(key=lambda r: int(r[0]))
+                seq, prev = (0, GENESIS_HASH) if rows[0][6] is None else (int(rows[0][6]), bytes(rows[0][7]))
+                chained = []
+                for _, at, actor, action, subject, detail, _, _ in rows:
+                    seq += 1
+                    digest = audit_hash(prev, seq, at, actor, action, subject, detail)
+                    chained.append((seq, at, actor, action, subject, detail, prev, digest))
+                    prev = digest
+                self._executemany(
+                    "INSERT INTO audit_log (id, at, actor, action, subject, detail, prev_hash, hash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    chained,
+                )
+            more |= len(rows) == limit
+        if "events" in wanted:
+            rows = self._all(
+                "WITH moved AS (DELETE FROM events_pending WHERE id IN"
+                " (SELECT id FROM events_pending ORDER BY id LIMIT ?) RETURNING id, at, kind, subject, detail)"
+                " SELECT m.id, m.at, m.kind, m.subject, m.detail, h.last FROM moved m"
+                " CROSS JOIN (SELECT COALESCE(MAX(id), 0) AS last FROM events) h",
+                (limit,),
+            )
+            if rows:
+                rows.sort(key=lambda r: int(r[0]))
+                last = int(rows[0][5])
+                self._executemany(
+                    "INSERT INTO events (id, at, kind, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (last + n, at, kind, subject, detail)
+                        for n, (_, at, kind, subject, detail, _) in enumerate(rows, 1)
+                    ],
+                )
+            more |= len(rows) == limit
+        return more
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         if not rows:
@@ -474,7 +491,7 @@ class PostgresStorage:
         if tx.journaled:
             # The connection is back in the pool; wait (batched with every other committer)
             # until a seal that started after this commit has moved our journaled rows.
-            self._sealer.seal_and_wait()
+            self._sealer.seal_and_wait(tx.journaled)
 
     @contextmanager
     def read(self) -> Iterator[_PgTx]:
@@ -495,18 +512,13 @@ class PostgresStorage:
         """``work`` in a write transaction, retried on deadlock or serialization failure."""
         return run_retrying(self.transaction, work, attempts)
 
-    def seal_journals(self, batch: int = 5_000) -> int:
-        """Chain every journaled audit event and number every journaled outbox event now,
-        each journal in its own transactions (its own lock); how many rows moved."""
-        moved = 0
-        for seal in (_PgTx.seal_audit, _PgTx.seal_events):
-            while True:
-                with self.transaction() as tx:
-                    n = seal(tx, batch)
-                moved += n
-                if n < batch:
-                    break
-        return moved
+    def seal_journals(self, kinds: Collection[str] = JOURNALS, batch: int = 5_000) -> None:
+        """Move every journaled row of the journals in ``kinds`` now (see ``_PgTx.seal``)."""
+        while True:
+            with self.transaction() as tx:
+                more = tx.seal(kinds, batch)
+            if not more:
+                return
 
     def close(self) -> None:
         self._sealer.stop()

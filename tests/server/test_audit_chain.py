@@ -145,16 +145,18 @@ def test_journaled_events_a_dead_process_left_are_chained_by_the_next_to_start(
 def test_the_sealer_releases_its_waiters_when_a_round_fails() -> None:
     from cardmint.server.storage.postgres import _Sealer
 
-    rounds: list[int] = []
+    rounds: list[frozenset[str]] = []
 
-    def seal() -> int:
-        rounds.append(1)
+    def seal(kinds: frozenset[str]) -> None:
+        rounds.append(kinds)
         raise OSError("the database went away")
 
     sealer = _Sealer(seal)
     try:
         for _ in range(3):
-            sealer.seal_and_wait(timeout=20)  # returns: the events wait in the journal
+            sealer.seal_and_wait({"audit"}, timeout=20)  # returns: the events wait in the journal
     finally:
         sealer.stop()
     assert 2 <= len(rounds) <= 5  # the startup round, then at least one per wait (batched)
+    assert rounds[0] == {"audit", "events"}  # the first round looks at every journal
+    assert all("audit" in r for r in rounds)  # a failed round's journals are tried again

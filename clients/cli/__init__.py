@@ -15,6 +15,7 @@ Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
     cardmint lot create --product SKU -n N --out lot.csv|lot.xlsx [--face-value V]
     cardmint lot export --lot ID --out lot.csv|lot.xlsx
     cardmint card bind --code CODE [--account A]
+    cardmint card bulk-bind FILE.csv --out RESULTS.csv [--organization ORG]
     cardmint card get --serial S
     cardmint balance [--card SERIAL | --account A]
     cardmint redeem --card SERIAL --amount N [--request-id ID]

@@ -1,6 +1,7 @@
 """Cards and money, by hand: ``card bind|get``, ``balance``, ``redeem``, ``reverse``.
 
     cardmint card bind --code XXXX-XXXX-XXXX-XXXX [--account alice]
+    cardmint card bulk-bind FILE.csv --out RESULTS.csv [--organization ORG] [--request-id ID]
     cardmint card get --serial S
     cardmint balance [--card SERIAL | --account A]
     cardmint redeem --card SERIAL --amount 25 [--request-id ID]
@@ -9,11 +10,20 @@
 Amounts are in the currency's major unit. ``redeem`` and ``reverse`` are idempotent by
 request id: when none is given one is made up and printed (stderr) before the call, so an
 interrupted or failed call can be repeated with ``--request-id`` without moving money twice.
+
+``card bulk-bind`` hands an organization's cards out: each CSV row is ``card,recipient``
+(the card's code or number; the recipient's account id or email address; a first row
+starting with ``card``, ``code`` or ``serial`` is a header). RESULTS.csv gets a header and
+then one line per input row: ``row,card,recipient,result,reason,serial,account`` with
+result ``ok`` or ``error``. Rows go to the server in requests of at most 10,000, each
+idempotent (request id ``ID:N``): run it again with the same ``--request-id`` and the rows
+already done answer as before. Exit status 0 when every row is ok, 1 when some failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 import uuid
 from typing import TYPE_CHECKING
@@ -21,6 +31,7 @@ from typing import TYPE_CHECKING
 from . import _remote
 
 if TYPE_CHECKING:
+    from cardmint.client import Client
     from cardmint.v1 import balance_pb2, card_pb2
 
 COMMANDS = ("card", "balance", "redeem", "reverse")
@@ -34,6 +45,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bind.add_argument("--code", required=True, help="the code, as printed (hyphens and case do not matter)")
     bind.add_argument("--account", default="", help="the account (staff tokens; a customer binds to its own)")
     _remote.add_common(bind)
+    bulk = csub.add_parser("bulk-bind", help="bind an organization's cards to recipients from a CSV")
+    bulk.add_argument(
+        "file", metavar="FILE.csv", help="rows of card (code or number),recipient (account or email)"
+    )
+    bulk.add_argument("--out", required=True, metavar="RESULTS.csv", help="where to write one result per row")
+    bulk.add_argument("--organization", default="", help="the organization (default: the token's own)")
+    bulk.add_argument("--request-id", help="idempotency key (default: a new one, printed)")
+    _remote.add_common(bulk)
     get = csub.add_parser("get", help="show a card")
     get.add_argument("--serial", required=True, help="the card's serial number")
     _remote.add_common(get)
@@ -96,8 +115,58 @@ def _request_id(args: argparse.Namespace) -> str:
     return rid
 
 
+BULK_CHUNK = 10_000
+_HEADER_WORDS = ("card", "code", "serial")
+
+
+def _read_rows(path: str) -> list[list[str]]:
+    """The CSV's rows (blank lines skipped, a header row dropped), cells stripped."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [[cell.strip() for cell in row] for row in csv.reader(f) if any(c.strip() for c in row)]
+    if rows and rows[0] and rows[0][0].lower().startswith(_HEADER_WORDS):
+        rows = rows[1:]
+    return rows
+
+
+def bulk_bind(c: Client, args: argparse.Namespace) -> int:
+    from . import UsageError
+
+    rows = _read_rows(args.file)
+    organization = args.organization
+    if not organization:
+        facts = c.get_account()
+        organization = facts.member.organization if facts.HasField("member") else ""
+        if not organization:
+            raise UsageError("--organization is required (this token is not an organization member's)")
+    rid = _request_id(args)
+    # Rows without exactly two cells never reach the server; the rest go in chunks.
+    results: list[tuple[bool, str, str, str]] = [(False, "expected 2 columns: card,recipient", "", "")] * len(
+        rows
+    )
+    good = [i for i, r in enumerate(rows) if len(r) == 2]
+    for n, start in enumerate(range(0, len(good), BULK_CHUNK)):
+        part = good[start : start + BULK_CHUNK]
+        answer = c.bulk_bind(organization, [(rows[i][0], rows[i][1]) for i in part], request_id=f"{rid}:{n}")
+        for i, r in zip(part, answer, strict=True):
+            results[i] = (r.ok, r.reason, r.serial, r.account)
+    with open(args.out, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["row", "card", "recipient", "result", "reason", "serial", "account"])
+        for i, (row, (ok, reason, serial, account)) in enumerate(zip(rows, results, strict=True), 1):
+            card = row[0] if row else ""
+            recipient = row[1] if len(row) > 1 else ""
+            out.writerow([i, card, recipient, "ok" if ok else "error", reason, serial, account])
+    failed = sum(1 for r in results if not r[0])
+    print(
+        f"{len(rows)} rows: {len(rows) - failed} ok, {failed} failed; results in {args.out}; request id {rid}"
+    )
+    return 1 if failed else 0
+
+
 def _run(args: argparse.Namespace) -> int:
     with _remote.connect(args) as c:
+        if args.command == "card" and args.card_action == "bulk-bind":
+            return bulk_bind(c, args)
         if args.command == "card" and args.card_action == "bind":
             resp = c.bind_card(args.code, account=args.account)
             note = (

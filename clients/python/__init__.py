@@ -62,7 +62,9 @@ from grpc_status import rpc_status
 __all__ = [
     "ERRORS",
     "AccountLocked",
+    "AccountUnavailable",
     "BadCheck",
+    "BulkBindResult",
     "CardAlreadyBound",
     "CardExpired",
     "CardFrozen",
@@ -77,6 +79,8 @@ __all__ = [
     "Contention",
     "CurrencyMismatch",
     "DailyLimitReached",
+    "DepartmentExists",
+    "DepartmentNotFound",
     "ExportNeedsAdmin",
     "FieldViolation",
     "IdempotencyKeyReused",
@@ -88,10 +92,13 @@ __all__ = [
     "LotNotReady",
     "LotVoid",
     "MalformedCode",
+    "MemberNotFound",
     "NotRefundable",
     "NotReversible",
     "OrderNotFound",
     "OrderWrongState",
+    "OrganizationExists",
+    "OrganizationNotFound",
     "PaymentMismatch",
     "PermissionDenied",
     "ProductExists",
@@ -283,6 +290,33 @@ class LotExported(FailedPrecondition):
     reason = "LOT_EXPORTED"
 
 
+class OrganizationNotFound(NotFound):
+    reason = "ORGANIZATION_NOT_FOUND"
+
+
+class OrganizationExists(AlreadyExists):
+    reason = "ORGANIZATION_EXISTS"
+
+
+class DepartmentNotFound(NotFound):
+    reason = "DEPARTMENT_NOT_FOUND"
+
+
+class DepartmentExists(AlreadyExists):
+    reason = "DEPARTMENT_EXISTS"
+
+
+class MemberNotFound(NotFound):
+    reason = "MEMBER_NOT_FOUND"
+
+
+class AccountUnavailable(FailedPrecondition):
+    """The account cannot be made a member by this caller (another organization's, or an
+    existing account only staff may link)."""
+
+    reason = "ACCOUNT_UNAVAILABLE"
+
+
 class Locked(CardmintError):  # noqa: N818 - named after the status, like the server's
     """Too many failed attempts; ``retry_after`` says when to try again (seconds)."""
 
@@ -365,6 +399,12 @@ ERRORS: dict[str, type[CardmintError]] = {
         OrderWrongState,
         NotRefundable,
         LotExported,
+        OrganizationNotFound,
+        OrganizationExists,
+        DepartmentNotFound,
+        DepartmentExists,
+        MemberNotFound,
+        AccountUnavailable,
         InternalError,
     )
 }
@@ -409,6 +449,19 @@ def error_from(exc: grpc.RpcError) -> CardmintError:
     return cls(
         message, code=code, reason=reason, metadata=metadata, violations=violations, retry_after=retry_after
     )
+
+
+@dataclass(frozen=True)
+class BulkBindResult:
+    """One row's result of a bulk bind: ``ok``, and ``reason`` ("bound", "already bound to
+    this recipient", or why it failed); the card's number and the recipient's account id
+    when the row got that far."""
+
+    ok: bool
+    reason: str
+    serial: str
+    account: str
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -1015,3 +1068,94 @@ class Client:
     def expire_reservations(self) -> order_pb2.ExpireReservationsResponse:
         """Run the reservation sweeper now (staff)."""
         return self._call(self.orders.ExpireReservations, order_pb2.ExpireReservationsRequest(), retry=True)
+
+    # -- organizations (enterprise accounts) ----------------------------------------------
+
+    def create_organization(self, name: str, *, request_id: str) -> account_pb2.Organization:
+        request = account_pb2.CreateOrganizationRequest(name=name, request_id=request_id)
+        return self._call(self.accounts.CreateOrganization, request, retry=True)
+
+    def create_department(self, organization: str, name: str, *, request_id: str) -> account_pb2.Department:
+        request = account_pb2.CreateDepartmentRequest(
+            organization=organization, name=name, request_id=request_id
+        )
+        return self._call(self.accounts.CreateDepartment, request, retry=True)
+
+    def departments(self, organization: str) -> list[account_pb2.Department]:
+        request = account_pb2.ListDepartmentsRequest(organization=organization)
+        return list(self._call(self.accounts.ListDepartments, request, retry=True).departments)
+
+    def add_member(
+        self,
+        organization: str,
+        account: str,
+        *,
+        request_id: str,
+        role: str = "member",
+        department: str = "",
+        with_token: bool = False,
+        token_label: str = "",
+    ) -> account_pb2.AddMemberResponse:
+        """Make ``account`` a member (or re-scope it). A retry replays the answer, without the
+        token's secret (it is shown once): ask for a token only where a lost answer is fine."""
+        request = account_pb2.AddMemberRequest(
+            organization=organization,
+            account=account,
+            role=role,
+            department=department,
+            request_id=request_id,
+            with_token=with_token,
+            token_label=token_label,
+        )
+        return self._call(self.accounts.AddMember, request, retry=not with_token)
+
+    def remove_member(self, organization: str, account: str, *, request_id: str) -> None:
+        request = account_pb2.RemoveMemberRequest(
+            organization=organization, account=account, request_id=request_id
+        )
+        self._call(self.accounts.RemoveMember, request, retry=True)
+
+    def members(
+        self, organization: str, *, department: str = "", page_size: int = 100
+    ) -> Iterator[account_pb2.Member]:
+        token = ""
+        while True:
+            request = account_pb2.ListMembersRequest(
+                organization=organization,
+                department=department,
+                page=common_pb2.PageRequest(page_size=page_size, page_token=token),
+            )
+            resp = self._call(self.accounts.ListMembers, request, retry=True)
+            yield from resp.members
+            token = resp.page.next_page_token
+            if not token:
+                return
+
+    def verify_real_name(self, account: str, *, request_id: str) -> account_pb2.AccountFacts:
+        request = account_pb2.VerifyRealNameRequest(account=account, request_id=request_id)
+        return self._call(self.accounts.VerifyRealName, request, retry=True)
+
+    def get_account(self, account: str = "") -> account_pb2.AccountFacts:
+        return self._call(
+            self.accounts.GetAccount, account_pb2.GetAccountRequest(account=account), retry=True
+        )
+
+    def bulk_bind(
+        self, organization: str, rows: Sequence[tuple[str, str]], *, request_id: str
+    ) -> list[BulkBindResult]:
+        """Bind each (card code or number, recipient account id or email) row; one result
+        per row, in order. Safe to retry: the same request id replays the first answer."""
+        request = account_pb2.BulkBindRequest(
+            organization=organization,
+            cards=_pack([c for c, _ in rows]),
+            recipients=_pack([r for _, r in rows]),
+            request_id=request_id,
+        )
+        resp = self._call(self.accounts.BulkBind, request, retry=True)
+        reasons, serials, accounts = _unpack(resp.reasons), _unpack(resp.serials), _unpack(resp.accounts)
+        return [
+            BulkBindResult(
+                status == account_pb2.BULK_BIND_STATUS_OK, reasons[i], serials[i], accounts[i], resp.replayed
+            )
+            for i, status in enumerate(resp.status)
+        ]

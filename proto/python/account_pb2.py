@@ -26,13 +26,15 @@ from cardmint.v1 import common_pb2 as cardmint_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61rdmint/v1/account.proto\x12\x0b\x63\x61rdmint.v1\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x12\x43reateTokenRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x03 \x01(\t\"0\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\";\n\x11ListTokensRequest\x12&\n\x04page\x18\x01 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"\xa5\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x12ListTokensResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.cardmint.v1.TokenInfo\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\x15\n\x13RevokeTokenResponse2\x83\x02\n\x0e\x41\x63\x63ountService\x12P\n\x0b\x43reateToken\x12\x1f.cardmint.v1.CreateTokenRequest\x1a .cardmint.v1.CreateTokenResponse\x12M\n\nListTokens\x12\x1e.cardmint.v1.ListTokensRequest\x1a\x1f.cardmint.v1.ListTokensResponse\x12P\n\x0bRevokeToken\x12\x1f.cardmint.v1.RevokeTokenRequest\x1a .cardmint.v1.RevokeTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61rdmint/v1/account.proto\x12\x0b\x63\x61rdmint.v1\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x12\x43reateTokenRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x03 \x01(\t\"0\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x03\";\n\x11ListTokensRequest\x12&\n\x04page\x18\x01 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"\xa5\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05label\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x12ListTokensResponse\x12&\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.cardmint.v1.TokenInfo\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\x03\"\x15\n\x13RevokeTokenResponse\"X\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\nDepartment\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x7f\n\x06Member\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12,\n\x08\x61\x64\x64\x65\x64_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Q\n\x17\x43reateDepartmentRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\".\n\x16ListDepartmentsRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\"G\n\x17ListDepartmentsResponse\x12,\n\x0b\x64\x65partments\x18\x01 \x03(\x0b\x32\x17.cardmint.v1.Department\"\x98\x01\n\x10\x41\x64\x64MemberRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x12\n\ndepartment\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nwith_token\x18\x06 \x01(\x08\x12\x13\n\x0btoken_label\x18\x07 \x01(\t\"k\n\x11\x41\x64\x64MemberResponse\x12#\n\x06member\x18\x01 \x01(\x0b\x32\x13.cardmint.v1.Member\x12\r\n\x05token\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\x03\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"P\n\x13RemoveMemberRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x16\n\x14RemoveMemberResponse\"f\n\x12ListMembersRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12&\n\x04page\x18\x03 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"d\n\x13ListMembersResponse\x12$\n\x07members\x18\x01 \x03(\x0b\x32\x13.cardmint.v1.Member\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse\"<\n\x15VerifyRealNameRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"$\n\x11GetAccountRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\"\x8d\x01\n\x0c\x41\x63\x63ountFacts\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x39\n\x15real_name_verified_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x06member\x18\x04 \x01(\x0b\x32\x13.cardmint.v1.Member\"\x96\x01\n\x0f\x42ulkBindRequest\x12\x14\n\x0corganization\x18\x01 \x01(\t\x12)\n\x05\x63\x61rds\x18\x02 \x01(\x0b\x32\x1a.cardmint.v1.PackedStrings\x12.\n\nrecipients\x18\x03 \x01(\x0b\x32\x1a.cardmint.v1.PackedStrings\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xbc\x01\n\x10\x42ulkBindResponse\x12\x0e\n\x06status\x18\x01 \x01(\x0c\x12+\n\x07reasons\x18\x02 \x01(\x0b\x32\x1a.cardmint.v1.PackedStrings\x12+\n\x07serials\x18\x03 \x01(\x0b\x32\x1a.cardmint.v1.PackedStrings\x12,\n\x08\x61\x63\x63ounts\x18\x04 \x01(\x0b\x32\x1a.cardmint.v1.PackedStrings\x12\x10\n\x08replayed\x18\x05 \x01(\x08*g\n\x0e\x42ulkBindStatus\x12 \n\x1c\x42ULK_BIND_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42ULK_BIND_STATUS_OK\x10\x01\x12\x1a\n\x16\x42ULK_BIND_STATUS_ERROR\x10\x02\x32\xe3\x07\n\x0e\x41\x63\x63ountService\x12P\n\x0b\x43reateToken\x12\x1f.cardmint.v1.CreateTokenRequest\x1a .cardmint.v1.CreateTokenResponse\x12M\n\nListTokens\x12\x1e.cardmint.v1.ListTokensRequest\x1a\x1f.cardmint.v1.ListTokensResponse\x12P\n\x0bRevokeToken\x12\x1f.cardmint.v1.RevokeTokenRequest\x1a .cardmint.v1.RevokeTokenResponse\x12W\n\x12\x43reateOrganization\x12&.cardmint.v1.CreateOrganizationRequest\x1a\x19.cardmint.v1.Organization\x12Q\n\x10\x43reateDepartment\x12$.cardmint.v1.CreateDepartmentRequest\x1a\x17.cardmint.v1.Department\x12\\\n\x0fListDepartments\x12#.cardmint.v1.ListDepartmentsRequest\x1a$.cardmint.v1.ListDepartmentsResponse\x12J\n\tAddMember\x12\x1d.cardmint.v1.AddMemberRequest\x1a\x1e.cardmint.v1.AddMemberResponse\x12S\n\x0cRemoveMember\x12 .cardmint.v1.RemoveMemberRequest\x1a!.cardmint.v1.RemoveMemberResponse\x12P\n\x0bListMembers\x12\x1f.cardmint.v1.ListMembersRequest\x1a .cardmint.v1.ListMembersResponse\x12O\n\x0eVerifyRealName\x12\".cardmint.v1.VerifyRealNameRequest\x1a\x19.cardmint.v1.AccountFacts\x12G\n\nGetAccount\x12\x1e.cardmint.v1.GetAccountRequest\x1a\x19.cardmint.v1.AccountFacts\x12G\n\x08\x42ulkBind\x12\x1c.cardmint.v1.BulkBindRequest\x1a\x1d.cardmint.v1.BulkBindResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cardmint.v1.account_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_BULKBINDSTATUS']._serialized_start=2368
+  _globals['_BULKBINDSTATUS']._serialized_end=2471
   _globals['_CREATETOKENREQUEST']._serialized_start=101
   _globals['_CREATETOKENREQUEST']._serialized_end=167
   _globals['_CREATETOKENRESPONSE']._serialized_start=169
@@ -47,6 +49,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKETOKENREQUEST']._serialized_end=583
   _globals['_REVOKETOKENRESPONSE']._serialized_start=585
   _globals['_REVOKETOKENRESPONSE']._serialized_end=606
-  _globals['_ACCOUNTSERVICE']._serialized_start=609
-  _globals['_ACCOUNTSERVICE']._serialized_end=868
+  _globals['_ORGANIZATION']._serialized_start=608
+  _globals['_ORGANIZATION']._serialized_end=696
+  _globals['_DEPARTMENT']._serialized_start=698
+  _globals['_DEPARTMENT']._serialized_end=806
+  _globals['_MEMBER']._serialized_start=808
+  _globals['_MEMBER']._serialized_end=935
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=937
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=998
+  _globals['_CREATEDEPARTMENTREQUEST']._serialized_start=1000
+  _globals['_CREATEDEPARTMENTREQUEST']._serialized_end=1081
+  _globals['_LISTDEPARTMENTSREQUEST']._serialized_start=1083
+  _globals['_LISTDEPARTMENTSREQUEST']._serialized_end=1129
+  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_start=1131
+  _globals['_LISTDEPARTMENTSRESPONSE']._serialized_end=1202
+  _globals['_ADDMEMBERREQUEST']._serialized_start=1205
+  _globals['_ADDMEMBERREQUEST']._serialized_end=1357
+  _globals['_ADDMEMBERRESPONSE']._serialized_start=1359
+  _globals['_ADDMEMBERRESPONSE']._serialized_end=1466
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1468
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1548
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_start=1550
+  _globals['_REMOVEMEMBERRESPONSE']._serialized_end=1572
+  _globals['_LISTMEMBERSREQUEST']._serialized_start=1574
+  _globals['_LISTMEMBERSREQUEST']._serialized_end=1676
+  _globals['_LISTMEMBERSRESPONSE']._serialized_start=1678
+  _globals['_LISTMEMBERSRESPONSE']._serialized_end=1778
+  _globals['_VERIFYREALNAMEREQUEST']._serialized_start=1780
+  _globals['_VERIFYREALNAMEREQUEST']._serialized_end=1840
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1842
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1878
+  _globals['_ACCOUNTFACTS']._serialized_start=1881
+  _globals['_ACCOUNTFACTS']._serialized_end=2022
+  _globals['_BULKBINDREQUEST']._serialized_start=2025
+  _globals['_BULKBINDREQUEST']._serialized_end=2175
+  _globals['_BULKBINDRESPONSE']._serialized_start=2178
+  _globals['_BULKBINDRESPONSE']._serialized_end=2366
+  _globals['_ACCOUNTSERVICE']._serialized_start=2474
+  _globals['_ACCOUNTSERVICE']._serialized_end=3469
 # @@protoc_insertion_point(module_scope)

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class AccountServiceStub:
-    """API tokens: created, listed and revoked by admins. A token's secret is returned once,
-    at creation; only its hash is stored, so a lost token is revoked and replaced.
+    """API tokens: created, listed and revoked by admins (and, for their members, by
+    organization managers). A token's secret is returned once, at creation; only its hash is
+    stored, so a lost token is revoked and replaced.
     """
 
     def __init__(self, channel):
@@ -51,29 +52,147 @@ class AccountServiceStub:
                 request_serializer=cardmint_dot_v1_dot_account__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=cardmint_dot_v1_dot_account__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.CreateOrganization = channel.unary_unary(
+                '/cardmint.v1.AccountService/CreateOrganization',
+                request_serializer=cardmint_dot_v1_dot_account__pb2.CreateOrganizationRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_account__pb2.Organization.FromString,
+                _registered_method=True)
+        self.CreateDepartment = channel.unary_unary(
+                '/cardmint.v1.AccountService/CreateDepartment',
+                request_serializer=cardmint_dot_v1_dot_account__pb2.CreateDepartmentRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_account__pb2.Department.FromString,
+                _registered_method=True)
+        self.ListDepartments = channel.unary_unary(
+                '/cardmint.v1.AccountService/ListDepartments',
+                request_serializer=cardmint_dot_v1_dot_account__pb2.ListDepartmentsRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_account__pb2.ListDepartmentsResponse.FromString,
+                _registered_method=True)
+        self.AddMember = channel.unary_unary(
+                '/cardmint.v1.AccountService/AddMember',
+                request_serializer=cardmint_dot_v1_dot_account__pb2.AddMemberRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_account__pb2.AddMemberResponse.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/cardmint.v1.AccountService/RemoveMember',
+                request_serializer=cardmint_dot_v1_dot_account__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_account__pb2.RemoveMemberResponse.FromString,
+                _registered_method=True)
+        self.ListMembers = channel.unary_unary(
+                '/cardmint.v1.AccountService/ListMembers',
+                request_serializer=cardmint_dot_v1_dot_account__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_account__pb2.ListMembersResponse.FromString,
+                _registered_method=True)
+        self.VerifyRealName = channel.unary_unary(
+                '/cardmint.v1.AccountService/VerifyRealName',
+                request_serializer=cardmint_dot_v1_dot_account__pb2.VerifyRealNameRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_account__pb2.AccountFacts.FromString,
+                _registered_method=True)
+        self.GetAccount = channel.unary_unary(
+                '/cardmint.v1.AccountService/GetAccount',
+                request_serializer=cardmint_dot_v1_dot_account__pb2.GetAccountRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_account__pb2.AccountFacts.FromString,
+                _registered_method=True)
+        self.BulkBind = channel.unary_unary(
+                '/cardmint.v1.AccountService/BulkBind',
+                request_serializer=cardmint_dot_v1_dot_account__pb2.BulkBindRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_account__pb2.BulkBindResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
-    """API tokens: created, listed and revoked by admins. A token's secret is returned once,
-    at creation; only its hash is stored, so a lost token is revoked and replaced.
+    """API tokens: created, listed and revoked by admins (and, for their members, by
+    organization managers). A token's secret is returned once, at creation; only its hash is
+    stored, so a lost token is revoked and replaced.
     """
 
     def CreateToken(self, request, context):
-        """Mints a token for a role (a customer token belongs to one account).
+        """Mints a token for a role (a customer token belongs to one account). An organization
+        manager mints customer tokens for the members it manages only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTokens(self, request, context):
-        """Every token, oldest first, without secrets (page size at most 500).
+        """Every token, oldest first, without secrets (page size at most 500); an organization
+        manager sees its scope's members' tokens.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeToken(self, request, context):
-        """Revokes a token at once; revoking an unknown or revoked token is a no-op.
+        """Revokes a token at once; revoking an unknown or revoked token (or one the caller does
+        not manage) is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateOrganization(self, request, context):
+        """Opens an organization (admins). Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDepartment(self, request, context):
+        """Adds a department (admins, the organization's org_admins). Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDepartments(self, request, context):
+        """The organization's departments (a department-scoped member sees its own).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMember(self, request, context):
+        """Makes an account a member, creating it (or links an existing one: admins only), or
+        changes a member's department and role; returns a token for it when asked.
+        Idempotent on request_id (a replay returns the member without the token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """The account leaves the organization; it keeps its cards and tokens, without the
+        organization's powers. Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMembers(self, request, context):
+        """Members by account, a page at a time (page size at most 500).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyRealName(self, request, context):
+        """Staff record that they verified an account holder's real name. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccount(self, request, context):
+        """An account's kind, real-name mark and membership (staff: any; a customer: its own;
+        an organization manager: the members it manages).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BulkBind(self, request, context):
+        """Binds cards of the organization's lots to recipients, one result per row; a bad row
+        never stops the others. Staff, or members with the bind_recipients permission.
+        Idempotent on request_id; rows already bound to their recipient answer ok.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +216,51 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     request_deserializer=cardmint_dot_v1_dot_account__pb2.RevokeTokenRequest.FromString,
                     response_serializer=cardmint_dot_v1_dot_account__pb2.RevokeTokenResponse.SerializeToString,
             ),
+            'CreateOrganization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOrganization,
+                    request_deserializer=cardmint_dot_v1_dot_account__pb2.CreateOrganizationRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_account__pb2.Organization.SerializeToString,
+            ),
+            'CreateDepartment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDepartment,
+                    request_deserializer=cardmint_dot_v1_dot_account__pb2.CreateDepartmentRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_account__pb2.Department.SerializeToString,
+            ),
+            'ListDepartments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDepartments,
+                    request_deserializer=cardmint_dot_v1_dot_account__pb2.ListDepartmentsRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_account__pb2.ListDepartmentsResponse.SerializeToString,
+            ),
+            'AddMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMember,
+                    request_deserializer=cardmint_dot_v1_dot_account__pb2.AddMemberRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_account__pb2.AddMemberResponse.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=cardmint_dot_v1_dot_account__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_account__pb2.RemoveMemberResponse.SerializeToString,
+            ),
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=cardmint_dot_v1_dot_account__pb2.ListMembersRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_account__pb2.ListMembersResponse.SerializeToString,
+            ),
+            'VerifyRealName': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyRealName,
+                    request_deserializer=cardmint_dot_v1_dot_account__pb2.VerifyRealNameRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_account__pb2.AccountFacts.SerializeToString,
+            ),
+            'GetAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccount,
+                    request_deserializer=cardmint_dot_v1_dot_account__pb2.GetAccountRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_account__pb2.AccountFacts.SerializeToString,
+            ),
+            'BulkBind': grpc.unary_unary_rpc_method_handler(
+                    servicer.BulkBind,
+                    request_deserializer=cardmint_dot_v1_dot_account__pb2.BulkBindRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_account__pb2.BulkBindResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cardmint.v1.AccountService', rpc_method_handlers)
@@ -106,8 +270,9 @@ def add_AccountServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AccountService:
-    """API tokens: created, listed and revoked by admins. A token's secret is returned once,
-    at creation; only its hash is stored, so a lost token is revoked and replaced.
+    """API tokens: created, listed and revoked by admins (and, for their members, by
+    organization managers). A token's secret is returned once, at creation; only its hash is
+    stored, so a lost token is revoked and replaced.
     """
 
     @staticmethod
@@ -181,6 +346,249 @@ class AccountService:
             '/cardmint.v1.AccountService/RevokeToken',
             cardmint_dot_v1_dot_account__pb2.RevokeTokenRequest.SerializeToString,
             cardmint_dot_v1_dot_account__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOrganization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.AccountService/CreateOrganization',
+            cardmint_dot_v1_dot_account__pb2.CreateOrganizationRequest.SerializeToString,
+            cardmint_dot_v1_dot_account__pb2.Organization.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDepartment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.AccountService/CreateDepartment',
+            cardmint_dot_v1_dot_account__pb2.CreateDepartmentRequest.SerializeToString,
+            cardmint_dot_v1_dot_account__pb2.Department.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDepartments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.AccountService/ListDepartments',
+            cardmint_dot_v1_dot_account__pb2.ListDepartmentsRequest.SerializeToString,
+            cardmint_dot_v1_dot_account__pb2.ListDepartmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.AccountService/AddMember',
+            cardmint_dot_v1_dot_account__pb2.AddMemberRequest.SerializeToString,
+            cardmint_dot_v1_dot_account__pb2.AddMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.AccountService/RemoveMember',
+            cardmint_dot_v1_dot_account__pb2.RemoveMemberRequest.SerializeToString,
+            cardmint_dot_v1_dot_account__pb2.RemoveMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.AccountService/ListMembers',
+            cardmint_dot_v1_dot_account__pb2.ListMembersRequest.SerializeToString,
+            cardmint_dot_v1_dot_account__pb2.ListMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyRealName(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.AccountService/VerifyRealName',
+            cardmint_dot_v1_dot_account__pb2.VerifyRealNameRequest.SerializeToString,
+            cardmint_dot_v1_dot_account__pb2.AccountFacts.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.AccountService/GetAccount',
+            cardmint_dot_v1_dot_account__pb2.GetAccountRequest.SerializeToString,
+            cardmint_dot_v1_dot_account__pb2.AccountFacts.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BulkBind(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.AccountService/BulkBind',
+            cardmint_dot_v1_dot_account__pb2.BulkBindRequest.SerializeToString,
+            cardmint_dot_v1_dot_account__pb2.BulkBindResponse.FromString,
             options,
             channel_credentials,
             insecure,

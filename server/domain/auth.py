@@ -1,7 +1,14 @@
-"""Bearer tokens: minted with a role, stored as a hash, verified into a ``Principal``."""
+"""Bearer tokens: minted with a role, stored as a hash, verified into a ``Principal``.
+
+A customer token whose account is a member of an organization (an enterprise customer)
+verifies into a principal that also carries the organization, the department it is scoped
+to (None: the whole organization) and its organization role. What each role may do is the
+``PERMISSIONS`` table below (docs/accounts.md shows it as a table).
+"""
 
 from __future__ import annotations
 
+import enum
 import hmac
 import secrets
 import threading
@@ -11,13 +18,47 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import blake3
-from cardmint.server.storage import Role, Storage, UnitOfWork
+from cardmint.server.storage import Membership, OrgRole, Role, Storage, Token, UnitOfWork
 
-from .errors import InvalidArgument, PermissionDenied, Unauthenticated
+from .errors import InvalidArgument, MemberNotFound, PermissionDenied, Unauthenticated
 
-__all__ = ["AuthService", "IssuedToken", "Principal", "TokenInfo", "hash_token"]
+__all__ = [
+    "PERMISSIONS",
+    "AuthService",
+    "IssuedToken",
+    "Permission",
+    "Principal",
+    "TokenInfo",
+    "hash_token",
+    "may",
+]
 
 TOKEN_PREFIX = "cm_"  # noqa: S105 - a marker that makes leaked tokens greppable, not a secret
+
+
+class Permission(enum.StrEnum):
+    """What a member of an organization may do, within its scope (its department, or the
+    whole organization). Staff roles keep their own powers and are not judged by this."""
+
+    READ = "read"  # see the organization's lots and cards in scope (GetLot, GetCard, balances)
+    MINT = "mint"  # create lots; they belong to the organization and the member's department
+    EXPORT = "export"  # stream a lot's codes in plaintext (the first export; again: admins only)
+    VIEW_SECRETS = "view_secrets"  # see the code of an unbound card of a lot in scope
+    FREEZE = "freeze"  # stop a card of a lot in scope
+    BIND_RECIPIENTS = "bind_recipients"  # hand cards of lots in scope out to recipients (bulk bind)
+    MANAGE_TOKENS = "manage_tokens"  # create, list, revoke tokens of members in scope
+    MANAGE_MEMBERS = "manage_members"  # add, re-scope, remove members in scope
+    MANAGE_DEPARTMENTS = "manage_departments"  # create departments of the organization
+
+
+_ALL = frozenset(Permission)
+# The permission table (docs/accounts.md). A dept_manager acts only inside its department
+# when it is scoped to one, and never makes or changes an org_admin.
+PERMISSIONS: dict[OrgRole, frozenset[Permission]] = {
+    OrgRole.ORG_ADMIN: _ALL,
+    OrgRole.DEPT_MANAGER: _ALL - {Permission.MANAGE_DEPARTMENTS},
+    OrgRole.MEMBER: frozenset({Permission.READ}),
+}
 
 
 @dataclass(frozen=True)
@@ -27,10 +68,61 @@ class Principal:
     account_id: int | None
     account: str | None
     label: str
+    # Set when the token's account is a member of an organization.
+    organization_id: int | None = None
+    organization: str | None = None
+    department_id: int | None = None  # None: scoped to the whole organization
+    department: str | None = None
+    org_role: OrgRole | None = None
 
     @property
     def actor(self) -> str:
         return f"token:{self.token_id}"
+
+    @property
+    def member(self) -> bool:
+        """Whether this caller acts for an organization (a member's token)."""
+        return self.organization_id is not None
+
+    def in_scope(self, organization_id: int | None, department_id: int | None) -> bool:
+        """Whether something owned by (organization, department) is inside this member's
+        scope: its organization, and its department unless the member is organization-wide.
+        Not an organization member, or an owner of None: False."""
+        if self.organization_id is None or organization_id != self.organization_id:
+            return False
+        return self.department_id is None or department_id == self.department_id
+
+
+def may(principal: Principal, permission: Permission) -> bool:
+    """Whether an organization member's role grants ``permission`` (False for non-members)."""
+    return principal.org_role is not None and permission in PERMISSIONS[principal.org_role]
+
+
+def member_principal(base: Principal, membership: Membership | None) -> Principal:
+    """``base`` with the organization fields of ``membership`` (cleared when None)."""
+    if membership is None:
+        return Principal(base.token_id, base.role, base.account_id, base.account, base.label)
+    return Principal(
+        base.token_id,
+        base.role,
+        base.account_id,
+        base.account,
+        base.label,
+        membership.organization_id,
+        membership.organization,
+        membership.department_id,
+        membership.department,
+        membership.role,
+    )
+
+
+def manages(principal: Principal, membership: Membership) -> bool:
+    """Whether ``principal`` (an organization member) may manage ``membership``'s account
+    (its tokens, scope, membership): in scope, and an org_admin, or a dept_manager over a
+    plain member."""
+    if not principal.in_scope(membership.organization_id, membership.department_id):
+        return False
+    return principal.org_role is OrgRole.ORG_ADMIN or membership.role is OrgRole.MEMBER
 
 
 @dataclass(frozen=True)
@@ -83,19 +175,41 @@ class AuthService:
     def issue_token(
         self, principal: Principal, role: Role | str, *, label: str = "", account: str | None = None
     ) -> IssuedToken:
-        """An admin mints a token over the API (the secret is shown once, only its hash kept)."""
-        if principal.role is not Role.ADMIN:
+        """An admin mints a token over the API (the secret is shown once, only its hash kept).
+
+        An organization member with MANAGE_TOKENS mints customer tokens for the members it
+        manages; any other account is answered as not found (never "exists, not yours").
+        """
+        if principal.role is Role.ADMIN:
+            return self.create_token(role, label=label, account=account, actor=principal.actor)
+        if not may(principal, Permission.MANAGE_TOKENS):
             raise PermissionDenied(metadata={"role": principal.role.value})
-        return self.create_token(role, label=label, account=account, actor=principal.actor)
+        if role != Role.CUSTOMER.value:
+            raise PermissionDenied("organizations mint customer tokens for their members only")
+
+        def check(tx: UnitOfWork, account_id: int) -> None:
+            found = tx.get_membership(account_id)
+            if found is None or not manages(principal, found):
+                raise MemberNotFound()
+
+        return self.create_token(role, label=label, account=account, actor=principal.actor, check=check)
 
     def list_tokens(self, principal: Principal, *, after_id: int = 0, limit: int = 100) -> list[TokenInfo]:
-        """Every token (never a secret: only hashes are stored), oldest first. Admins only."""
-        if principal.role is not Role.ADMIN:
+        """Every token (never a secret: only hashes are stored), oldest first. Admins see
+        all; an organization member with MANAGE_TOKENS sees its scope's members' tokens."""
+        if principal.role is not Role.ADMIN and not may(principal, Permission.MANAGE_TOKENS):
             raise PermissionDenied(metadata={"role": principal.role.value})
         if not 1 <= limit <= 500 or after_id < 0:
             raise InvalidArgument.of("limit", "1-500")
         with self._storage.read() as tx:
-            rows = tx.list_tokens(after_id, limit)
+            rows: list[Token]
+            if principal.role is Role.ADMIN:
+                rows = tx.list_tokens(after_id, limit)
+            else:
+                assert principal.organization_id is not None  # may() holds only for members
+                rows = tx.list_member_tokens(
+                    principal.organization_id, principal.department_id, after_id, limit
+                )
             names = {
                 r.account_id: a.external_id
                 for r in rows
@@ -114,8 +228,16 @@ class AuthService:
         ]
 
     def create_token(
-        self, role: Role | str, *, label: str = "", account: str | None = None, actor: str = "cli"
+        self,
+        role: Role | str,
+        *,
+        label: str = "",
+        account: str | None = None,
+        actor: str = "cli",
+        check: Callable[[UnitOfWork, int], None] | None = None,
     ) -> IssuedToken:
+        """Mint a token. ``check`` (given the account id) may refuse by raising; with it the
+        account must exist already (it is not created)."""
         try:
             r = Role(role)
         except ValueError:
@@ -129,6 +251,11 @@ class AuthService:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
 
         def work(tx: UnitOfWork) -> IssuedToken:
+            if check is not None:
+                found = tx.find_account(account) if account else None
+                if found is None:
+                    raise MemberNotFound()
+                check(tx, found.id)
             acct = tx.ensure_account(account) if account else None
             row = tx.create_token(hash_token(token), r, label, acct.id if acct else None)
             tx.append_audit(actor, "token.create", f"token:{row.id}", f'{{"role": "{r.value}"}}')
@@ -152,12 +279,14 @@ class AuthService:
             account = (
                 tx.get_account(row.account_id) if row is not None and row.account_id is not None else None
             )
+            membership = tx.get_membership(account.id) if account is not None else None
         # find_token matched by the hash already; compare again in constant time so the
         # answer's timing never depends on how much of a guessed hash matched.
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_hash, digest):
             raise Unauthenticated()
-        principal = Principal(
-            row.id, row.role, row.account_id, account.external_id if account else None, row.label
+        principal = member_principal(
+            Principal(row.id, row.role, row.account_id, account.external_id if account else None, row.label),
+            membership,
         )
         if self._cache_seconds > 0:
             with self._cache_lock:
@@ -172,11 +301,25 @@ class AuthService:
             for digest in [d for d, (_, p) in self._cache.items() if p.token_id == token_id]:
                 del self._cache[digest]
 
+    def forget_account(self, account_id: int) -> None:
+        """Drop every cached token of an account (its membership or scope changed), so the
+        next call verifies afresh and carries the new organization fields."""
+        with self._cache_lock:
+            for digest in [d for d, (_, p) in self._cache.items() if p.account_id == account_id]:
+                del self._cache[digest]
+
     def revoke_token(self, principal: Principal, token_id: int) -> None:
-        if principal.role is not Role.ADMIN:
+        """Admins revoke any token; an organization member with MANAGE_TOKENS the tokens of
+        the members it manages. Any other token is left alone, answered like an unknown one."""
+        if principal.role is not Role.ADMIN and not may(principal, Permission.MANAGE_TOKENS):
             raise PermissionDenied(metadata={"role": principal.role.value})
 
         def work(tx: UnitOfWork) -> bool:
+            if principal.role is not Role.ADMIN:
+                token = tx.get_token(token_id)
+                owner = tx.get_membership(token.account_id) if token and token.account_id else None
+                if owner is None or not manages(principal, owner):
+                    return False
             done = tx.revoke_token(token_id)
             if done:
                 tx.append_audit(principal.actor, "token.revoke", f"token:{token_id}")

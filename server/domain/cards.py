@@ -18,7 +18,7 @@ from cardmint.server.storage import (
 )
 
 from ._context import STAFF, Context, detail, require, resolve_account
-from .auth import Principal
+from .auth import Permission, Principal, may
 from .errors import (
     AccountLocked,
     BadCheck,
@@ -137,11 +137,25 @@ class CardService:
         card = tx.get_card_by_serial(serial) if isinstance(serial, str) and len(serial) <= 64 else None
         if card is None:
             raise CardNotFound()
-        if principal.role is Role.CUSTOMER and (
-            principal.account_id is None or card.account_id != principal.account_id
+        # An organization member also sees the cards of its organization's lots in its
+        # scope (docs/accounts.md); any other card is not found, as above.
+        if (
+            principal.role is Role.CUSTOMER
+            and (principal.account_id is None or card.account_id != principal.account_id)
+            and not self.in_org_scope(tx, principal, card, Permission.READ)
         ):
             raise CardNotFound()
         return card
+
+    @staticmethod
+    def in_org_scope(tx: UnitOfWork, principal: Principal, card: Card, permission: Permission) -> bool:
+        """Whether ``card`` is of a lot of the caller's organization, inside the caller's
+        scope (its department, or the whole organization), and its role grants
+        ``permission``. False for callers that are not organization members."""
+        if not may(principal, permission):
+            return False
+        owner = tx.lot_owner(card.lot_id)
+        return owner is not None and principal.in_scope(*owner)
 
     def get_card(self, principal: Principal, serial: str) -> CardView:
         with self._ctx.storage.read() as tx:
@@ -174,8 +188,14 @@ class CardService:
     ) -> SecretView | DomainError:
         ctx, rules = self._ctx, self._ctx.profile
         card = self.visible_card(tx, principal, serial)
-        if card.account_id is None or card.account_id != principal.account_id:
+        mine = card.account_id is not None and card.account_id == principal.account_id
+        # An organization's manager may see the codes of its unbound cards in scope (to
+        # hand them out); once bound, a code is its holder's alone.
+        if not mine and not (
+            card.account_id is None and self.in_org_scope(tx, principal, card, Permission.VIEW_SECRETS)
+        ):
             return CardNotFound()
+        assert principal.account_id is not None  # a customer's token always has an account
         sealed = np.frombuffer(card.sealed, np.uint8).reshape(1, -1)
         digest = np.frombuffer(card.digest, np.uint8).reshape(1, -1)
         code = ctx.kernel.open(sealed, digest, ctx.keyring.seal_keys[card.key_id])[0].decode("ascii")
@@ -185,7 +205,7 @@ class CardService:
             return CardFrozen()
         if card.status is CardStatus.VOID:
             return CardVoid()
-        acct = card.account_id
+        acct = principal.account_id  # the viewer: the holder, or an organization's manager
         unusual: list[str] = []
         views, _ = tx.record_attempt(AttemptKind.ACCOUNT, f"views:{acct}", _VIEW_WINDOW)
         if views > rules.full_views_per_hour:

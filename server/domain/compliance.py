@@ -13,7 +13,7 @@ from cardmint.server.storage import Card, CardStatus, Report, UnitOfWork
 
 from ._context import STAFF, Context, detail, int_arg, require
 from .audit import AuditVerdict, verify_storage
-from .auth import Principal
+from .auth import Permission, Principal, may
 from .cards import CardService, CardView
 from .errors import CardNotFound, CardVoid, InvalidArgument
 from .events import EventKind, emit
@@ -70,8 +70,13 @@ class ComplianceService:
     def _move(
         self, principal: Principal, serial: str, reason: str, source: CardStatus, target: CardStatus
     ) -> CardView:
-        """``source`` -> ``target``, audited and announced; already at ``target``: no-op."""
-        require(principal, STAFF)
+        """``source`` -> ``target``, audited and announced; already at ``target``: no-op.
+
+        Organization members with the FREEZE permission may freeze (not unfreeze) cards of
+        their organization's lots in their scope (docs/accounts.md); others: not found."""
+        member = principal.role not in STAFF and target is CardStatus.FROZEN
+        if not (member and may(principal, Permission.FREEZE)):
+            require(principal, STAFF)
         why = _reason(reason)
         action, event = (
             ("card.freeze", EventKind.CARD_FROZEN)
@@ -81,6 +86,8 @@ class ComplianceService:
 
         def work(tx: UnitOfWork) -> tuple[Card, datetime]:
             card = self._card(tx, serial)
+            if member and not self._cards.in_org_scope(tx, principal, card, Permission.FREEZE):
+                raise CardNotFound()
             if card.status is CardStatus.VOID:
                 raise CardVoid()
             if card.status is source:

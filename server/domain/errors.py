@@ -16,6 +16,7 @@ from typing import ClassVar
 __all__ = [
     "ALL_ERRORS",
     "AccountLocked",
+    "AccountUnavailable",
     "BadCheck",
     "CardAlreadyBound",
     "CardExpired",
@@ -27,6 +28,8 @@ __all__ = [
     "Contention",
     "CurrencyMismatch",
     "DailyLimitReached",
+    "DepartmentExists",
+    "DepartmentNotFound",
     "DomainError",
     "ErrorKind",
     "ExportNeedsAdmin",
@@ -40,10 +43,13 @@ __all__ = [
     "LotNotReady",
     "LotVoid",
     "MalformedCode",
+    "MemberNotFound",
     "NotRefundable",
     "NotReversible",
     "OrderNotFound",
     "OrderWrongState",
+    "OrganizationExists",
+    "OrganizationNotFound",
     "PaymentMismatch",
     "PermissionDenied",
     "ProductExists",
@@ -347,6 +353,50 @@ class LotExported(DomainError):
     )
 
 
+class OrganizationNotFound(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.NOT_FOUND,
+        "ORGANIZATION_NOT_FOUND",
+        "no such organization",
+    )
+
+
+class OrganizationExists(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.ALREADY_EXISTS,
+        "ORGANIZATION_EXISTS",
+        "an organization of that name exists already",
+    )
+
+
+class DepartmentNotFound(DomainError):
+    kind, reason, default_message = (ErrorKind.NOT_FOUND, "DEPARTMENT_NOT_FOUND", "no such department")
+
+
+class DepartmentExists(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.ALREADY_EXISTS,
+        "DEPARTMENT_EXISTS",
+        "the organization has a department of that name already",
+    )
+
+
+class MemberNotFound(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.NOT_FOUND,
+        "MEMBER_NOT_FOUND",
+        "no such member of this organization",
+    )
+
+
+class AccountUnavailable(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "ACCOUNT_UNAVAILABLE",
+        "this account cannot be made a member here (pick a new account id, or ask staff to link it)",
+    )
+
+
 ALL_ERRORS: tuple[type[DomainError], ...] = (
     InvalidArgument,
     MalformedCode,
@@ -383,4 +433,10 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     OrderWrongState,
     NotRefundable,
     LotExported,
+    OrganizationNotFound,
+    OrganizationExists,
+    DepartmentNotFound,
+    DepartmentExists,
+    MemberNotFound,
+    AccountUnavailable,
 )

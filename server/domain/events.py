@@ -36,6 +36,9 @@ class EventKind(enum.StrEnum):
     CARD_FROZEN = "card.frozen"  # staff (or a loss report) stopped a card
     CARD_UNFROZEN = "card.unfrozen"
     VIEWING_ALERT = "alert.viewing"  # unusual secret viewing froze a card
+    MEMBER_ADDED = "org.member_added"  # an account joined an organization (or changed scope)
+    MEMBER_REMOVED = "org.member_removed"
+    CARDS_HANDED_OUT = "org.cards_bound"  # a bulk bind bound an organization's cards to recipients
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from cardmint.server.storage import (
 )
 
 from ._context import MAX_AMOUNT, STAFF, Context, detail, int_arg, require
-from .auth import Principal
+from .auth import Permission, Principal, may
 from .errors import (
     Contention,
     ExportNeedsAdmin,
@@ -34,6 +34,7 @@ from .errors import (
     LotNotFound,
     LotNotReady,
     LotVoid,
+    PermissionDenied,
     ProductNotFound,
 )
 
@@ -147,10 +148,39 @@ class LotService:
             raise LotNotFound()
         return lot
 
+    # -- organization scoping (docs/accounts.md): staff see every lot; an organization
+    # member sees its organization's lots in its scope, and any other lot is not found.
+    @staticmethod
+    def _allow(principal: Principal, permission: Permission) -> None:
+        """Staff, or an organization member whose role grants ``permission``."""
+        if principal.role in STAFF:
+            return
+        if not may(principal, permission):
+            raise PermissionDenied(metadata={"role": principal.role.value})
+
+    @staticmethod
+    def _in_scope(tx: UnitOfWork, principal: Principal, lot: Lot | None) -> Lot:
+        if lot is None:
+            raise LotNotFound()
+        if principal.role in STAFF:
+            return lot
+        owner = tx.lot_owner(lot.id)
+        if owner is None or not principal.in_scope(*owner):
+            raise LotNotFound()
+        return lot
+
     def create_lot(
         self, principal: Principal, *, sku: str, count: int, face_value: int, progress: Progress | None = None
     ) -> Lot:
-        require(principal, STAFF)
+        """Staff mint lots for the platform; an organization member with MINT mints lots
+        that belong to its organization and to its department (none when it is
+        organization-wide)."""
+        self._allow(principal, Permission.MINT)
+        owner = (
+            (principal.organization_id, principal.department_id)
+            if principal.role not in STAFF and principal.organization_id is not None
+            else None
+        )
         ctx = self._ctx
         count = int_arg(count, "count", 1, ctx.config.max_lot)
         with ctx.storage.read() as tx:
@@ -168,7 +198,7 @@ class LotService:
                 raise InvalidArgument.of("count", "this product has run out of card numbers")
             # The product's validity counts from the lot's creation, for every card of it.
             validity = product.validity_days
-            return tx.create_lot(
+            lot = tx.create_lot(
                 product.id,
                 count,
                 value,
@@ -177,6 +207,9 @@ class LotService:
                 created_by=principal.actor,
                 valid_for=timedelta(days=validity) if validity else None,
             )
+            if owner is not None:
+                tx.set_lot_owner(lot.id, owner[0], owner[1])
+            return lot
 
         # Step 1 commits on its own: the lot is visibly "minting" while it fills, and a
         # process killed midway leaves a minting lot with no cards for the sweep to void.
@@ -203,12 +236,15 @@ class LotService:
                 if progress is not None:
                     progress(stored, lot.count)
             completed = tx.complete_lot(lot.id)
-            tx.append_audit(
-                principal.actor,
-                "lot.create",
-                f"lot:{lot.id}",
-                detail(sku=product.sku, count=lot.count, face_value=lot.face_value, currency=lot.currency),
-            )
+            facts: dict[str, object] = {
+                "sku": product.sku,
+                "count": lot.count,
+                "face_value": lot.face_value,
+                "currency": lot.currency,
+            }
+            if principal.member and principal.role not in STAFF:
+                facts.update(organization=principal.organization, department=principal.department)
+            tx.append_audit(principal.actor, "lot.create", f"lot:{lot.id}", detail(**facts))
         return completed
 
     def _minted(self, product: Product, lot: Lot) -> Iterator[CardBatch]:
@@ -237,13 +273,11 @@ class LotService:
 
     def stream_lot(self, principal: Principal, lot_id: int) -> Iterator[LotChunk]:
         """Decides and records the export now; the returned iterator only reads."""
-        require(principal, STAFF)
+        self._allow(principal, Permission.EXPORT)
         ctx = self._ctx
 
         def claim(tx: UnitOfWork) -> Lot:
-            lot = tx.get_lot(lot_id)
-            if lot is None:
-                raise LotNotFound()
+            lot = self._in_scope(tx, principal, tx.get_lot(lot_id))
             if lot.status is LotStatus.MINTING:
                 raise LotNotReady()
             if lot.status is LotStatus.VOID:
@@ -284,13 +318,14 @@ class LotService:
                 yield LotChunk(np.concatenate(serials), np.concatenate(codes))
 
     def get_lot(self, principal: Principal, lot_id: int) -> Lot:
-        require(principal, STAFF)
-        return self._lot(lot_id)
+        self._allow(principal, Permission.READ)
+        with self._ctx.storage.read() as tx:
+            return self._in_scope(tx, principal, tx.get_lot(lot_id))
 
     def list_lots(
         self, principal: Principal, *, sku: str | None = None, after_id: int = 0, limit: int = 100
     ) -> list[Lot]:
-        require(principal, STAFF)
+        self._allow(principal, Permission.READ)
         int_arg(limit, "limit", 1, self._ctx.config.page_limit_max)
         with self._ctx.storage.read() as tx:
             product_id = None
@@ -299,7 +334,12 @@ class LotService:
                 if product is None:
                     raise ProductNotFound()
                 product_id = product.id
-            return tx.list_lots(product_id, after_id, limit)
+            if principal.role in STAFF:
+                return tx.list_lots(product_id, after_id, limit)
+            assert principal.organization_id is not None  # _allow admits members only
+            return tx.list_org_lots(
+                principal.organization_id, principal.department_id, after_id, limit, product_id
+            )
 
     def void_lot(self, principal: Principal, lot_id: int) -> Lot:
         require(principal, {Role.ADMIN})

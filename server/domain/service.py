@@ -8,6 +8,7 @@ from cardmint.kernel import Kernel, get_kernel
 from cardmint.server.storage import Storage, UnitOfWork
 
 from ._context import Context, DomainConfig
+from .accounts import AccountService
 from .auth import AuthService
 from .balances import BalanceService
 from .cards import CardService
@@ -56,6 +57,7 @@ class Domain:
         self.events = EventService(ctx)
         self.compliance = ComplianceService(ctx, self.cards)
         self.orders = OrderService(ctx)
+        self.accounts = AccountService(ctx, self.auth)
 
     def close(self) -> None:
         """Shutting down: end long-lived calls (event subscriptions) now."""

@@ -37,6 +37,7 @@ from .models import (
     CardState,
     CardStatus,
     Delivery,
+    Department,
     Event,
     IdempotencyClaim,
     IndexChange,
@@ -45,6 +46,7 @@ from .models import (
     LedgerKind,
     Lot,
     LotStatus,
+    Membership,
     MoneyOutcome,
     MoneyResult,
     NewOrder,
@@ -52,6 +54,8 @@ from .models import (
     Order,
     OrderItem,
     OrderStatus,
+    Organization,
+    OrgRole,
     PoolCard,
     PoolCardState,
     PoolStock,
@@ -1685,3 +1689,174 @@ class SqlTx(ABC):
             account_id=order.account_id,
             request_id=f"order:{order.id}",
         )
+
+    # -- organizations (enterprise accounts)
+    def _organization(self, row: Any) -> Organization:
+        return Organization(row[0], row[1], self._dt(row[2]), row[3])
+
+    def _department(self, row: Any) -> Department:
+        return Department(row[0], row[1], row[2], self._dt(row[3]))
+
+    def create_organization(self, name: str, created_by: str) -> Organization | None:
+        """A new organization, or None when one of that name exists already."""
+        row = self._one(
+            "INSERT INTO organizations (name, created_at, created_by) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO NOTHING RETURNING id, name, created_at, created_by",
+            (name, self._ts(self.now()), created_by),
+        )
+        return None if row is None else self._organization(row)
+
+    def find_organization(self, name: str) -> Organization | None:
+        row = self._one("SELECT id, name, created_at, created_by FROM organizations WHERE name = ?", (name,))
+        return None if row is None else self._organization(row)
+
+    def get_organization(self, organization_id: int) -> Organization | None:
+        row = self._one(
+            "SELECT id, name, created_at, created_by FROM organizations WHERE id = ?", (organization_id,)
+        )
+        return None if row is None else self._organization(row)
+
+    def create_department(self, organization_id: int, name: str) -> Department | None:
+        """A new department, or None when the organization has one of that name already."""
+        row = self._one(
+            "INSERT INTO departments (organization_id, name, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (organization_id, name) DO NOTHING RETURNING id, organization_id, name, created_at",
+            (organization_id, name, self._ts(self.now())),
+        )
+        return None if row is None else self._department(row)
+
+    def find_department(self, organization_id: int, name: str) -> Department | None:
+        row = self._one(
+            "SELECT id, organization_id, name, created_at FROM departments WHERE organization_id = ? AND name = ?",
+            (organization_id, name),
+        )
+        return None if row is None else self._department(row)
+
+    def list_departments(self, organization_id: int) -> list[Department]:
+        rows = self._all(
+            "SELECT id, organization_id, name, created_at FROM departments WHERE organization_id = ? ORDER BY id",
+            (organization_id,),
+        )
+        return [self._department(r) for r in rows]
+
+    _MEMBER = (
+        "SELECT m.account_id, a.external_id, m.organization_id, o.name, m.department_id, d.name, m.role,"
+        " m.added_at FROM org_members m JOIN accounts a ON a.id = m.account_id"
+        " JOIN organizations o ON o.id = m.organization_id LEFT JOIN departments d ON d.id = m.department_id"
+    )
+
+    def _membership(self, row: Any) -> Membership:
+        return Membership(row[0], row[1], row[2], row[3], row[4], row[5], OrgRole(row[6]), self._dt(row[7]))
+
+    def get_membership(self, account_id: int) -> Membership | None:
+        row = self._one(f"{self._MEMBER} WHERE m.account_id = ?", (account_id,))
+        return None if row is None else self._membership(row)
+
+    def set_membership(
+        self, account_id: int, organization_id: int, department_id: int | None, role: OrgRole
+    ) -> Membership:
+        """Make the account a member (or change its department and role, keeping when it joined)."""
+        self._execute(
+            "INSERT INTO org_members (account_id, organization_id, department_id, role, added_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET organization_id ="
+            " excluded.organization_id, department_id = excluded.department_id, role = excluded.role",
+            (account_id, organization_id, department_id, OrgRole(role).value, self._ts(self.now())),
+        )
+        found = self.get_membership(account_id)
+        assert found is not None  # written just above, in this transaction
+        return found
+
+    def remove_membership(self, account_id: int) -> bool:
+        return self._execute("DELETE FROM org_members WHERE account_id = ?", (account_id,)).rowcount == 1
+
+    def list_members(
+        self,
+        organization_id: int,
+        department_id: int | None = None,
+        after_account_id: int = 0,
+        limit: int = 100,
+    ) -> list[Membership]:
+        """Members of the organization (only one department's when ``department_id`` is
+        given), by account id."""
+        if department_id is None:
+            rows = self._all(
+                f"{self._MEMBER} WHERE m.organization_id = ? AND m.account_id > ? ORDER BY m.account_id LIMIT ?",
+                (organization_id, after_account_id, limit),
+            )
+        else:
+            rows = self._all(
+                f"{self._MEMBER} WHERE m.organization_id = ? AND m.department_id = ? AND m.account_id > ?"
+                " ORDER BY m.account_id LIMIT ?",
+                (organization_id, department_id, after_account_id, limit),
+            )
+        return [self._membership(r) for r in rows]
+
+    def list_member_tokens(
+        self, organization_id: int, department_id: int | None = None, after_id: int = 0, limit: int = 100
+    ) -> list[Token]:
+        """Tokens of the organization's member accounts (one department's, if given), by id."""
+        cols = ", ".join(f"t.{c.strip()}" for c in _TOKEN_ROW.split(","))
+        where = "m.organization_id = ?" + ("" if department_id is None else " AND m.department_id = ?")
+        params: list[Any] = [organization_id] + ([] if department_id is None else [department_id])
+        rows = self._all(
+            f"SELECT {cols} FROM tokens t JOIN org_members m ON m.account_id = t.account_id"
+            f" WHERE {where} AND t.id > ? ORDER BY t.id LIMIT ?",
+            (*params, after_id, limit),
+        )
+        return [self._token(r) for r in rows]
+
+    def get_token(self, token_id: int) -> Token | None:
+        row = self._one(f"SELECT {_TOKEN_ROW} FROM tokens WHERE id = ?", (token_id,))
+        return None if row is None else self._token(row)
+
+    def account_token_ids(self, account_id: int) -> list[int]:
+        return [int(r[0]) for r in self._all("SELECT id FROM tokens WHERE account_id = ?", (account_id,))]
+
+    def mark_real_name_verified(self, account_id: int) -> bool:
+        """Record that staff verified the account holder's real name; False if it was already."""
+        cur = self._execute(
+            "UPDATE accounts SET real_name_verified_at = ? WHERE id = ? AND real_name_verified_at IS NULL",
+            (self._ts(self.now()), account_id),
+        )
+        return cur.rowcount == 1
+
+    def real_name_verified_at(self, account_id: int) -> datetime | None:
+        row = self._one("SELECT real_name_verified_at FROM accounts WHERE id = ?", (account_id,))
+        return None if row is None else self._odt(row[0])
+
+    def set_lot_owner(self, lot_id: int, organization_id: int, department_id: int | None) -> None:
+        """The lot belongs to the organization (and the department, if given) from now on."""
+        self._execute(
+            "INSERT INTO lot_owners (lot_id, organization_id, department_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (lot_id) DO UPDATE SET organization_id = excluded.organization_id,"
+            " department_id = excluded.department_id",
+            (lot_id, organization_id, department_id),
+        )
+
+    def lot_owner(self, lot_id: int) -> tuple[int, int | None] | None:
+        """(organization id, department id or None) of an organization's lot; None otherwise."""
+        row = self._one("SELECT organization_id, department_id FROM lot_owners WHERE lot_id = ?", (lot_id,))
+        return None if row is None else (int(row[0]), None if row[1] is None else int(row[1]))
+
+    def list_org_lots(
+        self,
+        organization_id: int,
+        department_id: int | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+        product_id: int | None = None,
+    ) -> list[Lot]:
+        """The organization's lots (only one department's when ``department_id`` is given,
+        only one product's when ``product_id`` is)."""
+        cols = ", ".join(f"l.{c.strip()}" for c in _LOT.split(","))
+        where = "o.organization_id = ?" + ("" if department_id is None else " AND o.department_id = ?")
+        params: list[Any] = [organization_id] + ([] if department_id is None else [department_id])
+        if product_id is not None:
+            where += " AND l.product_id = ?"
+            params.append(product_id)
+        rows = self._all(
+            f"SELECT {cols} FROM lots l JOIN lot_owners o ON o.lot_id = l.id"
+            f" WHERE {where} AND l.id > ? ORDER BY l.id LIMIT ?",
+            (*params, after_id, limit),
+        )
+        return [self._lot(r) for r in rows]

@@ -399,6 +399,47 @@ CREATE TRIGGER events_pending_no_update BEFORE UPDATE ON events_pending
     FOR EACH ROW EXECUTE FUNCTION cardmint_append_only();
 """
 
+# v9: enterprise accounts. An organization (an enterprise customer) has departments and
+# members: accounts scoped to one department (department_id) or to the whole organization
+# (NULL), each with an organization role. A lot minted by (or assigned to) an organization
+# records its owner in lot_owners (a side table: the lots table and its row shape stay as
+# they are). Staff mark an account's real name as verified (real_name_verified_at).
+_V9 = """
+CREATE TABLE organizations (
+    id {id},
+    name TEXT NOT NULL UNIQUE,
+    created_at {ts} NOT NULL,
+    created_by TEXT NOT NULL
+){strict};
+
+CREATE TABLE departments (
+    id {id},
+    organization_id {big} NOT NULL REFERENCES organizations (id),
+    name TEXT NOT NULL,
+    created_at {ts} NOT NULL,
+    UNIQUE (organization_id, name)
+){strict};
+
+CREATE TABLE org_members (
+    account_id {big} PRIMARY KEY REFERENCES accounts (id),
+    organization_id {big} NOT NULL REFERENCES organizations (id),
+    department_id {big} REFERENCES departments (id),
+    role TEXT NOT NULL CHECK (role IN ('org_admin', 'dept_manager', 'member')),
+    added_at {ts} NOT NULL,
+    CHECK (role <> 'org_admin' OR department_id IS NULL)
+){strict};
+CREATE INDEX org_members_org ON org_members (organization_id, account_id);
+
+CREATE TABLE lot_owners (
+    lot_id {big} PRIMARY KEY REFERENCES lots (id),
+    organization_id {big} NOT NULL REFERENCES organizations (id),
+    department_id {big} REFERENCES departments (id)
+){strict};
+CREATE INDEX lot_owners_org ON lot_owners (organization_id, department_id, lot_id);
+
+ALTER TABLE accounts ADD COLUMN real_name_verified_at {ts};
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
@@ -408,5 +449,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "compliance", _V6),
     Migration(7, "blacklist", _V7),
     Migration(8, "account devices", _V8),
+    Migration(9, "organizations", _V9),
     Migration(12, "journals", "", postgres=_V12_POSTGRES),
 )

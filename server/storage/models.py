@@ -20,12 +20,14 @@ __all__ = [
     "CardBatch",
     "CardStatus",
     "Delivery",
+    "Department",
     "IdempotencyClaim",
     "IndexChange",
     "LedgerEntry",
     "LedgerKind",
     "Lot",
     "LotStatus",
+    "Membership",
     "MoneyOutcome",
     "MoneyResult",
     "NewOrder",
@@ -33,6 +35,8 @@ __all__ = [
     "Order",
     "OrderItem",
     "OrderStatus",
+    "OrgRole",
+    "Organization",
     "PoolCard",
     "PoolCardState",
     "PoolStock",
@@ -428,3 +432,45 @@ class PoolStock:
     reserved: int
     sold: int
     returned: int
+
+
+# -- organizations (enterprise accounts; docs/accounts.md)
+
+
+class OrgRole(enum.StrEnum):
+    """A member's role in its organization (docs/accounts.md has the permission table)."""
+
+    ORG_ADMIN = "org_admin"
+    DEPT_MANAGER = "dept_manager"
+    MEMBER = "member"
+
+
+@dataclass(frozen=True)
+class Organization:
+    id: int
+    name: str
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class Department:
+    id: int
+    organization_id: int
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Membership:
+    """An account's place in an organization: a department, or the whole organization
+    (``department_id`` None)."""
+
+    account_id: int
+    account: str  # the account's external id
+    organization_id: int
+    organization: str
+    department_id: int | None
+    department: str | None
+    role: OrgRole
+    added_at: datetime

@@ -36,6 +36,9 @@ class EventKind(enum.StrEnum):
     CARD_FROZEN = "card.frozen"  # staff (or a loss report) stopped a card
     CARD_UNFROZEN = "card.unfrozen"
     VIEWING_ALERT = "alert.viewing"  # unusual secret viewing froze a card
+    CARD_LOST = "card.lost"  # the holder reported a card lost: frozen, waiting for review
+    CARD_REISSUED = "card.reissued"  # a loss report approved: the balance moved to a new card
+    LOSS_REJECTED = "card.loss_rejected"  # a loss report rejected: the card stays frozen
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
     cardmint card bind --code CODE [--account A]
     cardmint card bulk-bind FILE.csv --out RESULTS.csv [--organization ORG]
     cardmint card get --serial S
+    cardmint card report-loss --serial S --reason WHY [--account A] [--request-id ID]
+    cardmint card review-loss --report ID (--approve | --reject) --note TEXT [--request-id ID]
     cardmint balance [--card SERIAL | --account A]
     cardmint redeem --card SERIAL --amount N [--request-id ID]
     cardmint reverse --transaction ID --amount N --currency CUR [--request-id ID]

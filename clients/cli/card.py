@@ -3,6 +3,8 @@
     cardmint card bind --code XXXX-XXXX-XXXX-XXXX [--account alice]
     cardmint card bulk-bind FILE.csv --out RESULTS.csv [--organization ORG] [--request-id ID]
     cardmint card get --serial S
+    cardmint card report-loss --serial S --reason WHY [--account A] [--request-id ID]
+    cardmint card review-loss --report ID (--approve | --reject) --note TEXT [--request-id ID]
     cardmint balance [--card SERIAL | --account A]
     cardmint redeem --card SERIAL --amount 25 [--request-id ID]
     cardmint reverse --transaction ID --amount 25 --currency CNY [--request-id ID]
@@ -18,6 +20,8 @@ then one line per input row: ``row,card,recipient,result,reason,serial,account``
 result ``ok`` or ``error``. Rows go to the server in requests of at most 10,000, each
 idempotent (request id ``ID:N``): run it again with the same ``--request-id`` and the rows
 already done answer as before. Exit status 0 when every row is ok, 1 when some failed.
+``report-loss`` and ``review-loss`` (docs/compliance.md, "Loss reports") are idempotent the
+same way.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from . import _remote
 
 if TYPE_CHECKING:
     from cardmint.client import Client
-    from cardmint.v1 import balance_pb2, card_pb2
+    from cardmint.v1 import balance_pb2, card_pb2, compliance_pb2
 
 COMMANDS = ("card", "balance", "redeem", "reverse")
 _STATUS = {1: "active", 2: "frozen", 3: "void", 4: "expired"}
@@ -56,6 +60,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     get = csub.add_parser("get", help="show a card")
     get.add_argument("--serial", required=True, help="the card's serial number")
     _remote.add_common(get)
+    lost = csub.add_parser("report-loss", help="report a bound card lost: frozen now, reissued after review")
+    lost.add_argument("--serial", required=True, help="the card's serial number")
+    lost.add_argument("--reason", required=True, help="why (recorded in the report and the audit log)")
+    lost.add_argument("--account", default="", help="staff: the holder's account (checked)")
+    lost.add_argument("--request-id", help="idempotency key (default: a new one, printed)")
+    _remote.add_common(lost)
+    review = csub.add_parser("review-loss", help="staff: approve (reissue) or reject a loss report")
+    review.add_argument("--report", type=int, required=True, help="the loss report's id")
+    verdict = review.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--approve", action="store_true", help="reissue the remaining balance on a new card")
+    verdict.add_argument("--reject", action="store_true", help="keep the card frozen")
+    review.add_argument("--note", required=True, help="what was checked (recorded in the audit log)")
+    review.add_argument("--request-id", help="idempotency key (default: a new one, printed)")
+    _remote.add_common(review)
 
     bal = sub.add_parser("balance", help="a card's or an account's balance")
     which = bal.add_mutually_exclusive_group()
@@ -101,6 +119,15 @@ def _receipt(verb: str, r: balance_pb2.MoneyReceipt, request_id: str) -> str:
         f"balance {_remote.fmt_money(after.minor_units, after.currency)}; "
         f"transaction {r.transaction_id}; request id {request_id}{replay}"
     )
+
+
+def _loss(r: compliance_pb2.LossReport) -> str:
+    status = {1: "pending", 2: "approved", 3: "rejected"}.get(r.status, "unknown")
+    replay = " (replayed)" if r.replayed else ""
+    line = f"loss report {r.id}: {status}{replay}; {describe(r.card)}"
+    if r.HasField("new_card"):
+        line += f"; reissued {_remote.fmt_money(r.amount.minor_units, r.amount.currency)} on {describe(r.new_card)}"
+    return line
 
 
 def _request_id(args: argparse.Namespace) -> str:
@@ -177,6 +204,12 @@ def _run(args: argparse.Namespace) -> int:
                 else ""
             )
             print(f"bound{note}: {describe(resp.card)}")
+        elif args.command == "card" and args.card_action == "report-loss":
+            rid = _request_id(args)
+            print(_loss(c.report_loss(args.serial, args.reason, account=args.account, request_id=rid)))
+        elif args.command == "card" and args.card_action == "review-loss":
+            rid = _request_id(args)
+            print(_loss(c.review_loss(args.report, approve=args.approve, note=args.note, request_id=rid)))
         elif args.command == "card":
             print(describe(c.get_card(args.serial)))
         elif args.command == "balance":

@@ -13,9 +13,9 @@ Every call has a deadline (``timeout``, default 10 s; bulk and streaming calls t
 own). Only calls that cannot change anything twice are retried, on UNAVAILABLE and on
 ABORTED (database contention): reads, and Redeem/Reverse, which carry a request id — the
 client makes one up when the caller gives none and reuses it for every retry, and the
-server answers a repeated id with the first answer; likewise CreateOrder (request id) and
-ConfirmPayment (payment id), and CancelOrder and RefundOrder, whose repeat answers the state
-the first reached. BindCard is never retried: every failed attempt counts against the
+server answers a repeated id with the first answer; likewise ReportLoss, ReviewLoss and
+CreateOrder (request id), ConfirmPayment (payment id), and CancelOrder and RefundOrder,
+whose repeat answers the state the first reached. BindCard is never retried: every failed attempt counts against the
 account's limit; nor is a GetOrder that reveals codes (each counts against the buyer's).
 
 A failed call raises a ``CardmintError`` subclass chosen by the ``ErrorInfo.reason`` of the
@@ -69,9 +69,12 @@ __all__ = [
     "CardExpired",
     "CardFrozen",
     "CardLocked",
+    "CardNotBound",
     "CardNotFound",
+    "CardSpent",
     "CardVoid",
     "CardmintError",
+    "ChallengeRequired",
     "CheckBatch",
     "CheckResult",
     "Client",
@@ -87,12 +90,17 @@ __all__ = [
     "InsufficientFunds",
     "InternalError",
     "InvalidArgument",
+    "LossReportDecided",
+    "LossReportNotFound",
+    "LossReportPending",
+    "LossReportingNotAllowed",
     "LotExported",
     "LotNotFound",
     "LotNotReady",
     "LotVoid",
     "MalformedCode",
     "MemberNotFound",
+    "NotCardHolder",
     "NotRefundable",
     "NotReversible",
     "OrderNotFound",
@@ -317,6 +325,51 @@ class AccountUnavailable(FailedPrecondition):
     reason = "ACCOUNT_UNAVAILABLE"
 
 
+class ChallengeRequired(FailedPrecondition):
+    """Too many failed binds: the guess was not evaluated. Have the person pass a challenge
+    and call again with ``challenge_passed=True``; metadata ``subject`` names the counter
+    (card, account, address or device) that asked."""
+
+    reason = "CHALLENGE_REQUIRED"
+
+
+class CardNotBound(FailedPrecondition):
+    reason = "CARD_NOT_BOUND"
+
+
+class NotCardHolder(FailedPrecondition):
+    reason = "NOT_CARD_HOLDER"
+
+
+class CardSpent(FailedPrecondition):
+    """Nothing left on the card to reissue."""
+
+    reason = "CARD_SPENT"
+
+
+class LossReportingNotAllowed(FailedPrecondition):
+    """The compliance profile forbids loss reports for this kind of card; metadata
+    ``profile``, ``card_kind``."""
+
+    reason = "LOSS_REPORTING_NOT_ALLOWED"
+
+
+class LossReportPending(AlreadyExists):
+    """A report on the card already waits for review; metadata ``report_id``."""
+
+    reason = "LOSS_REPORT_PENDING"
+
+
+class LossReportDecided(FailedPrecondition):
+    """The report was reviewed already; metadata ``status``."""
+
+    reason = "LOSS_REPORT_DECIDED"
+
+
+class LossReportNotFound(NotFound):
+    reason = "LOSS_REPORT_NOT_FOUND"
+
+
 class Locked(CardmintError):  # noqa: N818 - named after the status, like the server's
     """Too many failed attempts; ``retry_after`` says when to try again (seconds)."""
 
@@ -385,6 +438,7 @@ ERRORS: dict[str, type[CardmintError]] = {
         CardLocked,
         AccountLocked,
         ClientLocked,
+        ChallengeRequired,
         InsufficientFunds,
         CurrencyMismatch,
         TransactionNotFound,
@@ -405,6 +459,13 @@ ERRORS: dict[str, type[CardmintError]] = {
         DepartmentExists,
         MemberNotFound,
         AccountUnavailable,
+        CardNotBound,
+        NotCardHolder,
+        CardSpent,
+        LossReportingNotAllowed,
+        LossReportPending,
+        LossReportDecided,
+        LossReportNotFound,
         InternalError,
     )
 }
@@ -644,11 +705,18 @@ class Client:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _call(self, method: Callable[..., T], request: Any, *, retry: bool = False) -> T:
+    def _call(
+        self,
+        method: Callable[..., T],
+        request: Any,
+        *,
+        retry: bool = False,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> T:
         attempt = 0
         while True:
             try:
-                return method(request, timeout=self.timeout, metadata=self._metadata)
+                return method(request, timeout=self.timeout, metadata=self._metadata + extra)
             except grpc.RpcError as e:
                 err = error_from(e)
                 if not retry or err.code not in _RETRYABLE or attempt >= self.retries:
@@ -815,9 +883,14 @@ class Client:
 
     # -- cards ----------------------------------------------------------------------------
 
-    def bind_card(self, code: str, *, account: str = "", serial: str = "") -> card_pb2.BindCardResponse:
+    def bind_card(
+        self, code: str, *, account: str = "", serial: str = "", challenge_passed: bool = False
+    ) -> card_pb2.BindCardResponse:
+        """Bind a code. ``challenge_passed``: the person just passed a challenge (CAPTCHA, SMS
+        code), which binds after too many failures need (``ChallengeRequired``)."""
         request = card_pb2.BindCardRequest(code=code, account=account, serial=serial)
-        return self._call(self.cards.BindCard, request)
+        extra = (("x-challenge-passed", "1"),) if challenge_passed else ()
+        return self._call(self.cards.BindCard, request, extra=extra)
 
     def unbind_card(self, serial: str, *, account: str = "") -> card_pb2.Card:
         return self._call(self.cards.UnbindCard, card_pb2.UnbindCardRequest(serial=serial, account=account))
@@ -1159,3 +1232,44 @@ class Client:
             )
             for i, status in enumerate(resp.status)
         ]
+
+    # -- loss reports (ComplianceService) ------------------------------------------------
+
+    def report_loss(
+        self, serial: str, reason: str, *, account: str = "", request_id: str | None = None
+    ) -> compliance_pb2.LossReport:
+        """Report a bound card lost (its holder, or staff naming the holder's ``account``):
+        frozen at once, reissued after review. Retried with one request id."""
+        request = compliance_pb2.ReportLossRequest(
+            serial=serial, reason=reason, account=account, request_id=request_id or uuid.uuid4().hex
+        )
+        return self._call(self.compliance.ReportLoss, request, retry=True)
+
+    def review_loss(
+        self, report_id: int, *, approve: bool, note: str, request_id: str | None = None
+    ) -> compliance_pb2.LossReport:
+        """Staff: approve (reissue the remaining balance on a new card) or reject a pending
+        loss report. Retried with one request id."""
+        request = compliance_pb2.ReviewLossRequest(
+            report_id=report_id, approve=approve, note=note, request_id=request_id or uuid.uuid4().hex
+        )
+        return self._call(self.compliance.ReviewLoss, request, retry=True)
+
+    def loss_reports(self, status: str = "", *, page_size: int = 100) -> Iterator[compliance_pb2.LossReport]:
+        """Loss reports (``status``: pending, approved, rejected or "" for all), oldest first;
+        staff see all, a customer their own."""
+        wanted = (
+            compliance_pb2.LossReportStatus.Value(f"LOSS_REPORT_STATUS_{status.upper()}")
+            if status
+            else compliance_pb2.LOSS_REPORT_STATUS_UNSPECIFIED
+        )
+        token = ""
+        while True:
+            request = compliance_pb2.ListLossReportsRequest(
+                status=wanted, page=common_pb2.PageRequest(page_size=page_size, page_token=token)
+            )
+            resp = self._call(self.compliance.ListLossReports, request, retry=True)
+            yield from resp.reports
+            token = resp.page.next_page_token
+            if not token:
+                return

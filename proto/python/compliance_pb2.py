@@ -27,31 +27,43 @@ from cardmint.v1 import common_pb2 as cardmint_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61rdmint/v1/compliance.proto\x12\x0b\x63\x61rdmint.v1\x1a\x16\x63\x61rdmint/v1/card.proto\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x12VerifyAuditRequest\x12\x1a\n\rexpect_events\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0b\x65xpect_head\x18\x02 \x01(\x0c\x42\x10\n\x0e_expect_events\"h\n\x13VerifyAuditResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x03\x12\x11\n\thead_hash\x18\x03 \x01(\x0c\x12\x11\n\tfirst_bad\x18\x04 \x01(\x03\x12\x0f\n\x07problem\x18\x05 \x01(\t\"\x83\x01\n\x16ImportBlacklistRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12+\n\x05\x63odes\x18\x02 \x01(\x0b\x32\x1a.cardmint.v1.PackedStringsH\x00\x12\x11\n\x07\x64igests\x18\x03 \x01(\x0cH\x00\x12\x0e\n\x06length\x18\x04 \x01(\rB\t\n\x07\x65ntries\"n\n\x17ImportBlacklistResponse\x12\x10\n\x08received\x18\x01 \x01(\x03\x12\x11\n\tmalformed\x18\x02 \x01(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x03\x12\x0f\n\x07matched\x18\x04 \x01(\x03\x12\x0e\n\x06\x66rozen\x18\x05 \x01(\x03\"/\n\rFreezeRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x0fUnfreezeRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x12ListReportsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"\xa5\x01\n\x06Report\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\"\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x12.cardmint.v1.Money\x12\x13\n\x0b\x64\x65tail_json\x18\x06 \x01(\t\x12\x0f\n\x07profile\x18\x07 \x01(\t\"d\n\x13ListReportsResponse\x12$\n\x07reports\x18\x01 \x03(\x0b\x32\x13.cardmint.v1.Report\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse2\x8b\x03\n\x11\x43omplianceService\x12\x37\n\x06\x46reeze\x12\x1a.cardmint.v1.FreezeRequest\x1a\x11.cardmint.v1.Card\x12;\n\x08Unfreeze\x12\x1c.cardmint.v1.UnfreezeRequest\x1a\x11.cardmint.v1.Card\x12P\n\x0bListReports\x12\x1f.cardmint.v1.ListReportsRequest\x1a .cardmint.v1.ListReportsResponse\x12\\\n\x0fImportBlacklist\x12#.cardmint.v1.ImportBlacklistRequest\x1a$.cardmint.v1.ImportBlacklistResponse\x12P\n\x0bVerifyAudit\x12\x1f.cardmint.v1.VerifyAuditRequest\x1a .cardmint.v1.VerifyAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63\x61rdmint/v1/compliance.proto\x12\x0b\x63\x61rdmint.v1\x1a\x16\x63\x61rdmint/v1/card.proto\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"X\n\x11ReportLossRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"Y\n\x11ReviewLossRequest\x12\x11\n\treport_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"o\n\x16ListLossReportsRequest\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.cardmint.v1.LossReportStatus\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"l\n\x17ListLossReportsResponse\x12(\n\x07reports\x18\x01 \x03(\x0b\x32\x17.cardmint.v1.LossReport\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse\"\xfe\x02\n\nLossReport\x12\n\n\x02id\x18\x01 \x01(\x03\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.cardmint.v1.LossReportStatus\x12\x1f\n\x04\x63\x61rd\x18\x03 \x01(\x0b\x32\x11.cardmint.v1.Card\x12\x0f\n\x07\x61\x63\x63ount\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x13\n\x0breported_by\x18\x06 \x01(\t\x12/\n\x0breported_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0breviewed_by\x18\x08 \x01(\t\x12/\n\x0breviewed_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\n \x01(\t\x12#\n\x08new_card\x18\x0b \x01(\x0b\x32\x11.cardmint.v1.Card\x12\"\n\x06\x61mount\x18\x0c \x01(\x0b\x32\x12.cardmint.v1.Money\x12\x10\n\x08replayed\x18\r \x01(\x08\"W\n\x12VerifyAuditRequest\x12\x1a\n\rexpect_events\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0b\x65xpect_head\x18\x02 \x01(\x0c\x42\x10\n\x0e_expect_events\"h\n\x13VerifyAuditResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x03\x12\x11\n\thead_hash\x18\x03 \x01(\x0c\x12\x11\n\tfirst_bad\x18\x04 \x01(\x03\x12\x0f\n\x07problem\x18\x05 \x01(\t\"\x83\x01\n\x16ImportBlacklistRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12+\n\x05\x63odes\x18\x02 \x01(\x0b\x32\x1a.cardmint.v1.PackedStringsH\x00\x12\x11\n\x07\x64igests\x18\x03 \x01(\x0cH\x00\x12\x0e\n\x06length\x18\x04 \x01(\rB\t\n\x07\x65ntries\"n\n\x17ImportBlacklistResponse\x12\x10\n\x08received\x18\x01 \x01(\x03\x12\x11\n\tmalformed\x18\x02 \x01(\x03\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x03 \x01(\x03\x12\x0f\n\x07matched\x18\x04 \x01(\x03\x12\x0e\n\x06\x66rozen\x18\x05 \x01(\x03\"/\n\rFreezeRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x0fUnfreezeRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"J\n\x12ListReportsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"\xa5\x01\n\x06Report\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\"\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x12.cardmint.v1.Money\x12\x13\n\x0b\x64\x65tail_json\x18\x06 \x01(\t\x12\x0f\n\x07profile\x18\x07 \x01(\t\"d\n\x13ListReportsResponse\x12$\n\x07reports\x18\x01 \x03(\x0b\x32\x13.cardmint.v1.Report\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse*\x98\x01\n\x10LossReportStatus\x12\"\n\x1eLOSS_REPORT_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aLOSS_REPORT_STATUS_PENDING\x10\x01\x12\x1f\n\x1bLOSS_REPORT_STATUS_APPROVED\x10\x02\x12\x1f\n\x1bLOSS_REPORT_STATUS_REJECTED\x10\x03\x32\xf7\x04\n\x11\x43omplianceService\x12\x37\n\x06\x46reeze\x12\x1a.cardmint.v1.FreezeRequest\x1a\x11.cardmint.v1.Card\x12;\n\x08Unfreeze\x12\x1c.cardmint.v1.UnfreezeRequest\x1a\x11.cardmint.v1.Card\x12P\n\x0bListReports\x12\x1f.cardmint.v1.ListReportsRequest\x1a .cardmint.v1.ListReportsResponse\x12\\\n\x0fImportBlacklist\x12#.cardmint.v1.ImportBlacklistRequest\x1a$.cardmint.v1.ImportBlacklistResponse\x12P\n\x0bVerifyAudit\x12\x1f.cardmint.v1.VerifyAuditRequest\x1a .cardmint.v1.VerifyAuditResponse\x12\x45\n\nReportLoss\x12\x1e.cardmint.v1.ReportLossRequest\x1a\x17.cardmint.v1.LossReport\x12\x45\n\nReviewLoss\x12\x1e.cardmint.v1.ReviewLossRequest\x1a\x17.cardmint.v1.LossReport\x12\\\n\x0fListLossReports\x12#.cardmint.v1.ListLossReportsRequest\x1a$.cardmint.v1.ListLossReportsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cardmint.v1.compliance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERIFYAUDITREQUEST']._serialized_start=128
-  _globals['_VERIFYAUDITREQUEST']._serialized_end=215
-  _globals['_VERIFYAUDITRESPONSE']._serialized_start=217
-  _globals['_VERIFYAUDITRESPONSE']._serialized_end=321
-  _globals['_IMPORTBLACKLISTREQUEST']._serialized_start=324
-  _globals['_IMPORTBLACKLISTREQUEST']._serialized_end=455
-  _globals['_IMPORTBLACKLISTRESPONSE']._serialized_start=457
-  _globals['_IMPORTBLACKLISTRESPONSE']._serialized_end=567
-  _globals['_FREEZEREQUEST']._serialized_start=569
-  _globals['_FREEZEREQUEST']._serialized_end=616
-  _globals['_UNFREEZEREQUEST']._serialized_start=618
-  _globals['_UNFREEZEREQUEST']._serialized_end=667
-  _globals['_LISTREPORTSREQUEST']._serialized_start=669
-  _globals['_LISTREPORTSREQUEST']._serialized_end=743
-  _globals['_REPORT']._serialized_start=746
-  _globals['_REPORT']._serialized_end=911
-  _globals['_LISTREPORTSRESPONSE']._serialized_start=913
-  _globals['_LISTREPORTSRESPONSE']._serialized_end=1013
-  _globals['_COMPLIANCESERVICE']._serialized_start=1016
-  _globals['_COMPLIANCESERVICE']._serialized_end=1411
+  _globals['_LOSSREPORTSTATUS']._serialized_start=1805
+  _globals['_LOSSREPORTSTATUS']._serialized_end=1957
+  _globals['_REPORTLOSSREQUEST']._serialized_start=128
+  _globals['_REPORTLOSSREQUEST']._serialized_end=216
+  _globals['_REVIEWLOSSREQUEST']._serialized_start=218
+  _globals['_REVIEWLOSSREQUEST']._serialized_end=307
+  _globals['_LISTLOSSREPORTSREQUEST']._serialized_start=309
+  _globals['_LISTLOSSREPORTSREQUEST']._serialized_end=420
+  _globals['_LISTLOSSREPORTSRESPONSE']._serialized_start=422
+  _globals['_LISTLOSSREPORTSRESPONSE']._serialized_end=530
+  _globals['_LOSSREPORT']._serialized_start=533
+  _globals['_LOSSREPORT']._serialized_end=915
+  _globals['_VERIFYAUDITREQUEST']._serialized_start=917
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=1004
+  _globals['_VERIFYAUDITRESPONSE']._serialized_start=1006
+  _globals['_VERIFYAUDITRESPONSE']._serialized_end=1110
+  _globals['_IMPORTBLACKLISTREQUEST']._serialized_start=1113
+  _globals['_IMPORTBLACKLISTREQUEST']._serialized_end=1244
+  _globals['_IMPORTBLACKLISTRESPONSE']._serialized_start=1246
+  _globals['_IMPORTBLACKLISTRESPONSE']._serialized_end=1356
+  _globals['_FREEZEREQUEST']._serialized_start=1358
+  _globals['_FREEZEREQUEST']._serialized_end=1405
+  _globals['_UNFREEZEREQUEST']._serialized_start=1407
+  _globals['_UNFREEZEREQUEST']._serialized_end=1456
+  _globals['_LISTREPORTSREQUEST']._serialized_start=1458
+  _globals['_LISTREPORTSREQUEST']._serialized_end=1532
+  _globals['_REPORT']._serialized_start=1535
+  _globals['_REPORT']._serialized_end=1700
+  _globals['_LISTREPORTSRESPONSE']._serialized_start=1702
+  _globals['_LISTREPORTSRESPONSE']._serialized_end=1802
+  _globals['_COMPLIANCESERVICE']._serialized_start=1960
+  _globals['_COMPLIANCESERVICE']._serialized_end=2591
 # @@protoc_insertion_point(module_scope)

@@ -3,12 +3,14 @@
 isort:skip_file
 ComplianceService: staff operations the compliance rules call for."""
 
+from cardmint.v1 import card_pb2 as _card_pb2
 from cardmint.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +21,226 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _LossReportStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LossReportStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LossReportStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOSS_REPORT_STATUS_UNSPECIFIED: _LossReportStatus.ValueType  # 0
+    """Never sent (in a filter: any state)."""
+    LOSS_REPORT_STATUS_PENDING: _LossReportStatus.ValueType  # 1
+    """Reported; the card is frozen and waits for staff."""
+    LOSS_REPORT_STATUS_APPROVED: _LossReportStatus.ValueType  # 2
+    """The remaining balance was reissued on `new_card`; the reported card is void."""
+    LOSS_REPORT_STATUS_REJECTED: _LossReportStatus.ValueType  # 3
+    """Rejected; the card stays frozen until staff unfreeze it."""
+
+class LossReportStatus(_LossReportStatus, metaclass=_LossReportStatusEnumTypeWrapper):
+    """Where a loss report is in its review."""
+
+LOSS_REPORT_STATUS_UNSPECIFIED: LossReportStatus.ValueType  # 0
+"""Never sent (in a filter: any state)."""
+LOSS_REPORT_STATUS_PENDING: LossReportStatus.ValueType  # 1
+"""Reported; the card is frozen and waits for staff."""
+LOSS_REPORT_STATUS_APPROVED: LossReportStatus.ValueType  # 2
+"""The remaining balance was reissued on `new_card`; the reported card is void."""
+LOSS_REPORT_STATUS_REJECTED: LossReportStatus.ValueType  # 3
+"""Rejected; the card stays frozen until staff unfreeze it."""
+Global___LossReportStatus: _TypeAlias = LossReportStatus  # noqa: Y015
+
+@_typing.final
+class ReportLossRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    """The card number."""
+    account: _builtins.str
+    """Staff only, optional: the holder's account (external id); it must hold the card."""
+    reason: _builtins.str
+    """Why (1..500 characters), e.g. "lost with my wallet on 2026-11-27"; recorded in the
+    report and the audit log.
+    """
+    request_id: _builtins.str
+    """Idempotency key (1..128 printable ASCII): a retry answers the first call's report."""
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+        account: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "reason", b"reason", "request_id", b"request_id", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportLossRequest: _TypeAlias = ReportLossRequest  # noqa: Y015
+
+@_typing.final
+class ReviewLossRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    report_id: _builtins.int
+    """The report (LossReport.id)."""
+    approve: _builtins.bool
+    """True: reissue the remaining balance on a new card; false: reject."""
+    note: _builtins.str
+    """The reviewer's note (1..500 characters): what was checked; recorded in the audit log."""
+    request_id: _builtins.str
+    """Idempotency key (1..128 printable ASCII): a retry answers the first call's report."""
+    def __init__(
+        self,
+        *,
+        report_id: _builtins.int = ...,
+        approve: _builtins.bool = ...,
+        note: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "note", b"note", "report_id", b"report_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviewLossRequest: _TypeAlias = ReviewLossRequest  # noqa: Y015
+
+@_typing.final
+class ListLossReportsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    status: Global___LossReportStatus.ValueType
+    """Only reports in this state; unspecified for all."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        status: Global___LossReportStatus.ValueType = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLossReportsRequest: _TypeAlias = ListLossReportsRequest  # noqa: Y015
+
+@_typing.final
+class ListLossReportsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___LossReport]: ...
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse: ...
+    def __init__(
+        self,
+        *,
+        reports: _abc.Iterable[Global___LossReport] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "reports", b"reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLossReportsResponse: _TypeAlias = ListLossReportsResponse  # noqa: Y015
+
+@_typing.final
+class LossReport(_message.Message):
+    """A loss report as its holder and staff see it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CARD_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REPORTED_BY_FIELD_NUMBER: _builtins.int
+    REPORTED_AT_FIELD_NUMBER: _builtins.int
+    REVIEWED_BY_FIELD_NUMBER: _builtins.int
+    REVIEWED_AT_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    NEW_CARD_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    status: Global___LossReportStatus.ValueType
+    account: _builtins.str
+    """The holder's account (external id)."""
+    reason: _builtins.str
+    """Why it was reported."""
+    reported_by: _builtins.str
+    """Who reported it: the actor of the token used ("token:<id>")."""
+    reviewed_by: _builtins.str
+    """Who reviewed it ("token:<id>"); empty while pending."""
+    note: _builtins.str
+    """The reviewer's note; empty while pending."""
+    replayed: _builtins.bool
+    """True when a repeated request id answered with the first call's report."""
+    @_builtins.property
+    def card(self) -> _card_pb2.Card:
+        """The reported card as it is now (frozen while pending, void once reissued)."""
+
+    @_builtins.property
+    def reported_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reviewed_at(self) -> _timestamp_pb2.Timestamp:
+        """When; unset while pending."""
+
+    @_builtins.property
+    def new_card(self) -> _card_pb2.Card:
+        """Approved: the new card holding the reissued balance, bound to the same account
+        (masked; its owner reads the code with ViewSecret). Unset otherwise.
+        """
+
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Approved: the balance moved. Unset otherwise."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        status: Global___LossReportStatus.ValueType = ...,
+        card: _card_pb2.Card | None = ...,
+        account: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        reported_by: _builtins.str = ...,
+        reported_at: _timestamp_pb2.Timestamp | None = ...,
+        reviewed_by: _builtins.str = ...,
+        reviewed_at: _timestamp_pb2.Timestamp | None = ...,
+        note: _builtins.str = ...,
+        new_card: _card_pb2.Card | None = ...,
+        amount: _common_pb2.Money | None = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "card", b"card", "new_card", b"new_card", "reported_at", b"reported_at", "reviewed_at", b"reviewed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "card", b"card", "id", b"id", "new_card", b"new_card", "note", b"note", "reason", b"reason", "replayed", b"replayed", "reported_at", b"reported_at", "reported_by", b"reported_by", "reviewed_at", b"reviewed_at", "reviewed_by", b"reviewed_by", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LossReport: _TypeAlias = LossReport  # noqa: Y015
 
 @_typing.final
 class VerifyAuditRequest(_message.Message):

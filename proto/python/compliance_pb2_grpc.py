@@ -28,7 +28,8 @@ if _version_not_supported:
 
 class ComplianceServiceStub:
     """Freezing cards and reading the reports the workflows file under the deployment's
-    compliance profile (docs/compliance.md). Staff tokens only (admin, operator); every
+    compliance profile (docs/compliance.md). Staff tokens only (admin, operator), except
+    ReportLoss and ListLossReports, which a customer may call for their own cards; every
     change is audited and announced on the EventService.
     """
 
@@ -63,11 +64,27 @@ class ComplianceServiceStub:
                 request_serializer=cardmint_dot_v1_dot_compliance__pb2.VerifyAuditRequest.SerializeToString,
                 response_deserializer=cardmint_dot_v1_dot_compliance__pb2.VerifyAuditResponse.FromString,
                 _registered_method=True)
+        self.ReportLoss = channel.unary_unary(
+                '/cardmint.v1.ComplianceService/ReportLoss',
+                request_serializer=cardmint_dot_v1_dot_compliance__pb2.ReportLossRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_compliance__pb2.LossReport.FromString,
+                _registered_method=True)
+        self.ReviewLoss = channel.unary_unary(
+                '/cardmint.v1.ComplianceService/ReviewLoss',
+                request_serializer=cardmint_dot_v1_dot_compliance__pb2.ReviewLossRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_compliance__pb2.LossReport.FromString,
+                _registered_method=True)
+        self.ListLossReports = channel.unary_unary(
+                '/cardmint.v1.ComplianceService/ListLossReports',
+                request_serializer=cardmint_dot_v1_dot_compliance__pb2.ListLossReportsRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_compliance__pb2.ListLossReportsResponse.FromString,
+                _registered_method=True)
 
 
 class ComplianceServiceServicer:
     """Freezing cards and reading the reports the workflows file under the deployment's
-    compliance profile (docs/compliance.md). Staff tokens only (admin, operator); every
+    compliance profile (docs/compliance.md). Staff tokens only (admin, operator), except
+    ReportLoss and ListLossReports, which a customer may call for their own cards; every
     change is audited and announced on the EventService.
     """
 
@@ -113,6 +130,39 @@ class ComplianceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportLoss(self, request, context):
+        """The holder of a bound card reports it lost: a customer for their own card, or staff
+        on the holder's behalf. The card is frozen at once and the report waits for review.
+        Only where the compliance profile allows loss reports for the card's kind
+        (LOSS_REPORTING_NOT_ALLOWED). A customer naming a card not bound to them hears
+        CARD_NOT_FOUND; staff hear CARD_NOT_BOUND / NOT_CARD_HOLDER. CARD_VOID, CARD_EXPIRED,
+        CARD_SPENT (nothing to reissue), LOSS_REPORT_PENDING (one already waits). Idempotent
+        on `request_id`. Events: card.frozen (when it was active), card.lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReviewLoss(self, request, context):
+        """Staff decide a pending loss report. Approve: in one transaction a new card of the same
+        product (the old card's face value and expiry) is minted, bound to the holder's
+        account, and the old card's whole remaining balance moves onto it (linked ledger
+        entries reissue_out / reissue_in); the old card ends void with balance 0. The new code
+        is never in this answer: its owner reads it with CardService.ViewSecret. Reject: the
+        card stays frozen (Unfreeze releases it). LOSS_REPORT_DECIDED when reviewed already.
+        Idempotent on `request_id`. Events: card.reissued or card.loss_rejected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLossReports(self, request, context):
+        """Loss reports, oldest first (page size at most 500): staff see all, a customer theirs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComplianceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -141,6 +191,21 @@ def add_ComplianceServiceServicer_to_server(servicer, server):
                     request_deserializer=cardmint_dot_v1_dot_compliance__pb2.VerifyAuditRequest.FromString,
                     response_serializer=cardmint_dot_v1_dot_compliance__pb2.VerifyAuditResponse.SerializeToString,
             ),
+            'ReportLoss': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportLoss,
+                    request_deserializer=cardmint_dot_v1_dot_compliance__pb2.ReportLossRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_compliance__pb2.LossReport.SerializeToString,
+            ),
+            'ReviewLoss': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviewLoss,
+                    request_deserializer=cardmint_dot_v1_dot_compliance__pb2.ReviewLossRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_compliance__pb2.LossReport.SerializeToString,
+            ),
+            'ListLossReports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLossReports,
+                    request_deserializer=cardmint_dot_v1_dot_compliance__pb2.ListLossReportsRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_compliance__pb2.ListLossReportsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cardmint.v1.ComplianceService', rpc_method_handlers)
@@ -151,7 +216,8 @@ def add_ComplianceServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ComplianceService:
     """Freezing cards and reading the reports the workflows file under the deployment's
-    compliance profile (docs/compliance.md). Staff tokens only (admin, operator); every
+    compliance profile (docs/compliance.md). Staff tokens only (admin, operator), except
+    ReportLoss and ListLossReports, which a customer may call for their own cards; every
     change is audited and announced on the EventService.
     """
 
@@ -280,6 +346,87 @@ class ComplianceService:
             '/cardmint.v1.ComplianceService/VerifyAudit',
             cardmint_dot_v1_dot_compliance__pb2.VerifyAuditRequest.SerializeToString,
             cardmint_dot_v1_dot_compliance__pb2.VerifyAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportLoss(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.ComplianceService/ReportLoss',
+            cardmint_dot_v1_dot_compliance__pb2.ReportLossRequest.SerializeToString,
+            cardmint_dot_v1_dot_compliance__pb2.LossReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviewLoss(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.ComplianceService/ReviewLoss',
+            cardmint_dot_v1_dot_compliance__pb2.ReviewLossRequest.SerializeToString,
+            cardmint_dot_v1_dot_compliance__pb2.LossReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLossReports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.ComplianceService/ListLossReports',
+            cardmint_dot_v1_dot_compliance__pb2.ListLossReportsRequest.SerializeToString,
+            cardmint_dot_v1_dot_compliance__pb2.ListLossReportsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,8 @@ GRPC_VERSION: str
 
 class ComplianceServiceStub:
     """Freezing cards and reading the reports the workflows file under the deployment's
-    compliance profile (docs/compliance.md). Staff tokens only (admin, operator); every
+    compliance profile (docs/compliance.md). Staff tokens only (admin, operator), except
+    ReportLoss and ListLossReports, which a customer may call for their own cards; every
     change is audited and announced on the EventService.
     """
 
@@ -58,11 +59,32 @@ class ComplianceServiceStub:
     still links; pass the head recorded earlier (`expect_events`, `expect_head`) to catch
     that too.
     """
+    ReportLoss: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ReportLossRequest, _compliance_pb2.LossReport]
+    """The holder of a bound card reports it lost: a customer for their own card, or staff
+    on the holder's behalf. The card is frozen at once and the report waits for review.
+    Only where the compliance profile allows loss reports for the card's kind
+    (LOSS_REPORTING_NOT_ALLOWED). A customer naming a card not bound to them hears
+    CARD_NOT_FOUND; staff hear CARD_NOT_BOUND / NOT_CARD_HOLDER. CARD_VOID, CARD_EXPIRED,
+    CARD_SPENT (nothing to reissue), LOSS_REPORT_PENDING (one already waits). Idempotent
+    on `request_id`. Events: card.frozen (when it was active), card.lost.
+    """
+    ReviewLoss: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ReviewLossRequest, _compliance_pb2.LossReport]
+    """Staff decide a pending loss report. Approve: in one transaction a new card of the same
+    product (the old card's face value and expiry) is minted, bound to the holder's
+    account, and the old card's whole remaining balance moves onto it (linked ledger
+    entries reissue_out / reissue_in); the old card ends void with balance 0. The new code
+    is never in this answer: its owner reads it with CardService.ViewSecret. Reject: the
+    card stays frozen (Unfreeze releases it). LOSS_REPORT_DECIDED when reviewed already.
+    Idempotent on `request_id`. Events: card.reissued or card.loss_rejected.
+    """
+    ListLossReports: _grpc.UnaryUnaryMultiCallable[_compliance_pb2.ListLossReportsRequest, _compliance_pb2.ListLossReportsResponse]
+    """Loss reports, oldest first (page size at most 500): staff see all, a customer theirs."""
 
 @_typing.type_check_only
 class ComplianceServiceAsyncStub(ComplianceServiceStub):
     """Freezing cards and reading the reports the workflows file under the deployment's
-    compliance profile (docs/compliance.md). Staff tokens only (admin, operator); every
+    compliance profile (docs/compliance.md). Staff tokens only (admin, operator), except
+    ReportLoss and ListLossReports, which a customer may call for their own cards; every
     change is audited and announced on the EventService.
     """
 
@@ -88,10 +110,31 @@ class ComplianceServiceAsyncStub(ComplianceServiceStub):
     still links; pass the head recorded earlier (`expect_events`, `expect_head`) to catch
     that too.
     """
+    ReportLoss: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ReportLossRequest, _compliance_pb2.LossReport]  # type: ignore[assignment]
+    """The holder of a bound card reports it lost: a customer for their own card, or staff
+    on the holder's behalf. The card is frozen at once and the report waits for review.
+    Only where the compliance profile allows loss reports for the card's kind
+    (LOSS_REPORTING_NOT_ALLOWED). A customer naming a card not bound to them hears
+    CARD_NOT_FOUND; staff hear CARD_NOT_BOUND / NOT_CARD_HOLDER. CARD_VOID, CARD_EXPIRED,
+    CARD_SPENT (nothing to reissue), LOSS_REPORT_PENDING (one already waits). Idempotent
+    on `request_id`. Events: card.frozen (when it was active), card.lost.
+    """
+    ReviewLoss: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ReviewLossRequest, _compliance_pb2.LossReport]  # type: ignore[assignment]
+    """Staff decide a pending loss report. Approve: in one transaction a new card of the same
+    product (the old card's face value and expiry) is minted, bound to the holder's
+    account, and the old card's whole remaining balance moves onto it (linked ledger
+    entries reissue_out / reissue_in); the old card ends void with balance 0. The new code
+    is never in this answer: its owner reads it with CardService.ViewSecret. Reject: the
+    card stays frozen (Unfreeze releases it). LOSS_REPORT_DECIDED when reviewed already.
+    Idempotent on `request_id`. Events: card.reissued or card.loss_rejected.
+    """
+    ListLossReports: _aio.UnaryUnaryMultiCallable[_compliance_pb2.ListLossReportsRequest, _compliance_pb2.ListLossReportsResponse]  # type: ignore[assignment]
+    """Loss reports, oldest first (page size at most 500): staff see all, a customer theirs."""
 
 class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
     """Freezing cards and reading the reports the workflows file under the deployment's
-    compliance profile (docs/compliance.md). Staff tokens only (admin, operator); every
+    compliance profile (docs/compliance.md). Staff tokens only (admin, operator), except
+    ReportLoss and ListLossReports, which a customer may call for their own cards; every
     change is audited and announced on the EventService.
     """
 
@@ -145,5 +188,43 @@ class ComplianceServiceServicer(metaclass=_abc_1.ABCMeta):
         still links; pass the head recorded earlier (`expect_events`, `expect_head`) to catch
         that too.
         """
+
+    @_abc_1.abstractmethod
+    def ReportLoss(
+        self,
+        request: _compliance_pb2.ReportLossRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.LossReport, _abc.Awaitable[_compliance_pb2.LossReport]]:
+        """The holder of a bound card reports it lost: a customer for their own card, or staff
+        on the holder's behalf. The card is frozen at once and the report waits for review.
+        Only where the compliance profile allows loss reports for the card's kind
+        (LOSS_REPORTING_NOT_ALLOWED). A customer naming a card not bound to them hears
+        CARD_NOT_FOUND; staff hear CARD_NOT_BOUND / NOT_CARD_HOLDER. CARD_VOID, CARD_EXPIRED,
+        CARD_SPENT (nothing to reissue), LOSS_REPORT_PENDING (one already waits). Idempotent
+        on `request_id`. Events: card.frozen (when it was active), card.lost.
+        """
+
+    @_abc_1.abstractmethod
+    def ReviewLoss(
+        self,
+        request: _compliance_pb2.ReviewLossRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.LossReport, _abc.Awaitable[_compliance_pb2.LossReport]]:
+        """Staff decide a pending loss report. Approve: in one transaction a new card of the same
+        product (the old card's face value and expiry) is minted, bound to the holder's
+        account, and the old card's whole remaining balance moves onto it (linked ledger
+        entries reissue_out / reissue_in); the old card ends void with balance 0. The new code
+        is never in this answer: its owner reads it with CardService.ViewSecret. Reject: the
+        card stays frozen (Unfreeze releases it). LOSS_REPORT_DECIDED when reviewed already.
+        Idempotent on `request_id`. Events: card.reissued or card.loss_rejected.
+        """
+
+    @_abc_1.abstractmethod
+    def ListLossReports(
+        self,
+        request: _compliance_pb2.ListLossReportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compliance_pb2.ListLossReportsResponse, _abc.Awaitable[_compliance_pb2.ListLossReportsResponse]]:
+        """Loss reports, oldest first (page size at most 500): staff see all, a customer theirs."""
 
 def add_ComplianceServiceServicer_to_server(servicer: ComplianceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -97,6 +97,9 @@ def page_cursor(page: common_pb2.PageRequest) -> int | None:
 
 
 DEVICE_HEADER = "x-device-id"
+# Set by a trusted front end when the person passed a challenge (CAPTCHA, SMS code) for this
+# request; binds past a subject's challenge threshold need it (docs/compliance.md).
+CHALLENGE_HEADER = "x-challenge-passed"
 
 
 def peer_address(peer: str) -> str | None:
@@ -113,8 +116,10 @@ def peer_address(peer: str) -> str | None:
 def client_origin(context: grpc.ServicerContext) -> Origin:
     """Where the call came from: the peer address (behind a proxy: the proxy's) and the
     device id an app sends in ``x-device-id`` metadata (printable ASCII, at most 128)."""
-    device = None
+    device, challenged = None, False
     for key, value in context.invocation_metadata() or ():
         if key == DEVICE_HEADER and isinstance(value, str) and value.isprintable() and value.isascii():
             device = value.strip()[:128] or None
-    return Origin(address=peer_address(context.peer() or ""), device=device)
+        elif key == CHALLENGE_HEADER and isinstance(value, str):
+            challenged = value.strip().lower() in {"1", "true", "yes"}
+    return Origin(address=peer_address(context.peer() or ""), device=device, challenged=challenged)

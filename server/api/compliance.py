@@ -1,10 +1,11 @@
-"""ComplianceService: freeze, unfreeze, reports."""
+"""ComplianceService: freeze, unfreeze, reports, loss reports."""
 
 from __future__ import annotations
 
 import grpc
 import numpy as np
 from cardmint.server.domain import Domain, InvalidArgument
+from cardmint.server.domain.compliance import LossReportView
 from cardmint.server.domain.issued_index import DIGEST_SIZE
 from cardmint.server.storage import Report
 from cardmint.v1 import card_pb2, common_pb2, compliance_pb2, compliance_pb2_grpc
@@ -27,6 +28,32 @@ def report_message(r: Report) -> compliance_pb2.Report:
         amount=money(r.amount, r.currency) if r.amount is not None and r.currency else None,
         detail_json=r.detail,
         profile=r.profile,
+    )
+
+
+_LOSS_STATUS = {
+    "pending": compliance_pb2.LOSS_REPORT_STATUS_PENDING,
+    "approved": compliance_pb2.LOSS_REPORT_STATUS_APPROVED,
+    "rejected": compliance_pb2.LOSS_REPORT_STATUS_REJECTED,
+}
+_LOSS_FILTER = {number: name for name, number in _LOSS_STATUS.items()}
+
+
+def loss_report_message(r: LossReportView) -> compliance_pb2.LossReport:
+    return compliance_pb2.LossReport(
+        id=r.id,
+        status=_LOSS_STATUS[r.status],
+        card=card_message(r.card),
+        account=r.account,
+        reason=r.reason,
+        reported_by=r.reported_by,
+        reported_at=timestamp(r.reported_at),
+        reviewed_by=r.reviewed_by or "",
+        reviewed_at=timestamp(r.reviewed_at),
+        note=r.note or "",
+        new_card=card_message(r.new_card) if r.new_card is not None else None,
+        amount=money(r.amount, r.card.currency) if r.amount is not None else None,
+        replayed=r.replayed,
     )
 
 
@@ -98,5 +125,46 @@ class ComplianceServicer(compliance_pb2_grpc.ComplianceServiceServicer):
         token = str(page.next_after_id) if page.next_after_id is not None else ""
         return compliance_pb2.ListReportsResponse(
             reports=[report_message(r) for r in page.reports],
+            page=common_pb2.PageResponse(next_page_token=token),
+        )
+
+    def ReportLoss(  # noqa: N802 - grpc's generated method names
+        self, request: compliance_pb2.ReportLossRequest, context: grpc.ServicerContext
+    ) -> compliance_pb2.LossReport:
+        view = self._compliance.report_loss(
+            current_principal(),
+            request.serial,
+            reason=request.reason,
+            request_id=request.request_id,
+            account=request.account or None,
+        )
+        return loss_report_message(view)
+
+    def ReviewLoss(  # noqa: N802 - grpc's generated method names
+        self, request: compliance_pb2.ReviewLossRequest, context: grpc.ServicerContext
+    ) -> compliance_pb2.LossReport:
+        view = self._compliance.review_loss(
+            current_principal(),
+            request.report_id,
+            approve=request.approve,
+            note=request.note,
+            request_id=request.request_id,
+        )
+        return loss_report_message(view)
+
+    def ListLossReports(  # noqa: N802 - grpc's generated method names
+        self, request: compliance_pb2.ListLossReportsRequest, context: grpc.ServicerContext
+    ) -> compliance_pb2.ListLossReportsResponse:
+        if request.status and request.status not in _LOSS_FILTER:
+            raise InvalidArgument.of("status", "a LossReportStatus value")
+        page = self._compliance.list_loss_reports(
+            current_principal(),
+            status=_LOSS_FILTER.get(request.status),
+            after_id=page_cursor(request.page) or 0,
+            limit=page_size(request.page, MAX_PAGE),
+        )
+        token = str(page.next_after_id) if page.next_after_id is not None else ""
+        return compliance_pb2.ListLossReportsResponse(
+            reports=[loss_report_message(r) for r in page.reports],
             page=common_pb2.PageResponse(next_page_token=token),
         )

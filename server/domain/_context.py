@@ -33,14 +33,8 @@ MAX_AMOUNT = 10**12
 
 @dataclass(frozen=True)
 class DomainConfig:
-    card_failures: int = 3
-    account_failures: int = 5
-    card_lock_seconds: int = 3600
-    account_lock_seconds: int = 900
+    # Failed-bind tiers (challenge, lock) live in the compliance profile's [risk] section.
     transfers_per_year: int = 3
-    address_failures: int = 20  # failed binds from one client address per window
-    device_failures: int = 10  # failed binds from one device id per window
-    client_lock_seconds: int = 3600
     max_check_batch: int = 1_000_000
     max_generate: int = 1_000_000
     max_lot: int = 10_000_000

@@ -28,6 +28,7 @@ from .errors import (
     CardLocked,
     CardNotFound,
     CardVoid,
+    ChallengeRequired,
     ClientLocked,
     DomainError,
     FieldViolation,
@@ -36,6 +37,7 @@ from .errors import (
 )
 from .events import EventKind, emit
 from .keys import display
+from .profiles import RiskTier
 
 __all__ = ["BindReceipt", "CardService", "CardView", "Origin", "SecretView"]
 
@@ -71,6 +73,10 @@ class Origin:
 
     address: str | None = None
     device: str | None = None
+    # The front end vouches that the person passed a challenge (a CAPTCHA, an SMS code) for
+    # this request: binds past a subject's `challenge_after` failures need it (see
+    # docs/compliance.md, "Risk tiers"). Sent as ``x-challenge-passed: 1`` metadata.
+    challenged: bool = False
 
     def subjects(self) -> list[tuple[AttemptKind, str]]:
         out = []
@@ -304,21 +310,34 @@ class CardService:
 
         # Hold the counters (account first, then card: one order, no deadlock) so that
         # concurrent guesses are judged one at a time against the true count.
-        n, until = tx.hold_attempts(AttemptKind.ACCOUNT, str(acct.id), cfg.account_lock_seconds)
-        if n >= cfg.account_failures:
-            return AccountLocked(retry_after=(until - now).total_seconds())
+        risk = self._ctx.profile.risk
+        n_acct, acct_until = tx.hold_attempts(AttemptKind.ACCOUNT, str(acct.id), risk.account.lock_seconds)
+        if n_acct >= risk.account.lock_after:
+            return AccountLocked(retry_after=(acct_until - now).total_seconds())
+        challenge = AttemptKind.ACCOUNT if risk.account.challenged(n_acct) else None
         if serial is not None:
-            n, until = tx.hold_attempts(AttemptKind.CARD, serial, cfg.card_lock_seconds)
-            if n >= cfg.card_failures:
+            n, until = tx.hold_attempts(AttemptKind.CARD, serial, risk.card.lock_seconds)
+            if n >= risk.card.lock_after:
                 return CardLocked(retry_after=(until - now).total_seconds())
+            if challenge is None and risk.card.challenged(n):
+                challenge = AttemptKind.CARD
         # Client counters are read, not held: holding one would queue every bind from a
         # busy address (a NAT, a proxy) behind each other. So under concurrency a client may
         # get up to its in-flight binds past its limit; the card and account limits stay
         # exact.
         for kind, subject in origin.subjects():
-            n, until = tx.attempt_count(kind, subject, cfg.client_lock_seconds)
-            if n >= self._client_limit(kind):
+            tier = self._tier(kind)
+            n, until = tx.attempt_count(kind, subject, tier.lock_seconds)
+            if n >= tier.lock_after:
                 return ClientLocked(retry_after=(until - now).total_seconds())
+            if challenge is None and tier.challenged(n):
+                challenge = kind
+        # The middle tier: past `challenge_after` failures the guess is not even looked at
+        # (nor counted) until the front end vouches that a person passed a challenge. Staff
+        # binding for a customer (a support desk) are people behind a staff token already:
+        # no challenge for them, but the locks hold.
+        if challenge is not None and not origin.challenged and principal.role not in STAFF:
+            return ChallengeRequired(metadata={"subject": challenge.value})
 
         outcome = self._find(tx, code, serial)
         if isinstance(outcome, DomainError):
@@ -388,9 +407,14 @@ class CardService:
             return CardNotFound()
         return card
 
-    def _client_limit(self, kind: AttemptKind) -> int:
-        cfg = self._ctx.config
-        return cfg.address_failures if kind is AttemptKind.ADDRESS else cfg.device_failures
+    def _tier(self, kind: AttemptKind) -> RiskTier:
+        risk = self._ctx.profile.risk
+        return {
+            AttemptKind.CARD: risk.card,
+            AttemptKind.ACCOUNT: risk.account,
+            AttemptKind.ADDRESS: risk.address,
+            AttemptKind.DEVICE: risk.device,
+        }[kind]
 
     def _failed(
         self,
@@ -401,29 +425,30 @@ class CardService:
         error: DomainError,
         now: datetime,
     ) -> DomainError:
-        cfg = self._ctx.config
+        risk = self._ctx.profile.risk
         client_locked: datetime | None = None
         for kind, subject in origin.subjects():
-            n, until = tx.record_attempt(kind, subject, cfg.client_lock_seconds)
-            if n == self._client_limit(kind):
+            tier = self._tier(kind)
+            n, until = tx.record_attempt(kind, subject, tier.lock_seconds)
+            if n == tier.lock_after:
                 emit(tx, EventKind.CLIENT_LOCKED, f"{kind.value}:{subject}", until=until.isoformat())
-            if n >= self._client_limit(kind):
+            if n >= tier.lock_after:
                 client_locked = max(client_locked or until, until)
         # Count against both subjects before deciding, so neither counter misses a guess.
-        n_acct, acct_until = tx.record_attempt(AttemptKind.ACCOUNT, str(acct.id), cfg.account_lock_seconds)
+        n_acct, acct_until = tx.record_attempt(AttemptKind.ACCOUNT, str(acct.id), risk.account.lock_seconds)
         n_card, card_until = (
-            tx.record_attempt(AttemptKind.CARD, serial, cfg.card_lock_seconds)
+            tx.record_attempt(AttemptKind.CARD, serial, risk.card.lock_seconds)
             if serial is not None
             else (0, now)
         )
         # The guess that reaches a limit locks, and tells the notifiers (once per lock).
-        if n_acct == cfg.account_failures:
+        if n_acct == risk.account.lock_after:
             emit(tx, EventKind.ACCOUNT_LOCKED, f"account:{acct.external_id}", until=acct_until.isoformat())
-        if serial is not None and n_card == cfg.card_failures:
+        if serial is not None and n_card == risk.card.lock_after:
             emit(tx, EventKind.CARD_LOCKED, f"card:{serial}", until=card_until.isoformat())
-        if n_acct >= cfg.account_failures:
+        if n_acct >= risk.account.lock_after:
             return AccountLocked(retry_after=(acct_until - now).total_seconds())
-        if n_card >= cfg.card_failures:
+        if serial is not None and n_card >= risk.card.lock_after:
             return CardLocked(retry_after=(card_until - now).total_seconds())
         if client_locked is not None:
             return ClientLocked(retry_after=(client_locked - now).total_seconds())

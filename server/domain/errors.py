@@ -22,8 +22,11 @@ __all__ = [
     "CardExpired",
     "CardFrozen",
     "CardLocked",
+    "CardNotBound",
     "CardNotFound",
+    "CardSpent",
     "CardVoid",
+    "ChallengeRequired",
     "ClientLocked",
     "Contention",
     "CurrencyMismatch",
@@ -38,12 +41,17 @@ __all__ = [
     "InsufficientFunds",
     "InvalidArgument",
     "KeyringError",
+    "LossReportDecided",
+    "LossReportNotFound",
+    "LossReportPending",
+    "LossReportingNotAllowed",
     "LotExported",
     "LotNotFound",
     "LotNotReady",
     "LotVoid",
     "MalformedCode",
     "MemberNotFound",
+    "NotCardHolder",
     "NotRefundable",
     "NotReversible",
     "OrderNotFound",
@@ -236,6 +244,16 @@ class ClientLocked(DomainError):
     )
 
 
+class ChallengeRequired(DomainError):
+    # The middle tier between a hint and a lock: the guess was not evaluated (nor counted).
+    # Metadata ``subject``: which counter asks for it (card, account, address or device).
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "CHALLENGE_REQUIRED",
+        "too many failed attempts: pass a challenge (x-challenge-passed) and try again",
+    )
+
+
 class DailyLimitReached(DomainError):
     kind, reason, default_message = (
         ErrorKind.RESOURCE_EXHAUSTED,
@@ -397,6 +415,64 @@ class AccountUnavailable(DomainError):
     )
 
 
+# -- loss reports (ComplianceService.ReportLoss / ReviewLoss)
+
+
+class CardNotBound(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "CARD_NOT_BOUND",
+        "the card is bound to no account: only a holder on record can report it lost",
+    )
+
+
+class NotCardHolder(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "NOT_CARD_HOLDER",
+        "the card is not bound to this account",
+    )
+
+
+class CardSpent(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "CARD_SPENT",
+        "the card holds nothing: there is no balance to reissue",
+    )
+
+
+class LossReportingNotAllowed(DomainError):
+    # Metadata ``profile`` (name@version) and ``card_kind`` (anonymous or registered).
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "LOSS_REPORTING_NOT_ALLOWED",
+        "the compliance profile does not allow reporting this kind of card lost",
+    )
+
+
+class LossReportPending(DomainError):
+    # Metadata ``report_id``: the report already waiting for review.
+    kind, reason, default_message = (
+        ErrorKind.ALREADY_EXISTS,
+        "LOSS_REPORT_PENDING",
+        "a loss report on this card is already waiting for review",
+    )
+
+
+class LossReportDecided(DomainError):
+    # Metadata ``status``: approved or rejected.
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "LOSS_REPORT_DECIDED",
+        "the loss report was reviewed already",
+    )
+
+
+class LossReportNotFound(DomainError):
+    kind, reason, default_message = ErrorKind.NOT_FOUND, "LOSS_REPORT_NOT_FOUND", "no such loss report"
+
+
 ALL_ERRORS: tuple[type[DomainError], ...] = (
     InvalidArgument,
     MalformedCode,
@@ -418,6 +494,7 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     CardLocked,
     AccountLocked,
     ClientLocked,
+    ChallengeRequired,
     DailyLimitReached,
     InsufficientFunds,
     CurrencyMismatch,
@@ -439,4 +516,11 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     DepartmentExists,
     MemberNotFound,
     AccountUnavailable,
+    CardNotBound,
+    NotCardHolder,
+    CardSpent,
+    LossReportingNotAllowed,
+    LossReportPending,
+    LossReportDecided,
+    LossReportNotFound,
 )

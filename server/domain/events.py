@@ -39,6 +39,9 @@ class EventKind(enum.StrEnum):
     MEMBER_ADDED = "org.member_added"  # an account joined an organization (or changed scope)
     MEMBER_REMOVED = "org.member_removed"
     CARDS_HANDED_OUT = "org.cards_bound"  # a bulk bind bound an organization's cards to recipients
+    CARD_LOST = "card.lost"  # the holder reported a card lost: frozen, waiting for review
+    CARD_REISSUED = "card.reissued"  # a loss report approved: the balance moved to a new card
+    LOSS_REJECTED = "card.loss_rejected"  # a loss report rejected: the card stays frozen
 
 
 @dataclass(frozen=True)

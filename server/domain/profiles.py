@@ -21,7 +21,7 @@ from typing import Any
 
 from .currencies import ISO_4217, minor_exponent
 
-__all__ = ["BUILTIN", "CardRules", "Profile", "ProfileError", "load_profile"]
+__all__ = ["BUILTIN", "CardRules", "Profile", "ProfileError", "RiskRules", "RiskTier", "load_profile"]
 
 _DIR = Path(__file__).with_name("rules")
 BUILTIN = ("platform", "cn-prepaid")
@@ -58,6 +58,34 @@ class CardRules:
 
 
 @dataclass(frozen=True)
+class RiskTier:
+    """Failed binds (wrong, mistyped or malformed codes) against one subject (a card, an
+    account, a client address or a device id), counted in a window of ``lock_seconds``.
+
+    Below ``challenge_after`` a failure is answered as what it is (with a suggestion for a
+    near miss: the hint tier). From ``challenge_after`` failures on, a bind is not even
+    evaluated unless the request says the person passed a challenge (FAILED_PRECONDITION,
+    reason CHALLENGE_REQUIRED); 0 = no challenge tier. At ``lock_after`` failures the
+    subject is locked until the window ends (RESOURCE_EXHAUSTED with RetryInfo).
+    """
+
+    challenge_after: int
+    lock_after: int
+    lock_seconds: int
+
+    def challenged(self, failures: int) -> bool:
+        return 0 < self.challenge_after <= failures
+
+
+@dataclass(frozen=True)
+class RiskRules:
+    card: RiskTier
+    account: RiskTier
+    address: RiskTier
+    device: RiskTier
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     version: int
@@ -75,6 +103,7 @@ class Profile:
     full_views_per_hour: int
     cards_per_hour: int
     new_device_freezes: bool
+    risk: RiskRules
 
     @property
     def tag(self) -> str:
@@ -99,19 +128,22 @@ _SCHEMA: dict[str, Any] = {
     "accounts": {"daily_redeem_limit": str},
     "reports": {"aml_above": str},
     "viewing": {"full_views_per_hour": int, "cards_per_hour": int, "new_device_freezes": bool},
+    "risk": {"card": "risk", "account": "risk", "address": "risk", "device": "risk"},
     "orders": {
         "real_name_from": str,
         "bank_transfer_from_individual": str,
         "bank_transfer_from_organization": str,
     },
 }
-_CARDS = {
+_CARDS: dict[str, Any] = {
     "face_value_max": str,
     "validity_days_min": int,
     "expiry_required": bool,
     "expiry_allowed": bool,
     "loss_reporting": bool,
 }
+_RISK: dict[str, Any] = {"challenge_after": int, "lock_after": int, "lock_seconds": int}
+_SUBTABLES: dict[str, dict[str, Any]] = {"cards": _CARDS, "risk": _RISK}
 
 
 def _check(table: dict[str, Any], schema: dict[str, Any], where: str) -> None:
@@ -122,10 +154,10 @@ def _check(table: dict[str, Any], schema: dict[str, Any], where: str) -> None:
         if key not in table:
             raise ProfileError(f"{path}: missing")
         value = table[key]
-        if kind == "cards":
+        if isinstance(kind, str):
             if not isinstance(value, dict):
                 raise ProfileError(f"{path}: must be a table")
-            _check(value, _CARDS, path)
+            _check(value, _SUBTABLES[kind], path)
         elif isinstance(kind, dict):
             if not isinstance(value, dict):
                 raise ProfileError(f"{path}: must be a table")
@@ -161,6 +193,15 @@ def _cards(t: dict[str, Any], path: str) -> CardRules:
     return rules
 
 
+def _tier(t: dict[str, Any], path: str) -> RiskTier:
+    tier = RiskTier(t["challenge_after"], t["lock_after"], t["lock_seconds"])
+    if tier.lock_after < 1 or tier.lock_seconds < 1:
+        raise ProfileError(f"{path}: lock_after and lock_seconds must be >= 1")
+    if tier.challenge_after >= tier.lock_after:
+        raise ProfileError(f"{path}: challenge_after must be below lock_after (0: no challenge tier)")
+    return tier
+
+
 def parse_profile(text: str, source: str = "<profile>") -> Profile:
     try:
         data = tomllib.loads(text)
@@ -168,6 +209,7 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
         raise ProfileError(f"{source}: {e}") from None
     _check(data, _SCHEMA, "")
     p, a, r, o, v = data["products"], data["accounts"], data["reports"], data["orders"], data["viewing"]
+    k = data["risk"]
     currencies = p["currencies"]
     if not all(isinstance(c, str) and c in ISO_4217 for c in currencies):
         raise ProfileError(f"{source}: products.currencies must list ISO 4217 codes")
@@ -194,6 +236,9 @@ def parse_profile(text: str, source: str = "<profile>") -> Profile:
         full_views_per_hour=v["full_views_per_hour"],
         cards_per_hour=v["cards_per_hour"],
         new_device_freezes=v["new_device_freezes"],
+        risk=RiskRules(
+            **{name: _tier(k[name], f"risk.{name}") for name in ("card", "account", "address", "device")}
+        ),
     )
 
 

@@ -44,6 +44,8 @@ from .models import (
     IssuedCards,
     LedgerEntry,
     LedgerKind,
+    LossReport,
+    LossStatus,
     Lot,
     LotStatus,
     Membership,
@@ -60,6 +62,7 @@ from .models import (
     PoolCardState,
     PoolStock,
     Product,
+    Reissue,
     Report,
     Role,
     Token,
@@ -268,6 +271,10 @@ _ENTRY = (
 _TOKEN_ROW = "id, token_hash, role, label, account_id, created_at, revoked_at"  # noqa: S105 - column names, not a secret
 _AUDIT = "id, at, actor, action, subject, detail, prev_hash, hash"
 _REPORT = "id, at, kind, subject, amount, currency, detail, profile"
+_LOSS = (
+    "id, card_id, account_id, status, reason, reported_by, reported_at, reviewed_by, reviewed_at, note,"
+    " new_card_id, amount"
+)
 _ORDER = (
     "id, account_id, request_id, amount, currency, status, client_address, created_at, expires_at,"
     " payment_id, paid_amount, paid_at, deliver_by, delivered_at, closed_at, close_reason"
@@ -1860,3 +1867,141 @@ class SqlTx(ABC):
             (*params, after_id, limit),
         )
         return [self._lot(r) for r in rows]
+
+    # -- loss reports (the holder reports a card lost; staff approve a reissue or reject)
+    def _loss(self, row: Any) -> LossReport:
+        return LossReport(
+            id=row[0],
+            card_id=row[1],
+            account_id=row[2],
+            status=LossStatus(row[3]),
+            reason=row[4],
+            reported_by=row[5],
+            reported_at=self._dt(row[6]),
+            reviewed_by=row[7],
+            reviewed_at=self._odt(row[8]),
+            note=row[9],
+            new_card_id=row[10],
+            amount=row[11],
+        )
+
+    def add_loss_report(
+        self, card_id: int, account_id: int, reason: str, reported_by: str
+    ) -> LossReport | None:
+        """A pending report on the card; None when one is pending already (the partial unique
+        index decides between concurrent reports: the later one inserts nothing)."""
+        row = self._one(
+            "INSERT INTO loss_reports (card_id, account_id, status, reason, reported_by, reported_at)"
+            " VALUES (?, ?, 'pending', ?, ?, ?) ON CONFLICT (card_id) WHERE status = 'pending' DO NOTHING"
+            f" RETURNING {_LOSS}",
+            (card_id, account_id, reason, reported_by, self._ts(self.now())),
+        )
+        return None if row is None else self._loss(row)
+
+    def pending_loss_report(self, card_id: int) -> LossReport | None:
+        row = self._one(
+            f"SELECT {_LOSS} FROM loss_reports WHERE card_id = ? AND status = 'pending'", (card_id,)
+        )
+        return None if row is None else self._loss(row)
+
+    def get_loss_report(self, report_id: int, *, lock: bool = False) -> LossReport | None:
+        row = self._one(
+            f"SELECT {_LOSS} FROM loss_reports WHERE id = ?{self.FOR_UPDATE if lock else ''}", (report_id,)
+        )
+        return None if row is None else self._loss(row)
+
+    def list_loss_reports(
+        self,
+        *,
+        status: LossStatus | None = None,
+        account_id: int | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+    ) -> list[LossReport]:
+        """Oldest first, paged by id; optionally only one status and/or one account's."""
+        where: list[str] = ["id > ?"]
+        params: list[object] = [after_id]
+        if status is not None:
+            where.append("status = ?")
+            params.append(LossStatus(status).value)
+        if account_id is not None:
+            where.append("account_id = ?")
+            params.append(account_id)
+        rows = self._all(
+            f"SELECT {_LOSS} FROM loss_reports WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            (*params, limit),
+        )
+        return [self._loss(r) for r in rows]
+
+    def decide_loss_report(
+        self,
+        report_id: int,
+        status: LossStatus,
+        reviewed_by: str,
+        note: str,
+        *,
+        new_card_id: int | None = None,
+        amount: int | None = None,
+    ) -> LossReport | None:
+        """Close a pending report as approved or rejected; None when it is not pending."""
+        if LossStatus(status) is LossStatus.PENDING:
+            raise ValueError("a decision is approved or rejected")
+        row = self._one(
+            "UPDATE loss_reports SET status = ?, reviewed_by = ?, reviewed_at = ?, note = ?, new_card_id = ?,"
+            f" amount = ? WHERE id = ? AND status = 'pending' RETURNING {_LOSS}",
+            (
+                LossStatus(status).value,
+                reviewed_by,
+                self._ts(self.now()),
+                note,
+                new_card_id,
+                amount,
+                report_id,
+            ),
+        )
+        return None if row is None else self._loss(row)
+
+    def reissue_balance(self, old_card_id: int, new_card_id: int, request_id: str) -> Reissue | None:
+        """Move the old card's whole balance onto the new card and void the old one.
+
+        One ledger entry on each card, linked (the new card's ``reverses_id`` names the old
+        card's entry) and both carrying ``request_id``: money is moved, never created. None
+        (and nothing changed) when the old card is void or holds nothing, or the cards'
+        currencies differ, or the new card cannot take the amount (over its face value).
+        """
+        old = self._one(
+            f"SELECT status, balance, currency, account_id FROM cards WHERE id = ?{self.FOR_UPDATE}",
+            (old_card_id,),
+        )
+        new = self._one(
+            f"SELECT currency, face_value, account_id FROM cards WHERE id = ?{self.FOR_UPDATE}",
+            (new_card_id,),
+        )
+        if old is None or new is None or old[0] == CardStatus.VOID.value or int(old[1]) <= 0:
+            return None
+        amount, currency = int(old[1]), old[2]
+        if new[0] != currency or amount > int(new[1]):
+            return None
+        self._execute("UPDATE cards SET balance = 0, status = 'void' WHERE id = ?", (old_card_id,))
+        self._card_change(old_card_id)
+        moved_out = self._ledger(
+            LedgerKind.REISSUE_OUT,
+            currency,
+            -amount,
+            card_id=old_card_id,
+            account_id=old[3],
+            balance_after=0,
+            request_id=request_id,
+        )
+        self._execute("UPDATE cards SET balance = ? WHERE id = ?", (amount, new_card_id))
+        moved_in = self._ledger(
+            LedgerKind.REISSUE_IN,
+            currency,
+            amount,
+            card_id=new_card_id,
+            account_id=new[2],
+            balance_after=amount,
+            request_id=request_id,
+            reverses_id=moved_out.id,
+        )
+        return Reissue(moved_out, moved_in)

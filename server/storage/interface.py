@@ -31,6 +31,8 @@ from .models import (
     IssuedCards,
     LedgerEntry,
     LedgerKind,
+    LossReport,
+    LossStatus,
     Lot,
     Membership,
     MoneyResult,
@@ -44,6 +46,7 @@ from .models import (
     PoolCardState,
     PoolStock,
     Product,
+    Reissue,
     Report,
     Role,
     Token,
@@ -122,6 +125,32 @@ class UnitOfWork(Protocol):
         self, kind: str, subject: str, detail: str, *, amount: int | None = ..., currency: str | None = ...
     ) -> Report: ...
     def list_reports(self, kind: str | None = ..., after_id: int = ..., limit: int = ...) -> list[Report]: ...
+
+    # loss reports
+    def add_loss_report(
+        self, card_id: int, account_id: int, reason: str, reported_by: str
+    ) -> LossReport | None: ...
+    def pending_loss_report(self, card_id: int) -> LossReport | None: ...
+    def get_loss_report(self, report_id: int, *, lock: bool = False) -> LossReport | None: ...
+    def list_loss_reports(
+        self,
+        *,
+        status: LossStatus | None = None,
+        account_id: int | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+    ) -> list[LossReport]: ...
+    def decide_loss_report(
+        self,
+        report_id: int,
+        status: LossStatus,
+        reviewed_by: str,
+        note: str,
+        *,
+        new_card_id: int | None = None,
+        amount: int | None = None,
+    ) -> LossReport | None: ...
+    def reissue_balance(self, old_card_id: int, new_card_id: int, request_id: str) -> Reissue | None: ...
 
     # money
     def redeem(

@@ -440,6 +440,33 @@ CREATE INDEX lot_owners_org ON lot_owners (organization_id, department_id, lot_i
 ALTER TABLE accounts ADD COLUMN real_name_verified_at {ts};
 """
 
+# v10: loss reports (ComplianceService.ReportLoss / ReviewLoss). A holder's report freezes
+# the card and waits here for staff; an approval moves the remaining balance to a new card
+# (new_card_id, amount) with linked reissue_out / reissue_in ledger entries. At most one
+# report per card is pending at a time (the partial unique index decides races).
+_V10 = """
+CREATE TABLE loss_reports (
+    id {id},
+    card_id {big} NOT NULL REFERENCES cards (id),
+    account_id {big} NOT NULL REFERENCES accounts (id),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
+    reason TEXT NOT NULL,
+    reported_by TEXT NOT NULL,
+    reported_at {ts} NOT NULL,
+    reviewed_by TEXT,
+    reviewed_at {ts},
+    note TEXT,
+    new_card_id {big} REFERENCES cards (id),
+    amount {big} CHECK (amount >= 1),
+    CHECK ((status = 'pending') = (reviewed_at IS NULL)),
+    CHECK ((status = 'approved') = (new_card_id IS NOT NULL)),
+    CHECK ((new_card_id IS NULL) = (amount IS NULL))
+){strict};
+CREATE UNIQUE INDEX loss_reports_pending ON loss_reports (card_id) WHERE status = 'pending';
+CREATE INDEX loss_reports_status ON loss_reports (status, id);
+CREATE INDEX loss_reports_account ON loss_reports (account_id, id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
@@ -450,5 +477,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "blacklist", _V7),
     Migration(8, "account devices", _V8),
     Migration(9, "organizations", _V9),
+    Migration(10, "loss reports", _V10),
     Migration(12, "journals", "", postgres=_V12_POSTGRES),
 )

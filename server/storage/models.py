@@ -25,6 +25,8 @@ __all__ = [
     "IndexChange",
     "LedgerEntry",
     "LedgerKind",
+    "LossReport",
+    "LossStatus",
     "Lot",
     "LotStatus",
     "Membership",
@@ -41,6 +43,7 @@ __all__ = [
     "PoolCardState",
     "PoolStock",
     "Product",
+    "Reissue",
     "Role",
     "Token",
 ]
@@ -474,3 +477,36 @@ class Membership:
     department: str | None
     role: OrgRole
     added_at: datetime
+
+
+# -- loss reports (ComplianceService.ReportLoss / ReviewLoss)
+
+
+class LossStatus(enum.StrEnum):
+    PENDING = "pending"  # reported; the card is frozen and waits for staff
+    APPROVED = "approved"  # the remaining balance moved to new_card_id; the card is void
+    REJECTED = "rejected"  # the card stays frozen (staff may unfreeze it)
+
+
+@dataclass(frozen=True)
+class LossReport:
+    id: int
+    card_id: int
+    account_id: int  # the holder who reported it (the account the card was bound to)
+    status: LossStatus
+    reason: str
+    reported_by: str  # actor
+    reported_at: datetime
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+    note: str | None  # the reviewer's note
+    new_card_id: int | None  # approved: the card the balance moved to
+    amount: int | None  # approved: the balance moved (minor units of the card's currency)
+
+
+@dataclass(frozen=True)
+class Reissue:
+    """A balance moved from a lost card to its replacement: both ledger entries."""
+
+    moved_out: LedgerEntry  # reissue_out on the old card (-amount, balance_after 0)
+    moved_in: LedgerEntry  # reissue_in on the new card (+amount); reverses_id = moved_out.id

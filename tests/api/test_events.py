@@ -23,11 +23,11 @@ def _lock_account(connect: Connect, account: str, code: str) -> None:
     customer = connect("customer", account=account)
     for _ in range(4):
         with pytest.raises(BadCheck):
-            customer.bind_card(_typo(code))
+            customer.bind_card(_typo(code), challenge_passed=True)
     with pytest.raises(AccountLocked):
-        customer.bind_card(_typo(code))
+        customer.bind_card(_typo(code), challenge_passed=True)
     with pytest.raises(AccountLocked):  # already locked: no second event
-        customer.bind_card(_typo(code))
+        customer.bind_card(_typo(code), challenge_passed=True)
 
 
 def test_lockouts_reach_a_notifier_once_and_it_resumes_from_its_cursor(connect: Connect) -> None:
@@ -39,9 +39,9 @@ def test_lockouts_reach_a_notifier_once_and_it_resumes_from_its_cursor(connect: 
     bob = connect("customer", account="bob")
     for _ in range(2):
         with pytest.raises(BadCheck):
-            bob.bind_card(_typo(rows[1][1]), serial=rows[1][0])
+            bob.bind_card(_typo(rows[1][1]), serial=rows[1][0], challenge_passed=True)
     with pytest.raises(CardLocked):
-        bob.bind_card(_typo(rows[1][1]), serial=rows[1][0])
+        bob.bind_card(_typo(rows[1][1]), serial=rows[1][0], challenge_passed=True)
 
     events = list(admin.subscribe_events(0, timeout=1.0))
     assert [(e.id, e.kind, e.subject) for e in events] == [

@@ -3,6 +3,7 @@ and PostgreSQL): rotating accounts does not buy a bot more tries."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,9 +18,30 @@ from .test_services import _lot
 Connect = Callable[..., Client]
 
 
+RULES = Path(__file__).parents[2] / "server/domain/rules/platform.toml"
+
+
+def risk_profile(tmp_path: Path, **tiers: tuple[int, int, int]) -> str:
+    """The platform profile with some [risk.<subject>] tiers replaced by
+    (challenge_after, lock_after, lock_seconds); the path of the file written."""
+    text = RULES.read_text(encoding="utf-8").replace('name = "platform"', 'name = "strict"')
+    for subject, (challenge, lock, seconds) in tiers.items():
+        text, n = re.subn(
+            rf"\[risk\.{subject}\][^\[]*",
+            f"[risk.{subject}]\nchallenge_after = {challenge}\nlock_after = {lock}\nlock_seconds = {seconds}\n\n",
+            text,
+        )
+        assert n == 1, subject
+    path = tmp_path / "strict.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
 @pytest.fixture
 def strict(storage_url: str, tmp_path: Path) -> Iterator[Running]:
-    config = DomainConfig(device_failures=4, address_failures=7, lot_chunk=16, stream_chunk=16)
+    # No challenge tier for clients here: this test is about their locks.
+    profile = risk_profile(tmp_path, device=(0, 4, 3600), address=(0, 7, 3600))
+    config = DomainConfig(profile=profile, lot_chunk=16, stream_chunk=16)
     running = start(storage_url, "127.0.0.1:0", tmp_path / "var", workers=8, config=config)
     yield running
     running.stop(grace=0)

@@ -19,6 +19,7 @@ from cardmint.server.domain import (
     CardVoid,
     Domain,
     MalformedCode,
+    Origin,
     PermissionDenied,
     TransferLimitReached,
 )
@@ -27,6 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .conftest import Callers, FakeClock, MintedLot
+
+# The lock tests play a person who passes every challenge, so that the guesses past the
+# profile's challenge thresholds are evaluated and reach the locks (tests/domain/test_risk_tiers.py
+# covers the challenge tier itself).
+PASSED = Origin(challenged=True)
 
 
 def _typo(code: str) -> str:
@@ -87,7 +93,7 @@ def test_bind_outcomes(
     with pytest.raises(CardNotFound):
         domain.cards.bind(who.bob, pairs[1][1], serial=pairs[2][0])
 
-    domain.cards.bind(who.alice, pairs[1][1])
+    domain.cards.bind(who.alice, pairs[1][1], origin=PASSED)  # alice failed 3 times: challenged
     with pytest.raises(CardAlreadyBound):
         domain.cards.bind(who.bob, pairs[1][1], serial=pairs[1][0])
 
@@ -131,19 +137,19 @@ def test_account_lock_after_five_failures_with_retry_time(
     wrong = _unknown(code)
     for _ in range(4):
         with pytest.raises(CardNotFound):
-            domain.cards.bind(who.alice, wrong)
+            domain.cards.bind(who.alice, wrong, origin=PASSED)
     with pytest.raises(AccountLocked) as locked:
-        domain.cards.bind(who.alice, wrong)
+        domain.cards.bind(who.alice, wrong, origin=PASSED)
     assert locked.value.retry_after is not None and 0 < locked.value.retry_after <= 900
     # Locked means locked: even the right code is refused until the window ends.
     with pytest.raises(AccountLocked) as again:
-        domain.cards.bind(who.alice, code)
+        domain.cards.bind(who.alice, code, origin=PASSED)
     assert again.value.retry_after == pytest.approx(locked.value.retry_after)
     # Another account is not affected.
     domain.cards.bind(who.bob, code, serial=serial)
     clock.advance(seconds=locked.value.retry_after + 1)
     with pytest.raises(CardAlreadyBound):
-        domain.cards.bind(who.alice, code)
+        domain.cards.bind(who.alice, code, origin=PASSED)
 
 
 def test_card_lock_after_three_failures_across_accounts(
@@ -155,12 +161,12 @@ def test_card_lock_after_three_failures_across_accounts(
     with pytest.raises(MalformedCode):
         domain.cards.bind(who.bob, "x", serial=serial)
     with pytest.raises(CardLocked) as locked:
-        domain.cards.bind(who.operator, _typo(code), serial=serial, account="carol")
+        domain.cards.bind(who.operator, _typo(code), serial=serial, account="carol", origin=PASSED)
     assert locked.value.retry_after is not None and 0 < locked.value.retry_after <= 3600
     with pytest.raises(CardLocked):
-        domain.cards.bind(who.alice, code, serial=serial)
+        domain.cards.bind(who.alice, code, serial=serial, origin=PASSED)
     # Without the card number the same code still binds: the lock is on the number.
-    domain.cards.bind(who.alice, code)
+    domain.cards.bind(who.alice, code, origin=PASSED)
 
 
 def test_transferred_binds_per_year(
@@ -207,7 +213,7 @@ def test_failed_attempts_count_exactly_under_concurrency(
 
     def guess() -> None:
         try:
-            domain.cards.bind(who.alice, wrong)
+            domain.cards.bind(who.alice, wrong, origin=PASSED)
         except (CardNotFound, AccountLocked) as e:
             with lock:
                 answers.append(e.reason)
@@ -253,7 +259,7 @@ def test_concurrent_guesses_never_get_past_the_limit(
     def guess(i: int) -> None:
         start.wait(timeout=30)
         try:
-            domain.cards.bind(who.bob, strangers[i])
+            domain.cards.bind(who.bob, strangers[i], origin=PASSED)
         except (CardNotFound, BadCheck, AccountLocked) as e:
             answers.append(e.reason)
 
@@ -265,6 +271,7 @@ def test_concurrent_guesses_never_get_past_the_limit(
     with domain.storage.read() as tx:
         bob = tx.get_account(who.bob.account_id)  # type: ignore[arg-type]
         assert bob is not None
-        tried, _ = tx.attempt_count(AttemptKind.ACCOUNT, str(bob.id), domain.config.account_lock_seconds)
-    assert tried == domain.config.account_failures == 5
+        limits = domain.profile.risk.account
+        tried, _ = tx.attempt_count(AttemptKind.ACCOUNT, str(bob.id), limits.lock_seconds)
+    assert tried == limits.lock_after == 5
     assert len(answers) == 64 and answers.count("ACCOUNT_LOCKED") == 60

@@ -113,6 +113,9 @@ def card_state(card: Card, now: datetime) -> str:
 class CardService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        # The code lengths products use, remembered: asked again only when a code fits none
+        # of them (a product with a new length appeared since), so a bind costs no query here.
+        self._lengths: list[int] | None = None
 
     # -- views
     def view(self, card: Card, now: datetime) -> CardView:
@@ -259,7 +262,7 @@ class CardService:
         return [self.view(c, now) for c in cards]
 
     # -- binding
-    def _code_lengths(self, tx: UnitOfWork, serial: str | None) -> list[int]:
+    def _code_lengths(self, tx: UnitOfWork, serial: str | None, *, fresh: bool = False) -> list[int]:
         if serial is not None:
             card = tx.get_card_by_serial(serial) if len(serial) <= 64 else None
             product = tx.get_product(card.product_id) if card is not None else None
@@ -267,7 +270,9 @@ class CardService:
                 return [product.code_length]
         # Without a card number the code's own length picks the product format; the default
         # 16 first, so the common case costs one check.
-        return sorted({*tx.code_lengths(), 16}, key=lambda n: (n != 16, n))
+        if fresh or self._lengths is None:
+            self._lengths = sorted({*tx.code_lengths(), 16}, key=lambda n: (n != 16, n))
+        return self._lengths
 
     def bind(
         self,
@@ -381,21 +386,31 @@ class CardService:
             case _:
                 return CardNotFound()
 
+    def _check(self, code: str, lengths: list[int]) -> tuple[Status, bytes]:
+        """The code checked against each product length in turn, until one fits."""
+        status, canon = Status.EMPTY, b""
+        for length in lengths:
+            raw_status, canon = self._ctx.kernel.check_one(code, length)
+            status = Status(raw_status)
+            if status is not Status.BAD_LENGTH:
+                break
+        return status, canon
+
     def _find(self, tx: UnitOfWork, code: object, serial: str | None) -> Card | DomainError:
         """The card the typed code names, or the guess-type failure it is."""
         ctx = self._ctx
         if not isinstance(code, str) or len(code.encode("utf-8", "surrogatepass")) > _MAX_INPUT:
             return MalformedCode(violations=(FieldViolation("code", "not a code"),))
-        status, canon = Status.EMPTY, b""
         lengths = self._code_lengths(tx, serial)
-        for length in lengths:
-            try:
-                raw_status, canon = ctx.kernel.check_one(code, length)
-            except KernelError:
-                return MalformedCode(violations=(FieldViolation("code", "not a code"),))
-            status = Status(raw_status)
-            if status is not Status.BAD_LENGTH:
-                break
+        try:
+            status, canon = self._check(code, lengths)
+            if (
+                status is Status.BAD_LENGTH
+                and (again := self._code_lengths(tx, serial, fresh=True)) != lengths
+            ):
+                status, canon = self._check(code, again)
+        except KernelError:
+            return MalformedCode(violations=(FieldViolation("code", "not a code"),))
         if status.malformed:
             return MalformedCode(violations=(FieldViolation("code", _MALFORMED.get(status, "malformed")),))
         if status is Status.BAD_CHECK:

@@ -75,6 +75,23 @@ def test_bind_then_get_card_masks_the_code(
     assert domain.cards.get_card(who.merchant, serial).balance == 500
 
 
+def test_a_code_length_new_since_the_last_bind_is_found(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot]
+) -> None:
+    # The first bind remembers the code lengths in use (16 only); a product with 20-symbol
+    # codes created afterwards must still be found by a code alone, with no card number.
+    _, code = make_lot(2).pairs[0]
+    domain.cards.bind(who.alice, code)
+    domain.catalog.create_product(
+        who.operator, sku="GC-LONG", name="long codes", currency="CNY", denominations=(500,), code_length=20
+    )
+    lot = domain.lots.create_lot(who.operator, sku="GC-LONG", count=2, face_value=500)
+    chunk = next(iter(domain.lots.stream_lot(who.operator, lot.id)))
+    serial, long_code = chunk.serials[0], chunk.codes[0]
+    assert len(long_code.replace("-", "")) == 20
+    assert domain.cards.bind(who.alice, long_code).card.serial == serial
+
+
 def test_bind_outcomes(
     domain: Domain, who: Callers, make_lot: Callable[..., MintedLot], storage: Storage, clock: FakeClock
 ) -> None:

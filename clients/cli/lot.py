@@ -60,6 +60,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.add_argument("--lot", type=int, required=True, help="the lot id")
     _output_options(export)
 
+    listing = lsub.add_parser("list", help="the lots this token may see, oldest first")
+    listing.add_argument("--product", default="", metavar="SKU", help="only this product's lots")
+    _remote.add_common(listing)
+
 
 def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output file: .csv or .xlsx")
@@ -337,9 +341,26 @@ def _export_again(args: argparse.Namespace) -> int:
     return 0
 
 
+_LOT_STATUS = {1: "minting", 2: "complete", 3: "void"}
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _remote.connect(args) as c:
+        for lot in c.list_lots(sku=args.product):
+            cur = lot.face_value.currency
+            print(
+                f"lot {lot.id}: {lot.count} x {_remote.fmt_money(lot.face_value.minor_units, cur)}, "
+                f"{_LOT_STATUS.get(lot.status, '?')}, serial prefix {lot.serial_prefix} from number {lot.serial_start}, "
+                f"expires {_expiry(lot) or 'never'}" + (", exported" if lot.plaintext_exported else "")
+            )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from . import UsageError
 
+    if args.lot_action == "list":
+        return _remote.guarded(_list, args)
     if args.xlsx_max_rows < 2 or args.xlsx_max_rows > EXCEL_MAX_ROWS:
         raise UsageError(f"--xlsx-max-rows must be 2-{EXCEL_MAX_ROWS}")
     return _remote.guarded(_create if args.lot_action == "create" else _export_again, args)

@@ -850,6 +850,17 @@ class Client:
     def get_lot(self, lot_id: int) -> lot_pb2.Lot:
         return self._call(self.lots.GetLot, lot_pb2.GetLotRequest(lot_id=lot_id), retry=True)
 
+    def list_lots(self, *, sku: str = "", page_size: int = 100) -> Iterator[lot_pb2.Lot]:
+        """Every lot this caller may see (of one product, with ``sku``), oldest first."""
+        token = ""
+        while True:
+            page = common_pb2.PageRequest(page_size=page_size, page_token=token)
+            resp = self._call(self.lots.ListLots, lot_pb2.ListLotsRequest(sku=sku, page=page), retry=True)
+            yield from resp.lots
+            token = resp.page.next_page_token
+            if not token:
+                return
+
     def stream_lot(self, lot_id: int) -> Iterator[tuple[str, str]]:
         """(serial, code) of every card of a lot, in serial order. Not retried: each export
         is audited."""

@@ -4,9 +4,11 @@ isort:skip_file
 LotService: enterprise lots of codes, minted, exported once, voided."""
 
 from cardmint.v1 import common_pb2 as _common_pb2
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -290,3 +292,61 @@ class VoidLotRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VoidLotRequest: _TypeAlias = VoidLotRequest  # noqa: Y015
+
+@_typing.final
+class ListLotsRequest(_message.Message):
+    """Which lots to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    """Only this product's lots (its SKU); empty for every product."""
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest:
+        """Paging: page_size 1..200 (0 = 50)."""
+
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLotsRequest: _TypeAlias = ListLotsRequest  # noqa: Y015
+
+@_typing.final
+class ListLotsResponse(_message.Message):
+    """Lots of one page, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOTS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lots(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lot]:
+        """The lots the caller may see."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse:
+        """Where the next page starts."""
+
+    def __init__(
+        self,
+        *,
+        lots: _abc.Iterable[Global___Lot] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lots", b"lots", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLotsResponse: _TypeAlias = ListLotsResponse  # noqa: Y015

@@ -56,6 +56,11 @@ class LotServiceStub:
                 request_serializer=cardmint_dot_v1_dot_lot__pb2.VoidLotRequest.SerializeToString,
                 response_deserializer=cardmint_dot_v1_dot_lot__pb2.Lot.FromString,
                 _registered_method=True)
+        self.ListLots = channel.unary_unary(
+                '/cardmint.v1.LotService/ListLots',
+                request_serializer=cardmint_dot_v1_dot_lot__pb2.ListLotsRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_lot__pb2.ListLotsResponse.FromString,
+                _registered_method=True)
 
 
 class LotServiceServicer:
@@ -95,6 +100,15 @@ class LotServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLots(self, request, context):
+        """Lots, oldest first, paged (at most 200 a page). Staff see every lot; an organization's
+        members see their organization's lots (a department-scoped member only its
+        department's); anyone else is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LotServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +131,11 @@ def add_LotServiceServicer_to_server(servicer, server):
                     servicer.VoidLot,
                     request_deserializer=cardmint_dot_v1_dot_lot__pb2.VoidLotRequest.FromString,
                     response_serializer=cardmint_dot_v1_dot_lot__pb2.Lot.SerializeToString,
+            ),
+            'ListLots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLots,
+                    request_deserializer=cardmint_dot_v1_dot_lot__pb2.ListLotsRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_lot__pb2.ListLotsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -229,6 +248,33 @@ class LotService:
             '/cardmint.v1.LotService/VoidLot',
             cardmint_dot_v1_dot_lot__pb2.VoidLotRequest.SerializeToString,
             cardmint_dot_v1_dot_lot__pb2.Lot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.LotService/ListLots',
+            cardmint_dot_v1_dot_lot__pb2.ListLotsRequest.SerializeToString,
+            cardmint_dot_v1_dot_lot__pb2.ListLotsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class LotServiceStub:
     """
     VoidLot: _grpc.UnaryUnaryMultiCallable[_lot_pb2.VoidLotRequest, _lot_pb2.Lot]
     """Voids a lot and all its cards; its codes stop being issued codes. Admin only."""
+    ListLots: _grpc.UnaryUnaryMultiCallable[_lot_pb2.ListLotsRequest, _lot_pb2.ListLotsResponse]
+    """Lots, oldest first, paged (at most 200 a page). Staff see every lot; an organization's
+    members see their organization's lots (a department-scoped member only its
+    department's); anyone else is refused.
+    """
 
 @_typing.type_check_only
 class LotServiceAsyncStub(LotServiceStub):
@@ -71,6 +76,11 @@ class LotServiceAsyncStub(LotServiceStub):
     """
     VoidLot: _aio.UnaryUnaryMultiCallable[_lot_pb2.VoidLotRequest, _lot_pb2.Lot]  # type: ignore[assignment]
     """Voids a lot and all its cards; its codes stop being issued codes. Admin only."""
+    ListLots: _aio.UnaryUnaryMultiCallable[_lot_pb2.ListLotsRequest, _lot_pb2.ListLotsResponse]  # type: ignore[assignment]
+    """Lots, oldest first, paged (at most 200 a page). Staff see every lot; an organization's
+    members see their organization's lots (a department-scoped member only its
+    department's); anyone else is refused.
+    """
 
 class LotServiceServicer(metaclass=_abc_1.ABCMeta):
     """Mints, exports and voids lots. Creating and reading need the operator or admin role,
@@ -114,5 +124,16 @@ class LotServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_lot_pb2.Lot, _abc.Awaitable[_lot_pb2.Lot]]:
         """Voids a lot and all its cards; its codes stop being issued codes. Admin only."""
+
+    @_abc_1.abstractmethod
+    def ListLots(
+        self,
+        request: _lot_pb2.ListLotsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_lot_pb2.ListLotsResponse, _abc.Awaitable[_lot_pb2.ListLotsResponse]]:
+        """Lots, oldest first, paged (at most 200 a page). Staff see every lot; an organization's
+        members see their organization's lots (a department-scoped member only its
+        department's); anyone else is refused.
+        """
 
 def add_LotServiceServicer_to_server(servicer: LotServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,8 +12,10 @@ import numpy.typing as npt
 from cardmint.server.domain import Domain, Lot, LotStatus
 from cardmint.v1 import common_pb2, lot_pb2, lot_pb2_grpc
 
-from ._convert import money, timestamp
+from ._convert import money, page_cursor, page_size, timestamp
 from .auth import current_principal
+
+MAX_PAGE = 200
 
 __all__ = ["LotServicer", "lot_message"]
 
@@ -103,3 +105,21 @@ class LotServicer(lot_pb2_grpc.LotServiceServicer):
 
     def VoidLot(self, request: lot_pb2.VoidLotRequest, context: grpc.ServicerContext) -> lot_pb2.Lot:  # noqa: N802
         return lot_message(self._lots.void_lot(current_principal(), request.lot_id))
+
+    def ListLots(  # noqa: N802 - grpc's generated method names
+        self, request: lot_pb2.ListLotsRequest, context: grpc.ServicerContext
+    ) -> lot_pb2.ListLotsResponse:
+        size = page_size(request.page, MAX_PAGE)
+        # One more than asked tells whether another page exists without a second query.
+        found = self._lots.list_lots(
+            current_principal(),
+            sku=request.sku or None,
+            after_id=page_cursor(request.page) or 0,
+            limit=size + 1,
+        )
+        page = found[:size]
+        more = len(found) > size
+        return lot_pb2.ListLotsResponse(
+            lots=[lot_message(lot) for lot in page],
+            page=common_pb2.PageResponse(next_page_token=str(page[-1].id) if more else ""),
+        )

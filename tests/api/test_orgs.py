@@ -298,3 +298,22 @@ def test_managers_freeze_cards_in_scope_only(acme: Acme) -> None:
     with pytest.raises(PermissionDenied):  # unfreezing stays with staff
         acme.hr_lead.unfreeze(s1, "found it")
     assert acme.admin.unfreeze(s1, "found it").status == 1
+
+
+def test_list_lots_shows_each_caller_its_scope(acme: Acme, connect: Connect) -> None:
+    hr_lot = acme.hr_lead.create_lot("BEN", 1, 10000)
+    org_lot = acme.boss.create_lot("BEN", 1, 10000)
+    platform_lots = [acme.admin.create_lot("BEN", 1, 10000) for _ in range(3)]
+    globex_lot = acme.outsider.create_lot("BEN", 1, 10000)
+    every = [hr_lot.id, org_lot.id, *(lot.id for lot in platform_lots), globex_lot.id]
+    # Staff see every lot, oldest first, across pages of any size.
+    for size in (1, 2, 200):
+        assert [lot.id for lot in acme.admin.list_lots(page_size=size)] == sorted(every)
+    assert [lot.id for lot in acme.admin.list_lots(sku="BEN")] == sorted(every)
+    # The organization sees its own: the org-wide admin all of acme's, a department its own.
+    assert [lot.id for lot in acme.boss.list_lots(page_size=1)] == [hr_lot.id, org_lot.id]
+    assert [lot.id for lot in acme.hr_clerk.list_lots()] == [hr_lot.id]
+    assert list(acme.sales_clerk.list_lots()) == []
+    assert [lot.id for lot in acme.outsider.list_lots()] == [globex_lot.id]
+    with pytest.raises(PermissionDenied):
+        list(connect("customer", account="nobody-in-particular").list_lots())

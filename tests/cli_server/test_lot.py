@@ -86,6 +86,11 @@ def test_lot_xlsx_split_across_sheets(cli: Cli, product: str, server: Running, t
     again = list(csv.reader((tmp_path / "work" / "again.csv").read_text().splitlines()))[1:]
     assert [r[:2] for r in again] == [r[:2] for r in body]
 
+    # The lot is listed, with its count, face value and that it was exported.
+    listed = _ok(cli("lot", "list", "--product", product)).splitlines()
+    assert [line.split(":")[0] for line in listed] == [f"lot {lot_id}"]
+    assert "10 x 100.00 CNY, complete, serial prefix " in listed[0] and listed[0].endswith(", exported")
+
 
 def test_lot_csv_expiry_is_the_lots(cli: Cli, product: str, server: Running, tmp_path: Path) -> None:
     """The expiry column is what the server recorded for the lot, not a guess from created_at."""

@@ -175,6 +175,17 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 PG_CLUSTERS: list[tuple[Path, float]] = []
 # Lines for the "storage figures" section of the terminal summary (rates, lot timings).
 TIMINGS: list[str] = []
+# "RELIABILITY <id> key=value ..." lines of tests/reliability, printed at the end of the run.
+RELIABILITY: list[str] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="tests/reliability at their large sizes (CI runs the small ones)",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -285,6 +296,10 @@ def storage(opener: Callable[[], Storage]) -> Storage:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if RELIABILITY:
+        terminalreporter.section("reliability")
+        for line in RELIABILITY:
+            terminalreporter.write_line(line)
     if TIMINGS:
         terminalreporter.section("storage figures")
         for line in TIMINGS:

@@ -188,7 +188,10 @@ class BalanceService:
             res = tx.redeem(card.id, amount, currency, request_id)
             if not res.ok or res.entry is None or res.balance is None:
                 if res.outcome is MoneyOutcome.NOT_ACTIVE:
-                    raise CardFrozen() if card.status.value == "frozen" else CardVoid()
+                    # Judge by the state the refusal saw: the card read above may predate a
+                    # freeze committed meanwhile (PostgreSQL re-checks the row at the UPDATE).
+                    now = tx.get_card(card.id)
+                    raise CardFrozen() if now is not None and now.status.value == "frozen" else CardVoid()
                 # Raised inside: the claim rolls back with the refused move.
                 raise _refusal(res, card.currency)
             self._aml(tx, "redeem", card.serial, res.entry.id, amount, currency)

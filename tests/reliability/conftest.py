@@ -1,0 +1,138 @@
+"""The reliability suite (issue 5): races, crashes, hostile input, with figures.
+
+Every test prints one line ``RELIABILITY <id> key=value ...`` (collected and shown at the end
+of the run, in the "reliability" section), asserts correctness figures only (counts, zeros,
+equalities), reports speed without asserting it, and prints the random seed it ran with:
+``CARDMINT_SEED=<seed> pytest tests/reliability -k <test>`` replays it. ``--soak`` runs the
+large sizes; CI runs the small ones. Servers listen on 127.0.0.1 only; every loop is bounded
+in count and time.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cardmint.client import Client
+from cardmint.server.app import Running, start
+
+from tests.conftest import RELIABILITY
+
+
+@dataclass(frozen=True)
+class Sizes:
+    soak: bool
+    clients: int = 64
+    channels: int = 4
+    race_balance: int = 1_000
+    race_attempts: int = 10_000
+    limit_s: float = 120.0  # no phase of a test runs longer than this
+
+
+@pytest.fixture(scope="session")
+def sizes(request: pytest.FixtureRequest) -> Sizes:
+    if request.config.getoption("--soak"):
+        return Sizes(True, race_balance=5_000, race_attempts=50_000, limit_s=600.0)
+    return Sizes(False)
+
+
+@pytest.fixture
+def seed(request: pytest.FixtureRequest) -> int:
+    chosen = os.environ.get("CARDMINT_SEED")
+    value = int(chosen) if chosen else random.SystemRandom().randrange(2**32)
+    # Shown even when the test fails before it reports: pytest prints captured output then.
+    print(f"seed={value} (replay: CARDMINT_SEED={value} pytest {request.node.nodeid})")
+    return value
+
+
+Report = Callable[..., str]
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest, seed: int) -> Report:
+    """``report(id, key=value, ...)``: records this test's RELIABILITY line (with its seed)."""
+
+    def line(test_id: str, **figures: object) -> str:
+        backend = request.node.callspec.params.get("backend") if hasattr(request.node, "callspec") else None
+        parts = [f"RELIABILITY {test_id}"]
+        if backend:
+            parts.append(f"backend={backend}")
+        parts += [f"{k}={v}" for k, v in figures.items()]
+        parts.append(f"seed={seed}")
+        text = " ".join(parts)
+        RELIABILITY.append(text)
+        print(text)
+        return text
+
+    return line
+
+
+@pytest.fixture
+def server(storage_url: str, tmp_path: Path) -> Iterator[Running]:
+    running = start(storage_url, "127.0.0.1:0", tmp_path / "var", workers=32)
+    try:
+        yield running
+    finally:
+        running.stop(grace=0)
+
+
+@pytest.fixture
+def token(server: Running) -> Callable[..., str]:
+    def make(role: str = "admin", account: str | None = None) -> str:
+        return server.domain.auth.create_token(role, account=account).token
+
+    return make
+
+
+@pytest.fixture
+def clients(server: Running, sizes: Sizes) -> Iterator[Callable[[str], list[Client]]]:
+    """``clients(token)``: ``sizes.clients`` clients over ``sizes.channels`` channels."""
+    opened: list[grpc.Channel] = []
+    addr = f"127.0.0.1:{server.port}"
+
+    def make(bearer: str) -> list[Client]:
+        chans = [grpc.insecure_channel(addr) for _ in range(sizes.channels)]
+        opened.extend(chans)
+        for ch in chans:
+            grpc.channel_ready_future(ch).result(timeout=10)
+        return [
+            Client(addr, bearer, timeout=30.0, channel=chans[i % len(chans)]) for i in range(sizes.clients)
+        ]
+
+    yield make
+    for ch in opened:
+        ch.close()
+
+
+def together(workers: int, work: Callable[[int], None], limit_s: float) -> float:
+    """Run ``work(w)`` on ``workers`` threads released at once by a barrier; the seconds
+    from release to the last one done. Fails the test if any is still running at ``limit_s``."""
+    barrier = threading.Barrier(workers + 1)
+    errors: list[BaseException] = []
+
+    def run(w: int) -> None:
+        barrier.wait()
+        try:
+            work(w)
+        except BaseException as e:  # reported below, not lost in the thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(workers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join(timeout=max(0.0, limit_s - (time.perf_counter() - started)))
+    if any(t.is_alive() for t in threads):
+        pytest.fail(f"workers still running after {limit_s} s")
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - started

@@ -36,6 +36,14 @@ class EventKind(enum.StrEnum):
     CARD_FROZEN = "card.frozen"  # staff (or a loss report) stopped a card
     CARD_UNFROZEN = "card.unfrozen"
     VIEWING_ALERT = "alert.viewing"  # unusual secret viewing froze a card
+    # The card shop (subject "order:<id>"; the detail names the account and counts, never a
+    # code or serial): codes delivered to the buyer, a paid order parked for manual review,
+    # a paid order refunded (``automatic``: by the service, e.g. not delivered in time), an
+    # unpaid reservation expired (its codes back in the pool).
+    ORDER_DELIVERED = "order.delivered"
+    ORDER_REVIEW = "order.review"
+    ORDER_REFUNDED = "order.refunded"
+    ORDER_EXPIRED = "order.expired"
 
 
 @dataclass(frozen=True)

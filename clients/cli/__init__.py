@@ -22,6 +22,14 @@ Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
     cardmint balance [--card SERIAL | --account A]
     cardmint redeem --card SERIAL --amount N [--request-id ID]
     cardmint reverse --transaction ID --amount N --currency CUR [--request-id ID]
+    cardmint order stock --product SKU -n N [--face-value V] | --lot ID
+    cardmint order pool --product SKU
+    cardmint order create --product SKU [-n N] [--face-value V] [--account A] [--request-id ID] [-q]
+    cardmint order pay --order ID --payment-id P --amount N [--currency CUR]
+    cardmint order get --order ID [--reveal]
+    cardmint order list [--account A] [--status S] [--limit N]
+    cardmint order cancel|refund --order ID      (refund: [--reason R])
+    cardmint order review --order ID (--approve | --reject) [--reason R]
 
 Errors are one line on stderr naming the problem, exit status 2; never a traceback. A call
 the server refused on business grounds (not found, already bound, insufficient funds,
@@ -80,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--pg", metavar="DSN", help="with --server: also bench on this PostgreSQL database")
 
-    from . import admin, audit, card, lot, product, serve
+    from . import admin, audit, card, lot, order, product, serve
 
     serve.add_parser(sub)
     admin.add_parser(sub)
@@ -88,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     product.add_parser(sub)
     lot.add_parser(sub)
     card.add_parser(sub)
+    order.add_parser(sub)
     return ap
 
 
@@ -145,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .lot import run as run_lot
 
             return run_lot(args)
+        if args.command == "order":
+            from .order import run as run_order
+
+            return run_order(args)
         if args.command in ("card", "balance", "redeem", "reverse"):
             from .card import run as run_card
 

@@ -138,6 +138,8 @@ class OrderServiceServicer:
         REVIEW (the product needs manual review); or REFUNDED when the reservation had already
         expired or its codes became unavailable (the refund is recorded on the account's
         ledger). A second payment of a paid order is ORDER_WRONG_STATE. Staff and merchants.
+        Events (EventService, subject "order:<id>", never a code): order.delivered,
+        order.review or order.refunded; a replayed notification emits nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +171,7 @@ class OrderServiceServicer:
 
     def ReviewOrder(self, request, context):
         """Staff decide an order waiting for review: approve delivers, reject refunds.
+        Events: order.delivered or order.refunded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,6 +181,7 @@ class OrderServiceServicer:
         """Refunds a paid order: one waiting for review at once; a delivered one only while every
         code is active, unbound and unspent (NOT_REFUNDABLE otherwise, metadata "serial" and
         "problem"), and then its codes are voided. Refunding a refunded order answers it.
+        Event: order.refunded (detail "automatic": false).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -186,6 +190,7 @@ class OrderServiceServicer:
     def ExpireReservations(self, request, context):
         """Runs the reservation sweeper now (it also runs in the background): expires unpaid
         orders past their deadline and refunds paid ones past their delivery deadline. Staff.
+        Events: order.expired per released reservation, order.refunded ("automatic": true).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -65,6 +65,8 @@ class OrderServiceStub:
     REVIEW (the product needs manual review); or REFUNDED when the reservation had already
     expired or its codes became unavailable (the refund is recorded on the account's
     ledger). A second payment of a paid order is ORDER_WRONG_STATE. Staff and merchants.
+    Events (EventService, subject "order:<id>", never a code): order.delivered,
+    order.review or order.refunded; a replayed notification emits nothing.
     """
     GetOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.GetOrderRequest, _order_pb2.Order]
     """An order. Delivered codes come masked; the buyer (a customer token of the order's
@@ -78,15 +80,19 @@ class OrderServiceStub:
     expired order answers it as it is; a paid order is ORDER_WRONG_STATE (refund it).
     """
     ReviewOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.ReviewOrderRequest, _order_pb2.Order]
-    """Staff decide an order waiting for review: approve delivers, reject refunds."""
+    """Staff decide an order waiting for review: approve delivers, reject refunds.
+    Events: order.delivered or order.refunded.
+    """
     RefundOrder: _grpc.UnaryUnaryMultiCallable[_order_pb2.RefundOrderRequest, _order_pb2.Order]
     """Refunds a paid order: one waiting for review at once; a delivered one only while every
     code is active, unbound and unspent (NOT_REFUNDABLE otherwise, metadata "serial" and
     "problem"), and then its codes are voided. Refunding a refunded order answers it.
+    Event: order.refunded (detail "automatic": false).
     """
     ExpireReservations: _grpc.UnaryUnaryMultiCallable[_order_pb2.ExpireReservationsRequest, _order_pb2.ExpireReservationsResponse]
     """Runs the reservation sweeper now (it also runs in the background): expires unpaid
     orders past their deadline and refunds paid ones past their delivery deadline. Staff.
+    Events: order.expired per released reservation, order.refunded ("automatic": true).
     """
 
 @_typing.type_check_only
@@ -124,6 +130,8 @@ class OrderServiceAsyncStub(OrderServiceStub):
     REVIEW (the product needs manual review); or REFUNDED when the reservation had already
     expired or its codes became unavailable (the refund is recorded on the account's
     ledger). A second payment of a paid order is ORDER_WRONG_STATE. Staff and merchants.
+    Events (EventService, subject "order:<id>", never a code): order.delivered,
+    order.review or order.refunded; a replayed notification emits nothing.
     """
     GetOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.GetOrderRequest, _order_pb2.Order]  # type: ignore[assignment]
     """An order. Delivered codes come masked; the buyer (a customer token of the order's
@@ -137,15 +145,19 @@ class OrderServiceAsyncStub(OrderServiceStub):
     expired order answers it as it is; a paid order is ORDER_WRONG_STATE (refund it).
     """
     ReviewOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.ReviewOrderRequest, _order_pb2.Order]  # type: ignore[assignment]
-    """Staff decide an order waiting for review: approve delivers, reject refunds."""
+    """Staff decide an order waiting for review: approve delivers, reject refunds.
+    Events: order.delivered or order.refunded.
+    """
     RefundOrder: _aio.UnaryUnaryMultiCallable[_order_pb2.RefundOrderRequest, _order_pb2.Order]  # type: ignore[assignment]
     """Refunds a paid order: one waiting for review at once; a delivered one only while every
     code is active, unbound and unspent (NOT_REFUNDABLE otherwise, metadata "serial" and
     "problem"), and then its codes are voided. Refunding a refunded order answers it.
+    Event: order.refunded (detail "automatic": false).
     """
     ExpireReservations: _aio.UnaryUnaryMultiCallable[_order_pb2.ExpireReservationsRequest, _order_pb2.ExpireReservationsResponse]  # type: ignore[assignment]
     """Runs the reservation sweeper now (it also runs in the background): expires unpaid
     orders past their deadline and refunds paid ones past their delivery deadline. Staff.
+    Events: order.expired per released reservation, order.refunded ("automatic": true).
     """
 
 class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -204,6 +216,8 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         REVIEW (the product needs manual review); or REFUNDED when the reservation had already
         expired or its codes became unavailable (the refund is recorded on the account's
         ledger). A second payment of a paid order is ORDER_WRONG_STATE. Staff and merchants.
+        Events (EventService, subject "order:<id>", never a code): order.delivered,
+        order.review or order.refunded; a replayed notification emits nothing.
         """
 
     @_abc_1.abstractmethod
@@ -241,7 +255,9 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _order_pb2.ReviewOrderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_order_pb2.Order, _abc.Awaitable[_order_pb2.Order]]:
-        """Staff decide an order waiting for review: approve delivers, reject refunds."""
+        """Staff decide an order waiting for review: approve delivers, reject refunds.
+        Events: order.delivered or order.refunded.
+        """
 
     @_abc_1.abstractmethod
     def RefundOrder(
@@ -252,6 +268,7 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         """Refunds a paid order: one waiting for review at once; a delivered one only while every
         code is active, unbound and unspent (NOT_REFUNDABLE otherwise, metadata "serial" and
         "problem"), and then its codes are voided. Refunding a refunded order answers it.
+        Event: order.refunded (detail "automatic": false).
         """
 
     @_abc_1.abstractmethod
@@ -262,6 +279,7 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_order_pb2.ExpireReservationsResponse, _abc.Awaitable[_order_pb2.ExpireReservationsResponse]]:
         """Runs the reservation sweeper now (it also runs in the background): expires unpaid
         orders past their deadline and refunds paid ones past their delivery deadline. Staff.
+        Events: order.expired per released reservation, order.refunded ("automatic": true).
         """
 
 def add_OrderServiceServicer_to_server(servicer: OrderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -42,6 +42,14 @@ class EventKind(enum.StrEnum):
     CARD_LOST = "card.lost"  # the holder reported a card lost: frozen, waiting for review
     CARD_REISSUED = "card.reissued"  # a loss report approved: the balance moved to a new card
     LOSS_REJECTED = "card.loss_rejected"  # a loss report rejected: the card stays frozen
+    # The card shop (subject "order:<id>"; the detail names the account and counts, never a
+    # code or serial): codes delivered to the buyer, a paid order parked for manual review,
+    # a paid order refunded (``automatic``: by the service, e.g. not delivered in time), an
+    # unpaid reservation expired (its codes back in the pool).
+    ORDER_DELIVERED = "order.delivered"
+    ORDER_REVIEW = "order.review"
+    ORDER_REFUNDED = "order.refunded"
+    ORDER_EXPIRED = "order.expired"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ Rules, all decided here (storage only claims and moves rows):
   orders not delivered by their deadline. ``sweep`` is the on-demand call; the background
   thread (``start_sweeper``) calls the same.
 
+Notifier events (``events.emit``, in the transaction of the change, never with a code or a
+serial): ``order.delivered``, ``order.review`` (parked for manual review), ``order.refunded``
+(``automatic`` when the service refunded on its own: paid too late, codes gone, not delivered
+in time) and ``order.expired`` (an unpaid reservation released). A replayed payment
+notification changes nothing, so it emits nothing.
+
 Every state change is audited (never with a code), last in its transaction: on PostgreSQL the
 audit chain's lock is held from the append to the commit. Delivered codes are shown in full only
 to the buyer (a customer token of the order's account) asking with ``reveal``, which is
@@ -84,6 +90,7 @@ from .errors import (
     RevealLimit,
     SoldOut,
 )
+from .events import EventKind, emit
 from .keys import display
 
 __all__ = [
@@ -410,15 +417,20 @@ class OrderService:
             # Caps: the lock makes count-then-insert atomic per subject on PostgreSQL (two
             # orders of one account cannot both slip under the limit). Account first, then
             # address, always: no two transactions wait on each other in a cycle.
-            tx.lock_subject("account", str(acct_id))
-            held, first = tx.held_codes(account_id=acct_id)
-            self._cap(tx, "account", held, first, quantity, cfg.held_codes_per_account)
-            if address is not None:
-                tx.lock_subject("address", address)
-                held, first = tx.held_codes(client_address=address)
-                self._cap(tx, "address", held, first, quantity, cfg.held_codes_per_address)
+            # Both locks in one round trip, then both counts in one query.
+            if address is None:
+                tx.lock_subject("account", str(acct_id))
+                held, first = tx.held_codes(account_id=acct_id)
+                self._cap(tx, "account", held, first, quantity, cfg.held_codes_per_account)
+            else:
+                tx.lock_subjects(("account", str(acct_id)), ("address", address))
+                (held, first), (at_address, first_there) = tx.held_codes_both(acct_id, address)
+                self._cap(tx, "account", held, first, quantity, cfg.held_codes_per_account)
+                self._cap(tx, "address", at_address, first_there, quantity, cfg.held_codes_per_address)
             now = tx.now()
-            order = tx.create_order(
+            # The order, its items, its codes claimed and the request id's answer, together
+            # (PostgreSQL: in one statement).
+            order, found = tx.place_order(
                 NewOrder(
                     account_id=acct_id,
                     request_id=request_id,
@@ -430,21 +442,20 @@ class OrderService:
                     currency=currencies.pop(),
                     client_address=address or "",
                     expires_at=now + timedelta(seconds=cfg.order_ttl_seconds),
-                )
+                ),
+                complete=("order.create", request_id),
             )
-            for product, line in zip(products, lines, strict=True):
-                got = tx.reserve_pool_cards(order.id, product.id, line.face_value, line.quantity)
-                if len(got) < line.quantity:
+            for product, line, got in zip(products, lines, found, strict=True):
+                if got < line.quantity:
                     # Raised inside: the order, its other lines' claims and the request id
                     # all roll back with it.
                     raise SoldOut(
                         metadata={
                             "sku": product.sku,
                             "face_value": str(line.face_value),
-                            "available": str(len(got)),
+                            "available": str(got),
                         }
                     )
-            tx.complete_idempotency("order.create", request_id, json.dumps({"order_id": order.id}).encode())
             loaded = self._load(tx, order)
             tx.append_audit(
                 principal.actor,
@@ -482,7 +493,10 @@ class OrderService:
         fingerprint = _fingerprint("order.pay", order_id, amount, currency)
 
         def work(tx: UnitOfWork) -> _Loaded:
-            claim = tx.claim_idempotency("order.pay", payment_id, fingerprint)
+            # The answer names the order whatever the outcome: claimed with it, one statement.
+            claim = tx.claim_with_response(
+                "order.pay", payment_id, fingerprint, json.dumps({"order_id": order_id}).encode()
+            )
             if claim.replay is not None:
                 again = tx.get_order(order_id)
                 assert again is not None
@@ -498,7 +512,7 @@ class OrderService:
                 "paid_amount": amount,
                 "paid_at": now,
             }
-            sold: list[PoolCard] | None = None
+            sold: list[PoolCard] | None = None  # the cards delivered now, if any
             if order.status in (OrderStatus.EXPIRED, OrderStatus.CANCELLED):
                 # Money for codes already given back: return it, on the record.
                 why = (
@@ -506,7 +520,7 @@ class OrderService:
                     if order.status is OrderStatus.EXPIRED
                     else "paid after cancellation"
                 )
-                done = self._refund(tx, order, why, expect=(order.status,), paid=paid)
+                done = self._refund(tx, order, why, actor=principal.actor, expect=(order.status,), paid=paid)
             elif order.status is not OrderStatus.RESERVED:
                 # Paid before (another payment id): the gateway must return this one.
                 raise OrderWrongState(
@@ -516,25 +530,11 @@ class OrderService:
             elif order.expires_at <= now:
                 # The deadline holds whether or not the sweeper got here first.
                 tx.move_pool_cards(order.id, expect=PoolCardState.RESERVED, state=PoolCardState.AVAILABLE)
-                done = self._refund(tx, order, "paid after the reservation expired", paid=paid)
-            elif (held := self._still_ours(tx, order, now)) is None:
-                tx.move_pool_cards(order.id, expect=PoolCardState.RESERVED, state=PoolCardState.AVAILABLE)
-                done = self._refund(tx, order, "the reserved codes became unavailable", paid=paid)
-            elif self._needs_review(tx, order):
-                deadline = now + timedelta(seconds=self._ctx.config.delivery_deadline_seconds)
-                parked = tx.update_order(
-                    order.id,
-                    expect=(OrderStatus.RESERVED,),
-                    status=OrderStatus.REVIEW,
-                    deliver_by=deadline,
-                    **paid,
+                done = self._refund(
+                    tx, order, "paid after the reservation expired", actor=principal.actor, paid=paid
                 )
-                assert parked is not None  # the row is locked and was reserved
-                done = parked
             else:
-                done = self._deliver(tx, order, now, expect=OrderStatus.RESERVED, paid=paid)
-                sold = [PoolCard(pc.card, PoolCardState.SOLD, order.id) for pc in held]
-            tx.complete_idempotency("order.pay", payment_id, json.dumps({"order_id": order.id}).encode())
+                done, sold = self._pay_reserved(tx, order, now, principal.actor, paid)
             loaded = self._load(tx, done, cards=sold)
             tx.append_audit(
                 principal.actor,
@@ -545,6 +545,49 @@ class OrderService:
             return loaded
 
         return self._view(self._ctx.run(work))
+
+    def _pay_reserved(
+        self,
+        tx: UnitOfWork,
+        order: Order,
+        now: datetime,
+        actor: str,
+        paid: Mapping[str, str | int | datetime],
+    ) -> tuple[Order, list[PoolCard] | None]:
+        """A live reservation paid: its codes are sold to it at once (their rows locked), or,
+        for a product with manual review, checked to be still its own and parked for staff.
+        Codes gone meanwhile: back to the pool, and the payment refunded. Returns the order
+        and the cards delivered now, if any."""
+        review = self._needs_review(tx, order)
+        sold = None if review else tx.sell_order_cards(order.id, order.quantity)
+        if (self._still_ours(tx, order, now) is None) if review else (sold is None):
+            tx.move_pool_cards(order.id, expect=PoolCardState.RESERVED, state=PoolCardState.AVAILABLE)
+            return self._refund(
+                tx, order, "the reserved codes became unavailable", actor=actor, paid=paid
+            ), None
+        if not review:
+            return self._deliver(tx, order, now, actor=actor, expect=OrderStatus.RESERVED, paid=paid), sold
+        deadline = now + timedelta(seconds=self._ctx.config.delivery_deadline_seconds)
+        parked = tx.update_order(
+            order.id,
+            expect=(OrderStatus.RESERVED,),
+            status=OrderStatus.REVIEW,
+            known_items=order.items,
+            deliver_by=deadline,
+            **paid,
+        )
+        assert parked is not None  # the row is locked and was reserved
+        emit(
+            tx,
+            EventKind.ORDER_REVIEW,
+            f"order:{order.id}",
+            account=self._account_name(tx, order.account_id),
+            codes=order.quantity,
+            amount=order.amount,
+            currency=order.currency,
+            deliver_by=deadline.isoformat(),
+        )
+        return parked, None
 
     def _still_ours(self, tx: UnitOfWork, order: Order, now: datetime) -> list[PoolCard] | None:
         """The codes the order reserved, if every one is still held by it and sellable."""
@@ -566,15 +609,29 @@ class OrderService:
         now: datetime,
         *,
         expect: OrderStatus,
+        actor: str,
         paid: Mapping[str, str | int | datetime] | None = None,
     ) -> Order:
-        moved = tx.move_pool_cards(order.id, expect=PoolCardState.RESERVED, state=PoolCardState.SOLD)
-        if moved != order.quantity:
-            raise AssertionError(f"order {order.id}: {moved} of {order.quantity} codes delivered")
+        """Record the delivery of an order whose codes ``sell_order_cards`` just sold it."""
         done = tx.update_order(
-            order.id, expect=(expect,), status=OrderStatus.DELIVERED, delivered_at=now, **(paid or {})
+            order.id,
+            expect=(expect,),
+            status=OrderStatus.DELIVERED,
+            known_items=order.items,
+            delivered_at=now,
+            **(paid or {}),
         )
         assert done is not None  # the row is locked and was in ``expect``
+        emit(
+            tx,
+            EventKind.ORDER_DELIVERED,
+            f"order:{order.id}",
+            account=self._account_name(tx, order.account_id),
+            codes=order.quantity,
+            amount=order.amount,
+            currency=order.currency,
+            by=actor,
+        )
         return done
 
     def _refund(
@@ -583,14 +640,18 @@ class OrderService:
         order: Order,
         reason: str,
         *,
+        actor: str,
+        automatic: bool = True,
         expect: Sequence[OrderStatus] = (OrderStatus.RESERVED,),
         paid: Mapping[str, str | int | datetime] | None = None,
     ) -> Order:
-        """Close a paid order as refunded and record the refund (account ledger entry)."""
+        """Close a paid order as refunded and record the refund (account ledger entry) and
+        its event; ``automatic``: the service refunded it (nobody asked)."""
         done = tx.update_order(
             order.id,
             expect=expect,
             status=OrderStatus.REFUNDED,
+            known_items=order.items,
             closed_at=tx.now(),
             close_reason=reason,
             **(paid or {}),
@@ -598,6 +659,18 @@ class OrderService:
         if done is None or done.paid_amount is None:
             raise AssertionError(f"order {order.id} could not be refunded from {order.status.value}")
         tx.record_refund(done, done.paid_amount, done.currency)
+        emit(
+            tx,
+            EventKind.ORDER_REFUNDED,
+            f"order:{order.id}",
+            account=self._account_name(tx, order.account_id),
+            codes=order.quantity,
+            amount=done.paid_amount,
+            currency=done.currency,
+            reason=reason,
+            automatic=automatic,
+            by=actor,
+        )
         return done
 
     # -- view -------------------------------------------------------------------------------
@@ -788,6 +861,7 @@ class OrderService:
                 order.id,
                 expect=(OrderStatus.RESERVED,),
                 status=OrderStatus.CANCELLED,
+                known_items=order.items,
                 closed_at=tx.now(),
                 close_reason=f"cancelled by {principal.role.value}",
             )
@@ -818,14 +892,19 @@ class OrderService:
                     metadata={"status": order.status.value},
                 )
             now = tx.now()
+            actor = principal.actor
             if order.deliver_by is not None and order.deliver_by <= now:
-                done = self._release_and_refund(tx, order, "not delivered in time")
+                done = self._release_and_refund(tx, order, "not delivered in time", actor=actor)
             elif not approve:
-                done = self._release_and_refund(tx, order, f"rejected in review: {reason}".rstrip(": "))
-            elif self._still_ours(tx, order, now) is None:
-                done = self._release_and_refund(tx, order, "the reserved codes became unavailable")
+                done = self._release_and_refund(
+                    tx, order, f"rejected in review: {reason}".rstrip(": "), actor=actor, automatic=False
+                )
+            elif tx.sell_order_cards(order.id, order.quantity) is None:
+                done = self._release_and_refund(
+                    tx, order, "the reserved codes became unavailable", actor=actor
+                )
             else:
-                done = self._deliver(tx, order, now, expect=OrderStatus.REVIEW)
+                done = self._deliver(tx, order, now, actor=actor, expect=OrderStatus.REVIEW)
             loaded = self._load(tx, done)
             tx.append_audit(
                 principal.actor,
@@ -837,9 +916,11 @@ class OrderService:
 
         return self._view(self._ctx.run(work))
 
-    def _release_and_refund(self, tx: UnitOfWork, order: Order, reason: str) -> Order:
+    def _release_and_refund(
+        self, tx: UnitOfWork, order: Order, reason: str, *, actor: str, automatic: bool = True
+    ) -> Order:
         tx.move_pool_cards(order.id, expect=PoolCardState.RESERVED, state=PoolCardState.AVAILABLE)
-        return self._refund(tx, order, reason, expect=(order.status,))
+        return self._refund(tx, order, reason, actor=actor, automatic=automatic, expect=(order.status,))
 
     def refund_order(self, principal: Principal, order_id: int, *, reason: str = "") -> OrderView:
         """Refund a paid order. Waiting for review: refunded, codes back to the pool.
@@ -855,7 +936,7 @@ class OrderService:
                 return self._load(tx, order)
             why = f"refund requested by {principal.role.value}" + (f": {reason}" if reason else "")
             if order.status is OrderStatus.REVIEW:
-                done = self._release_and_refund(tx, order, why)
+                done = self._release_and_refund(tx, order, why, actor=principal.actor, automatic=False)
             elif order.status is OrderStatus.DELIVERED:
                 now = tx.now()
                 sold = [pc for pc in tx.order_cards(order.id, lock=True) if pc.state is PoolCardState.SOLD]
@@ -879,7 +960,9 @@ class OrderService:
                     ):
                         raise AssertionError(f"card {pc.card.id} changed under its row lock")
                 tx.move_pool_cards(order.id, expect=PoolCardState.SOLD, state=PoolCardState.RETURNED)
-                done = self._refund(tx, order, why, expect=(OrderStatus.DELIVERED,))
+                done = self._refund(
+                    tx, order, why, actor=principal.actor, automatic=False, expect=(OrderStatus.DELIVERED,)
+                )
             else:
                 raise OrderWrongState(
                     f"the order is {order.status.value}; only paid orders are refunded",
@@ -934,14 +1017,22 @@ class OrderService:
                     order.id,
                     expect=(OrderStatus.RESERVED,),
                     status=OrderStatus.EXPIRED,
+                    known_items=order.items,
                     closed_at=now,
                     close_reason="not paid in time",
                 )
                 if closed is None:
                     continue
+                emit(
+                    tx,
+                    EventKind.ORDER_EXPIRED,
+                    f"order:{order.id}",
+                    account=self._account_name(tx, order.account_id),
+                    codes=order.quantity,
+                )
                 tx.append_audit(actor, "order.expire", f"order:{order.id}", detail(codes=order.quantity))
             else:
-                self._release_and_refund(tx, order, "not delivered in time")
+                self._release_and_refund(tx, order, "not delivered in time", actor=actor)
                 tx.append_audit(
                     actor, "order.refund", f"order:{order.id}", detail(reason="not delivered in time")
                 )

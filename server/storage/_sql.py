@@ -157,6 +157,11 @@ def _positive(value: int, what: str) -> int:
     return value
 
 
+def _order_response(order_id: int) -> bytes:
+    """The stored answer of an order's idempotency claim, as the domain reads it back."""
+    return f'{{"order_id": {int(order_id)}}}'.encode()
+
+
 def _money(value: int, what: str = "amount") -> int:
     """A positive amount in integer minor units (fen, cents), never a float."""
     return _positive(value, what)
@@ -1426,6 +1431,17 @@ class SqlTx(ABC):
         """
         self._lock(LOCK_SUBJECTS + zlib.crc32(f"{kind}\0{subject}".encode()))
 
+    def lock_subjects(self, *subjects: tuple[str, str]) -> None:
+        """``lock_subject`` for each (kind, subject), in the order given, in one round trip."""
+        self._lock_many(
+            [LOCK_SUBJECTS + zlib.crc32(f"{kind}\0{subject}".encode()) for kind, subject in subjects]
+        )
+
+    def _lock_many(self, names: Sequence[int]) -> None:
+        """``_lock`` each of ``names`` in order (PostgreSQL: in one statement)."""
+        for name in names:
+            self._lock(name)
+
     def find_account(self, external_id: str) -> Account | None:
         """The account of ``external_id``, if it exists (``ensure_account`` creates it)."""
         row = self._one(
@@ -1518,6 +1534,111 @@ class SqlTx(ABC):
         )
         return int(row[0]), self._odt(row[1])
 
+    def held_codes_both(
+        self, account_id: int, client_address: str
+    ) -> tuple[tuple[int, datetime | None], tuple[int, datetime | None]]:
+        """``held_codes`` of the account and of the client address, in one query."""
+        row = self._one(
+            "SELECT COALESCE(SUM(CASE WHEN account_id = ? THEN quantity ELSE 0 END), 0),"
+            " MIN(CASE WHEN account_id = ? THEN expires_at END),"
+            " COALESCE(SUM(CASE WHEN client_address = ? THEN quantity ELSE 0 END), 0),"
+            " MIN(CASE WHEN client_address = ? THEN expires_at END)"
+            " FROM orders WHERE status = 'reserved' AND expires_at > ? AND (account_id = ? OR client_address = ?)",
+            (
+                account_id,
+                account_id,
+                client_address,
+                client_address,
+                self._ts(self.now()),
+                account_id,
+                client_address,
+            ),
+        )
+        return (int(row[0]), self._odt(row[1])), (int(row[2]), self._odt(row[3]))
+
+    def place_order(
+        self, new: NewOrder, *, complete: tuple[str, str] | None = None
+    ) -> tuple[Order, list[int]]:
+        """``create_order``, then claim each item's cards as ``reserve_pool_cards`` does;
+        with ``complete`` = (scope, key), also ``complete_idempotency`` of that claim with the
+        response ``{"order_id": <id>}``.
+
+        Returns the order and, per item, how many sellable cards were found (at most its
+        quantity). An item found short claims nothing: the caller refuses the order and
+        rolls back. PostgreSQL does it all in one statement.
+        """
+        order = self.create_order(new)
+        got: list[int] = []
+        for item in new.items:
+            got.append(self._reserve_line(order.id, item.product_id, item.face_value, item.quantity))
+        if complete is not None and all(g == i.quantity for g, i in zip(got, new.items, strict=True)):
+            self.complete_idempotency(*complete, _order_response(order.id))
+        return order, got
+
+    def _reserve_line(self, order_id: int, product_id: int, face_value: int, count: int) -> int:
+        """Claim ``count`` sellable cards for the order in one statement if that many are
+        free; otherwise claim none and count how many there were."""
+        _positive(count, "count")
+        now = self._ts(self.now())
+        pick = (
+            "SELECT p.card_id FROM pool_cards p JOIN cards c ON c.id = p.card_id"
+            " WHERE p.product_id = ? AND p.face_value = ? AND p.state = 'available' AND c.status = 'active'"
+            " AND c.account_id IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?)"
+            " ORDER BY p.card_id LIMIT ?"
+        )
+        args = (product_id, face_value, now, count)
+        rows = self._all(
+            f"UPDATE pool_cards SET state = 'reserved', order_id = ? WHERE card_id IN ({pick})"
+            f" AND state = 'available' AND (SELECT COUNT(*) FROM ({pick}) AS n) = ? RETURNING card_id",
+            (order_id, *args, *args, count),
+        )
+        if rows:
+            if len(rows) != count:
+                raise self._fail(StorageError(f"claimed {count} pool cards but reserved {len(rows)}"))
+            return count
+        return int(self._one(f"SELECT COUNT(*) FROM ({pick}) AS n", args)[0])
+
+    def claim_with_response(
+        self, scope: str, key: str, fingerprint: bytes, response: bytes
+    ) -> IdempotencyClaim:
+        """``claim_idempotency`` and ``complete_idempotency`` in one statement, for a request
+        whose answer is known before its work (a payment notification answers its order):
+        the claim commits with the work or not at all, like the pair would."""
+        cur = self._execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, response, created_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (scope, key) DO NOTHING",
+            (scope, key, bytes(fingerprint), bytes(response), self._ts(self.now())),
+        )
+        if cur.rowcount == 1:
+            return IdempotencyClaim(scope, key, None)
+        row = self._one(
+            "SELECT fingerprint, response FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)
+        )
+        if bytes(row[0]) != bytes(fingerprint):
+            raise IdempotencyConflictError(scope, key)
+        if row[1] is None:
+            raise StorageError(f"idempotency key {key!r} for {scope} was claimed but never completed")
+        return IdempotencyClaim(scope, key, bytes(row[1]))
+
+    def sell_order_cards(self, order_id: int, count: int) -> list[PoolCard] | None:
+        """Move the order's ``count`` reserved cards to ``sold`` if it holds exactly that many
+        and every one is still sellable (active, unbound, unexpired); their rows are locked
+        to commit. None, moving nothing, otherwise. PostgreSQL: one statement."""
+        now = self.now()
+        held = [pc for pc in self.order_cards(order_id, lock=True) if pc.state is PoolCardState.RESERVED]
+        ok = len(held) == count and all(
+            c.status is CardStatus.ACTIVE
+            and c.account_id is None
+            and (c.expires_at is None or c.expires_at > now)
+            for c in (pc.card for pc in held)
+        )
+        if not ok:
+            return None
+        moved = self.move_pool_cards(order_id, expect=PoolCardState.RESERVED, state=PoolCardState.SOLD)
+        if moved != count:
+            raise self._fail(StorageError(f"order {order_id}: {moved} of {count} cards sold"))
+        return [PoolCard(pc.card, PoolCardState.SOLD, order_id) for pc in held]
+
     def _orders(self, rows: list[Any], items: dict[int, list[OrderItem]] | None = None) -> list[Order]:
         """Orders from ``_ORDER`` rows, with their items (read here unless given)."""
         if not rows:
@@ -1589,10 +1710,17 @@ class SqlTx(ABC):
     def get_order(self, order_id: int, *, lock: bool = False) -> Order | None:
         """The order; ``lock`` holds its row to commit (PostgreSQL), so that payment,
         cancellation and the sweeper decide one after the other on the same order."""
+        cols = ", ".join("o." + c.strip() for c in _ORDER.split(","))
         rows = self._all(
-            f"SELECT {_ORDER} FROM orders WHERE id = ?{self.FOR_UPDATE if lock else ''}", (order_id,)
+            f"SELECT {cols}, i.product_id, i.face_value, i.quantity FROM orders o"
+            " JOIN order_items i ON i.order_id = o.id WHERE o.id = ? ORDER BY i.line"
+            f"{self.FOR_UPDATE + ' OF o' if lock and self.FOR_UPDATE else ''}",
+            (order_id,),
         )
-        return self._orders(rows)[0] if rows else None
+        if not rows:
+            return None
+        items = [OrderItem(r[-3], int(r[-2]), int(r[-1])) for r in rows]
+        return self._orders([rows[0][:-3]], {rows[0][0]: items})[0]
 
     def list_orders(
         self,
@@ -1623,10 +1751,12 @@ class SqlTx(ABC):
         *,
         expect: Iterable[OrderStatus],
         status: OrderStatus,
+        known_items: Sequence[OrderItem] | None = None,
         **changes: str | int | datetime | None,
     ) -> Order | None:
         """Move the order to ``status`` (setting ``changes``) if it is in one of ``expect``;
-        None when it was not."""
+        None when it was not. ``known_items``: the order's items, when the caller has them
+        (they never change), saving their query."""
         allowed = [OrderStatus(s).value for s in expect]
         if not allowed:
             raise ValueError("expect must name at least one status")
@@ -1647,7 +1777,9 @@ class SqlTx(ABC):
             f"UPDATE orders SET {', '.join(sets)} WHERE id = ? AND status IN ({marks}) RETURNING {_ORDER}",
             (*params, order_id, *allowed),
         )
-        return self._orders(rows)[0] if rows else None
+        if not rows:
+            return None
+        return self._orders(rows, None if known_items is None else {rows[0][0]: list(known_items)})[0]
 
     def order_cards(self, order_id: int, *, lock: bool = False) -> list[PoolCard]:
         """The cards the order holds or bought, by card id. ``lock`` holds the card and pool

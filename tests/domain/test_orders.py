@@ -434,7 +434,8 @@ class ShopMachine(RuleBasedStateMachine):
     """Random histories of buyers, payments, cancellations, refunds and time passing against
     one product's pool of POOL codes. After every step: every code is in exactly one place
     (available, or held/sold by exactly one live order), no code was ever delivered twice,
-    and the pool's counts agree with the orders."""
+    and the pool's counts agree with the orders; and the notifier events agree with what
+    happened to each order, in order, never naming a code or a serial."""
 
     POOL = 6
     domain: Domain
@@ -449,6 +450,7 @@ class ShopMachine(RuleBasedStateMachine):
         self.quantity: dict[int, int] = {}
         self.delivered: dict[int, frozenset[str]] = {}
         self.sold_ever: set[str] = set()
+        self.expired_ever: set[int] = set()
 
     @rule(buyer=st.integers(0, 1), n=st.integers(1, 3))
     def buy(self, buyer: int, n: int) -> None:
@@ -501,6 +503,8 @@ class ShopMachine(RuleBasedStateMachine):
         self.domain.orders.sweep()
         for oid in self.orders:
             self.orders[oid] = self.domain.orders.get_order(self.who.admin, oid).status
+            if self.orders[oid] is OrderStatus.EXPIRED:
+                self.expired_ever.add(oid)
 
     def _held(self) -> int:
         return sum(self.quantity[o] for o, s in self.orders.items() if s is OrderStatus.RESERVED)
@@ -514,6 +518,22 @@ class ShopMachine(RuleBasedStateMachine):
         for oid, status in self.orders.items():
             if status is OrderStatus.RESERVED:
                 self.domain.orders.cancel_order(self.who.operator, oid)
+
+    @invariant()
+    def events_agree(self) -> None:
+        with self.domain.storage.read() as tx:
+            events = [e for e in tx.events_after(0, 100_000) if e.kind.startswith("order.")]
+        mine = {f"order:{oid}": oid for oid in self.orders}
+        kinds: dict[int, list[str]] = {oid: [] for oid in self.orders}
+        for e in events:
+            if e.subject in mine:
+                kinds[mine[e.subject]].append(e.kind)
+                assert not any(serial in e.detail for serial in self.sold_ever)
+        for oid, status in self.orders.items():
+            expect = ["order.delivered"] if oid in self.delivered else []
+            expect += ["order.expired"] if oid in self.expired_ever else []
+            expect += ["order.refunded"] if status is OrderStatus.REFUNDED else []
+            assert kinds[oid] == expect, (oid, status)
 
     @invariant()
     def pool_agrees(self) -> None:

@@ -13,12 +13,14 @@ from datetime import timedelta
 import pytest
 from cardmint.server.storage import (
     CardStatus,
+    IdempotencyConflictError,
     NewOrder,
     Order,
     OrderItem,
     OrderStatus,
     PoolCardState,
     Storage,
+    StorageError,
     UnitOfWork,
 )
 
@@ -186,3 +188,145 @@ def test_concurrent_claims_never_overlap(opener: Callable[[], Storage], buyers: 
     with handles[0].read() as tx:
         (stock,) = tx.pool_stock(product.id)
         assert (stock.available, stock.reserved) == (0, 30)
+
+
+def _new(
+    tx: UnitOfWork, items: tuple[OrderItem, ...], account: str, address: str = "ipv4:10.0.0.1"
+) -> NewOrder:
+    return NewOrder(
+        account_id=tx.ensure_account(account).id,
+        request_id=f"r-{account}-{time.perf_counter_ns()}",
+        items=items,
+        amount=sum(i.face_value * i.quantity for i in items),
+        currency="CNY",
+        client_address=address,
+        expires_at=tx.now() + timedelta(minutes=15),
+    )
+
+
+def test_place_order_claims_whole_lines_and_answers_the_claim(storage: Storage) -> None:
+    """The order, its items, its claims and its request id's answer in one call (one
+    statement on PostgreSQL): a line found short claims nothing; the answer is written only
+    when every line was filled."""
+    product = new_product(storage)
+    lot, _ = mint_lot(storage, 5, product=product)
+    small, _ = mint_lot(storage, 2, product=product, face=500)
+    with storage.transaction() as tx:
+        tx.stock_pool(lot.id)
+        tx.stock_pool(small.id)
+    with storage.transaction() as tx:
+        tx.claim_idempotency("order.create", "k-1", b"f")
+        items = (OrderItem(product.id, 1000, 3), OrderItem(product.id, 500, 2))
+        order, got = tx.place_order(_new(tx, items, "ann"), complete=("order.create", "k-1"))
+        assert got == [3, 2] and order.items == items and order.status is OrderStatus.RESERVED
+        assert tx.get_order(order.id) == order  # items read back with the order, in line order
+        held = tx.order_cards(order.id)
+        assert len(held) == 5 and {pc.state for pc in held} == {PoolCardState.RESERVED}
+        replay = tx.claim_idempotency("order.create", "k-1", b"f").replay
+        assert replay == f'{{"order_id": {order.id}}}'.encode()
+    with storage.transaction() as tx:
+        tx.claim_idempotency("order.create", "k-2", b"f")
+        items = (OrderItem(product.id, 1000, 1), OrderItem(product.id, 500, 1))
+        short, got = tx.place_order(_new(tx, items, "bob"), complete=("order.create", "k-2"))
+        assert got == [1, 0]  # two left of 1000 (one taken now), none of 500
+        assert [pc.card.face_value for pc in tx.order_cards(short.id)] == [1000]  # the full line only
+        (stock_500,) = [s for s in tx.pool_stock(product.id) if s.face_value == 500]
+        assert (stock_500.available, stock_500.reserved) == (0, 2)
+        # Not every line filled: the claim stays open (the caller rolls back).
+        with pytest.raises(StorageError, match="claimed but never completed"):
+            tx.claim_idempotency("order.create", "k-2", b"f")
+
+
+def test_held_codes_of_account_and_address_at_once(storage: Storage, clock: FakeClock) -> None:
+    product = new_product(storage)
+    with storage.transaction() as tx:
+        a = tx.place_order(_new(tx, (OrderItem(product.id, 1000, 2),), "ann", "ipv4:10.0.0.1"))[0]
+        tx.place_order(_new(tx, (OrderItem(product.id, 1000, 3),), "ann", "ipv4:10.0.0.2"))
+        tx.place_order(_new(tx, (OrderItem(product.id, 1000, 4),), "bob", "ipv4:10.0.0.1"))
+        tx.lock_subjects(("account", str(a.account_id)), ("address", "ipv4:10.0.0.1"))
+        (mine, first), (there, first_there) = tx.held_codes_both(a.account_id, "ipv4:10.0.0.1")
+        assert (mine, there) == (5, 6)
+        assert first == first_there == a.expires_at
+        assert (mine, first) == tx.held_codes(account_id=a.account_id)
+        assert (there, first_there) == tx.held_codes(client_address="ipv4:10.0.0.1")
+        assert tx.held_codes_both(a.account_id, "ipv4:10.0.0.9") == ((5, first), (0, None))
+        tx.update_order(a.id, expect=(OrderStatus.RESERVED,), status=OrderStatus.CANCELLED)
+        assert tx.held_codes_both(a.account_id, "ipv4:10.0.0.1") == ((3, first), (4, first))
+    clock.advance(minutes=16)
+    with storage.read() as tx:
+        assert tx.held_codes_both(a.account_id, "ipv4:10.0.0.1") == ((0, None), (0, None))
+
+
+def test_sell_order_cards_all_or_nothing(storage: Storage) -> None:
+    product = new_product(storage)
+    lot, _ = mint_lot(storage, 4, product=product)
+    with storage.transaction() as tx:
+        tx.stock_pool(lot.id)
+        ok, _ = tx.place_order(_new(tx, (OrderItem(product.id, 1000, 2),), "ann"))
+        bad, _ = tx.place_order(_new(tx, (OrderItem(product.id, 1000, 2),), "bob"))
+    with storage.transaction() as tx:
+        sold = tx.sell_order_cards(ok.id, 2)
+        assert sold is not None and {pc.state for pc in sold} == {PoolCardState.SOLD}
+        assert [pc.card.id for pc in sold] == [pc.card.id for pc in tx.order_cards(ok.id)]
+        assert tx.sell_order_cards(ok.id, 2) is None  # nothing reserved is left to sell
+        # One of bob's cards was frozen meanwhile: none of them is sold.
+        frozen = tx.order_cards(bad.id)[0].card.id
+        tx.set_card_status(frozen, CardStatus.FROZEN, only_from=(CardStatus.ACTIVE,))
+        assert tx.sell_order_cards(bad.id, 2) is None
+        assert tx.sell_order_cards(bad.id, 3) is None  # and a count that is not the order's
+        assert {pc.state for pc in tx.order_cards(bad.id)} == {PoolCardState.RESERVED}
+        known = tx.update_order(
+            ok.id, expect=(OrderStatus.RESERVED,), status=OrderStatus.DELIVERED, known_items=ok.items
+        )
+        assert known is not None and known.items == ok.items
+        assert known == tx.get_order(ok.id, lock=True)
+
+
+def test_claim_with_response(storage: Storage) -> None:
+    with storage.transaction() as tx:
+        assert tx.claim_with_response("order.pay", "gw-1", b"f1", b'{"order_id": 7}').replay is None
+        assert (
+            tx.claim_with_response("order.pay", "gw-1", b"f1", b'{"order_id": 7}').replay
+            == b'{"order_id": 7}'
+        )
+        assert tx.claim_idempotency("order.pay", "gw-1", b"f1").replay == b'{"order_id": 7}'
+    with storage.transaction() as tx, pytest.raises(IdempotencyConflictError):
+        tx.claim_with_response("order.pay", "gw-1", b"f2", b'{"order_id": 8}')
+
+
+def test_concurrent_place_order_never_overlaps(opener: Callable[[], Storage]) -> None:
+    """Buyers on two handles place 3-code orders on a pool of 20 at once: six filled, no
+    card twice, and every short order, rolled back, leaves the pool as it was."""
+    handles = [opener(), opener()]
+    product = new_product(handles[0])
+    lot, _ = mint_lot(handles[0], 20, product=product)
+    with handles[0].transaction() as tx:
+        tx.stock_pool(lot.id)
+    buyers = 16
+    go = threading.Barrier(buyers)
+
+    class ShortError(Exception):
+        pass
+
+    def buy(i: int) -> list[int]:
+        go.wait(30)
+
+        def work(tx: UnitOfWork) -> list[int]:
+            order, got = tx.place_order(_new(tx, (OrderItem(product.id, 1000, 3),), f"b{i}"))
+            if got != [3]:
+                raise ShortError()
+            return [pc.card.id for pc in tx.order_cards(order.id)]
+
+        try:
+            return handles[i % 2].run(work)
+        except ShortError:
+            return []
+
+    with ThreadPoolExecutor(max_workers=buyers) as pool:
+        results = list(pool.map(buy, range(buyers)))
+    got = [c for cards in results for c in cards]
+    assert len(got) == len(set(got)) == 3 * sum(1 for r in results if r)
+    assert sum(1 for r in results if r) == 6
+    with handles[0].read() as tx:
+        (stock,) = tx.pool_stock(product.id)
+        assert (stock.available, stock.reserved) == (2, 18)

@@ -72,6 +72,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     create.add_argument(
         "--client-address", default="", help="the buyer's address (a storefront passing it on)"
     )
+    create.add_argument(
+        "--payment-method",
+        choices=("online", "bank_transfer"),
+        default="online",
+        help="how the buyer will pay (profiles require bank_transfer from a threshold on)",
+    )
     create.add_argument("--request-id", help="idempotency key (default: a new one, printed)")
     create.add_argument("-q", "--quiet", action="store_true", help="print only the order id")
     _remote.add_common(create)
@@ -81,6 +87,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     pay.add_argument("--payment-id", required=True, help="the payment's id at the gateway (idempotency key)")
     pay.add_argument("--amount", required=True, help="the amount paid (major unit)")
     pay.add_argument("--currency", help="the currency paid (default: the order's)")
+    pay.add_argument(
+        "--payment-method",
+        choices=("online", "bank_transfer"),
+        default="online",
+        help="how it was paid (must be the order's method)",
+    )
     _remote.add_common(pay)
 
     get = osub.add_parser("get", help="show an order and its delivered codes")
@@ -216,6 +228,7 @@ def _create(c: Client, args: argparse.Namespace) -> None:
         account=args.account,
         request_id=rid,
         client_address=args.client_address,
+        payment_method=args.payment_method,
     )
     print(o.id if args.quiet else describe(o))
 
@@ -223,7 +236,7 @@ def _create(c: Client, args: argparse.Namespace) -> None:
 def _pay(c: Client, args: argparse.Namespace) -> None:
     cur = (args.currency or c.get_order(args.order).total.currency).upper()
     amount = _remote.to_minor(args.amount, cur, "--amount")
-    o = c.confirm_payment(args.order, args.payment_id, amount, cur)
+    o = c.confirm_payment(args.order, args.payment_id, amount, cur, payment_method=args.payment_method)
     print(describe(o))
     for line in _codes(o):
         print(line)

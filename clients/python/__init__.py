@@ -64,6 +64,7 @@ __all__ = [
     "AccountLocked",
     "AccountUnavailable",
     "BadCheck",
+    "BankTransferRequired",
     "BulkBindResult",
     "CardAlreadyBound",
     "CardExpired",
@@ -111,6 +112,7 @@ __all__ = [
     "PermissionDenied",
     "ProductExists",
     "ProductNotFound",
+    "RealNameRequired",
     "ReservationLimit",
     "RevealLimit",
     "SoldOut",
@@ -281,7 +283,23 @@ class SoldOut(FailedPrecondition):
 
 
 class PaymentMismatch(FailedPrecondition):
+    """Amount, currency or payment method differ from the order's; metadata has the order's."""
+
     reason = "PAYMENT_MISMATCH"
+
+
+class RealNameRequired(FailedPrecondition):
+    """The order reaches the profile's real-name threshold and the buyer's real name is not
+    verified (staff: AccountService.VerifyRealName); metadata ``threshold``, ``currency``."""
+
+    reason = "REAL_NAME_REQUIRED"
+
+
+class BankTransferRequired(FailedPrecondition):
+    """The order reaches the profile's bank-transfer threshold: create it with
+    ``payment_method="bank_transfer"``; metadata ``threshold``, ``currency``, ``buyer``."""
+
+    reason = "BANK_TRANSFER_REQUIRED"
 
 
 class OrderWrongState(FailedPrecondition):
@@ -450,6 +468,8 @@ ERRORS: dict[str, type[CardmintError]] = {
         ReservationLimit,
         RevealLimit,
         PaymentMismatch,
+        RealNameRequired,
+        BankTransferRequired,
         OrderWrongState,
         NotRefundable,
         LotExported,
@@ -653,6 +673,10 @@ def _unpack_array(packed: common_pb2.PackedStrings) -> npt.NDArray[np.bytes_]:
         return np.frombuffer(data, dtype=f"S{packed.width}")
     items = [s.encode("utf-8") for s in _unpack(packed)]
     return np.array(items, dtype=np.bytes_) if items else np.empty(0, dtype="S1")
+
+
+def _payment_method(method: str) -> order_pb2.PaymentMethod.ValueType:
+    return order_pb2.PaymentMethod.Value(f"PAYMENT_METHOD_{method.upper()}")
 
 
 class Client:
@@ -1043,24 +1067,30 @@ class Client:
         account: str = "",
         request_id: str | None = None,
         client_address: str = "",
+        payment_method: str = "online",
     ) -> order_pb2.Order:
-        """Reserve codes: ``items`` are (sku, face value, quantity). Retried safely: the
-        request id (made up when not given) makes a repeat answer the first order."""
+        """Reserve codes: ``items`` are (sku, face value, quantity); ``payment_method`` is
+        "online" or "bank_transfer". Retried safely: the request id (made up when not given)
+        makes a repeat answer the first order."""
         request = order_pb2.CreateOrderRequest(
             request_id=request_id or uuid.uuid4().hex,
             account=account,
             items=[order_pb2.OrderItem(sku=s, face_value_minor_units=f, quantity=q) for s, f, q in items],
             client_address=client_address,
+            payment_method=_payment_method(payment_method),
         )
         return self._call(self.orders.CreateOrder, request, retry=True)
 
-    def confirm_payment(self, order_id: int, payment_id: str, amount: int, currency: str) -> order_pb2.Order:
+    def confirm_payment(
+        self, order_id: int, payment_id: str, amount: int, currency: str, *, payment_method: str = "online"
+    ) -> order_pb2.Order:
         """Report a payment (payment service). A repeated ``payment_id`` answers the first
         outcome (``replayed``), never a second delivery, so it is retried safely."""
         request = order_pb2.ConfirmPaymentRequest(
             order_id=order_id,
             payment_id=payment_id,
             amount=common_pb2.Money(minor_units=amount, currency=currency),
+            payment_method=_payment_method(payment_method),
         )
         return self._call(self.orders.ConfirmPayment, request, retry=True)
 

@@ -27,51 +27,53 @@ from cardmint.v1 import common_pb2 as cardmint_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61rdmint/v1/order.proto\x12\x0b\x63\x61rdmint.v1\x1a\x16\x63\x61rdmint/v1/card.proto\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\tOrderItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x1e\n\x16\x66\x61\x63\x65_value_minor_units\x18\x02 \x01(\x03\x12\x10\n\x08quantity\x18\x03 \x01(\r\"\xc0\x01\n\rDeliveredCode\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x10\n\x08revealed\x18\x03 \x01(\x08\x12&\n\nface_value\x18\x04 \x01(\x0b\x32\x12.cardmint.v1.Money\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.cardmint.v1.CardStatus\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbf\x04\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.cardmint.v1.OrderStatus\x12%\n\x05items\x18\x04 \x03(\x0b\x32\x16.cardmint.v1.OrderItem\x12!\n\x05total\x18\x05 \x01(\x0b\x32\x12.cardmint.v1.Money\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x08 \x01(\t\x12 \n\x04paid\x18\t \x01(\x0b\x32\x12.cardmint.v1.Money\x12+\n\x07paid_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndeliver_by\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63lose_reason\x18\x0e \x01(\t\x12)\n\x05\x63odes\x18\x0f \x03(\x0b\x32\x1a.cardmint.v1.DeliveredCode\x12\x10\n\x08replayed\x18\x10 \x01(\x08\"x\n\x12\x43reateOrderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12%\n\x05items\x18\x03 \x03(\x0b\x32\x16.cardmint.v1.OrderItem\x12\x16\n\x0e\x63lient_address\x18\x04 \x01(\t\"a\n\x15\x43onfirmPaymentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.cardmint.v1.Money\"9\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\x12\x14\n\x0creveal_codes\x18\x02 \x01(\x08\"v\n\x11ListOrdersRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cardmint.v1.OrderStatus\x12&\n\x04page\x18\x03 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"a\n\x12ListOrdersResponse\x12\"\n\x06orders\x18\x01 \x03(\x0b\x32\x12.cardmint.v1.Order\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse\"&\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\"G\n\x12ReviewOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x12RefundOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1b\n\x19\x45xpireReservationsRequest\"?\n\x1a\x45xpireReservationsResponse\x12\x0f\n\x07\x65xpired\x18\x01 \x01(\r\x12\x10\n\x08refunded\x18\x02 \x01(\r\"\"\n\x10StockPoolRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\"Z\n\x11StockPoolResponse\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0f\n\x07stocked\x18\x03 \x01(\x04\x12\x17\n\x0f\x61lready_stocked\x18\x04 \x01(\x08\"\x1e\n\x0fGetStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"x\n\tPoolStock\x12&\n\nface_value\x18\x01 \x01(\x0b\x32\x12.cardmint.v1.Money\x12\x11\n\tavailable\x18\x02 \x01(\x04\x12\x10\n\x08reserved\x18\x03 \x01(\x04\x12\x0c\n\x04sold\x18\x04 \x01(\x04\x12\x10\n\x08returned\x18\x05 \x01(\x04\"F\n\x10GetStockResponse\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12%\n\x05stock\x18\x02 \x03(\x0b\x32\x16.cardmint.v1.PoolStock*\xcc\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15ORDER_STATUS_RESERVED\x10\x01\x12\x17\n\x13ORDER_STATUS_REVIEW\x10\x02\x12\x1a\n\x16ORDER_STATUS_DELIVERED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04\x12\x18\n\x14ORDER_STATUS_EXPIRED\x10\x05\x12\x19\n\x15ORDER_STATUS_REFUNDED\x10\x06\x32\xf1\x05\n\x0cOrderService\x12J\n\tStockPool\x12\x1d.cardmint.v1.StockPoolRequest\x1a\x1e.cardmint.v1.StockPoolResponse\x12G\n\x08GetStock\x12\x1c.cardmint.v1.GetStockRequest\x1a\x1d.cardmint.v1.GetStockResponse\x12\x42\n\x0b\x43reateOrder\x12\x1f.cardmint.v1.CreateOrderRequest\x1a\x12.cardmint.v1.Order\x12H\n\x0e\x43onfirmPayment\x12\".cardmint.v1.ConfirmPaymentRequest\x1a\x12.cardmint.v1.Order\x12<\n\x08GetOrder\x12\x1c.cardmint.v1.GetOrderRequest\x1a\x12.cardmint.v1.Order\x12M\n\nListOrders\x12\x1e.cardmint.v1.ListOrdersRequest\x1a\x1f.cardmint.v1.ListOrdersResponse\x12\x42\n\x0b\x43\x61ncelOrder\x12\x1f.cardmint.v1.CancelOrderRequest\x1a\x12.cardmint.v1.Order\x12\x42\n\x0bReviewOrder\x12\x1f.cardmint.v1.ReviewOrderRequest\x1a\x12.cardmint.v1.Order\x12\x42\n\x0bRefundOrder\x12\x1f.cardmint.v1.RefundOrderRequest\x1a\x12.cardmint.v1.Order\x12\x65\n\x12\x45xpireReservations\x12&.cardmint.v1.ExpireReservationsRequest\x1a\'.cardmint.v1.ExpireReservationsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61rdmint/v1/order.proto\x12\x0b\x63\x61rdmint.v1\x1a\x16\x63\x61rdmint/v1/card.proto\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\tOrderItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x1e\n\x16\x66\x61\x63\x65_value_minor_units\x18\x02 \x01(\x03\x12\x10\n\x08quantity\x18\x03 \x01(\r\"\xc0\x01\n\rDeliveredCode\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x10\n\x08revealed\x18\x03 \x01(\x08\x12&\n\nface_value\x18\x04 \x01(\x0b\x32\x12.cardmint.v1.Money\x12\'\n\x06status\x18\x05 \x01(\x0e\x32\x17.cardmint.v1.CardStatus\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf3\x04\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.cardmint.v1.OrderStatus\x12%\n\x05items\x18\x04 \x03(\x0b\x32\x16.cardmint.v1.OrderItem\x12!\n\x05total\x18\x05 \x01(\x0b\x32\x12.cardmint.v1.Money\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\npayment_id\x18\x08 \x01(\t\x12 \n\x04paid\x18\t \x01(\x0b\x32\x12.cardmint.v1.Money\x12+\n\x07paid_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndeliver_by\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63lose_reason\x18\x0e \x01(\t\x12)\n\x05\x63odes\x18\x0f \x03(\x0b\x32\x1a.cardmint.v1.DeliveredCode\x12\x10\n\x08replayed\x18\x10 \x01(\x08\x12\x32\n\x0epayment_method\x18\x11 \x01(\x0e\x32\x1a.cardmint.v1.PaymentMethod\"\xac\x01\n\x12\x43reateOrderRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12%\n\x05items\x18\x03 \x03(\x0b\x32\x16.cardmint.v1.OrderItem\x12\x16\n\x0e\x63lient_address\x18\x04 \x01(\t\x12\x32\n\x0epayment_method\x18\x05 \x01(\x0e\x32\x1a.cardmint.v1.PaymentMethod\"\x95\x01\n\x15\x43onfirmPaymentRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\x12\x12\n\npayment_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.cardmint.v1.Money\x12\x32\n\x0epayment_method\x18\x04 \x01(\x0e\x32\x1a.cardmint.v1.PaymentMethod\"9\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\x12\x14\n\x0creveal_codes\x18\x02 \x01(\x08\"v\n\x11ListOrdersRequest\x12\x0f\n\x07\x61\x63\x63ount\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.cardmint.v1.OrderStatus\x12&\n\x04page\x18\x03 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"a\n\x12ListOrdersResponse\x12\"\n\x06orders\x18\x01 \x03(\x0b\x32\x12.cardmint.v1.Order\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse\"&\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\"G\n\x12ReviewOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"6\n\x12RefundOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1b\n\x19\x45xpireReservationsRequest\"?\n\x1a\x45xpireReservationsResponse\x12\x0f\n\x07\x65xpired\x18\x01 \x01(\r\x12\x10\n\x08refunded\x18\x02 \x01(\r\"\"\n\x10StockPoolRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\"Z\n\x11StockPoolResponse\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0f\n\x07stocked\x18\x03 \x01(\x04\x12\x17\n\x0f\x61lready_stocked\x18\x04 \x01(\x08\"\x1e\n\x0fGetStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"x\n\tPoolStock\x12&\n\nface_value\x18\x01 \x01(\x0b\x32\x12.cardmint.v1.Money\x12\x11\n\tavailable\x18\x02 \x01(\x04\x12\x10\n\x08reserved\x18\x03 \x01(\x04\x12\x0c\n\x04sold\x18\x04 \x01(\x04\x12\x10\n\x08returned\x18\x05 \x01(\x04\"F\n\x10GetStockResponse\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12%\n\x05stock\x18\x02 \x03(\x0b\x32\x16.cardmint.v1.PoolStock*\xcc\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15ORDER_STATUS_RESERVED\x10\x01\x12\x17\n\x13ORDER_STATUS_REVIEW\x10\x02\x12\x1a\n\x16ORDER_STATUS_DELIVERED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04\x12\x18\n\x14ORDER_STATUS_EXPIRED\x10\x05\x12\x19\n\x15ORDER_STATUS_REFUNDED\x10\x06*l\n\rPaymentMethod\x12\x1e\n\x1aPAYMENT_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15PAYMENT_METHOD_ONLINE\x10\x01\x12 \n\x1cPAYMENT_METHOD_BANK_TRANSFER\x10\x02\x32\xf1\x05\n\x0cOrderService\x12J\n\tStockPool\x12\x1d.cardmint.v1.StockPoolRequest\x1a\x1e.cardmint.v1.StockPoolResponse\x12G\n\x08GetStock\x12\x1c.cardmint.v1.GetStockRequest\x1a\x1d.cardmint.v1.GetStockResponse\x12\x42\n\x0b\x43reateOrder\x12\x1f.cardmint.v1.CreateOrderRequest\x1a\x12.cardmint.v1.Order\x12H\n\x0e\x43onfirmPayment\x12\".cardmint.v1.ConfirmPaymentRequest\x1a\x12.cardmint.v1.Order\x12<\n\x08GetOrder\x12\x1c.cardmint.v1.GetOrderRequest\x1a\x12.cardmint.v1.Order\x12M\n\nListOrders\x12\x1e.cardmint.v1.ListOrdersRequest\x1a\x1f.cardmint.v1.ListOrdersResponse\x12\x42\n\x0b\x43\x61ncelOrder\x12\x1f.cardmint.v1.CancelOrderRequest\x1a\x12.cardmint.v1.Order\x12\x42\n\x0bReviewOrder\x12\x1f.cardmint.v1.ReviewOrderRequest\x1a\x12.cardmint.v1.Order\x12\x42\n\x0bRefundOrder\x12\x1f.cardmint.v1.RefundOrderRequest\x1a\x12.cardmint.v1.Order\x12\x65\n\x12\x45xpireReservations\x12&.cardmint.v1.ExpireReservationsRequest\x1a\'.cardmint.v1.ExpireReservationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cardmint.v1.order_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=2089
-  _globals['_ORDERSTATUS']._serialized_end=2293
+  _globals['_ORDERSTATUS']._serialized_start=2247
+  _globals['_ORDERSTATUS']._serialized_end=2451
+  _globals['_PAYMENTMETHOD']._serialized_start=2453
+  _globals['_PAYMENTMETHOD']._serialized_end=2561
   _globals['_ORDERITEM']._serialized_start=123
   _globals['_ORDERITEM']._serialized_end=197
   _globals['_DELIVEREDCODE']._serialized_start=200
   _globals['_DELIVEREDCODE']._serialized_end=392
   _globals['_ORDER']._serialized_start=395
-  _globals['_ORDER']._serialized_end=970
-  _globals['_CREATEORDERREQUEST']._serialized_start=972
-  _globals['_CREATEORDERREQUEST']._serialized_end=1092
-  _globals['_CONFIRMPAYMENTREQUEST']._serialized_start=1094
-  _globals['_CONFIRMPAYMENTREQUEST']._serialized_end=1191
-  _globals['_GETORDERREQUEST']._serialized_start=1193
-  _globals['_GETORDERREQUEST']._serialized_end=1250
-  _globals['_LISTORDERSREQUEST']._serialized_start=1252
-  _globals['_LISTORDERSREQUEST']._serialized_end=1370
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1372
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1469
-  _globals['_CANCELORDERREQUEST']._serialized_start=1471
-  _globals['_CANCELORDERREQUEST']._serialized_end=1509
-  _globals['_REVIEWORDERREQUEST']._serialized_start=1511
-  _globals['_REVIEWORDERREQUEST']._serialized_end=1582
-  _globals['_REFUNDORDERREQUEST']._serialized_start=1584
-  _globals['_REFUNDORDERREQUEST']._serialized_end=1638
-  _globals['_EXPIRERESERVATIONSREQUEST']._serialized_start=1640
-  _globals['_EXPIRERESERVATIONSREQUEST']._serialized_end=1667
-  _globals['_EXPIRERESERVATIONSRESPONSE']._serialized_start=1669
-  _globals['_EXPIRERESERVATIONSRESPONSE']._serialized_end=1732
-  _globals['_STOCKPOOLREQUEST']._serialized_start=1734
-  _globals['_STOCKPOOLREQUEST']._serialized_end=1768
-  _globals['_STOCKPOOLRESPONSE']._serialized_start=1770
-  _globals['_STOCKPOOLRESPONSE']._serialized_end=1860
-  _globals['_GETSTOCKREQUEST']._serialized_start=1862
-  _globals['_GETSTOCKREQUEST']._serialized_end=1892
-  _globals['_POOLSTOCK']._serialized_start=1894
-  _globals['_POOLSTOCK']._serialized_end=2014
-  _globals['_GETSTOCKRESPONSE']._serialized_start=2016
-  _globals['_GETSTOCKRESPONSE']._serialized_end=2086
-  _globals['_ORDERSERVICE']._serialized_start=2296
-  _globals['_ORDERSERVICE']._serialized_end=3049
+  _globals['_ORDER']._serialized_end=1022
+  _globals['_CREATEORDERREQUEST']._serialized_start=1025
+  _globals['_CREATEORDERREQUEST']._serialized_end=1197
+  _globals['_CONFIRMPAYMENTREQUEST']._serialized_start=1200
+  _globals['_CONFIRMPAYMENTREQUEST']._serialized_end=1349
+  _globals['_GETORDERREQUEST']._serialized_start=1351
+  _globals['_GETORDERREQUEST']._serialized_end=1408
+  _globals['_LISTORDERSREQUEST']._serialized_start=1410
+  _globals['_LISTORDERSREQUEST']._serialized_end=1528
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1530
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1627
+  _globals['_CANCELORDERREQUEST']._serialized_start=1629
+  _globals['_CANCELORDERREQUEST']._serialized_end=1667
+  _globals['_REVIEWORDERREQUEST']._serialized_start=1669
+  _globals['_REVIEWORDERREQUEST']._serialized_end=1740
+  _globals['_REFUNDORDERREQUEST']._serialized_start=1742
+  _globals['_REFUNDORDERREQUEST']._serialized_end=1796
+  _globals['_EXPIRERESERVATIONSREQUEST']._serialized_start=1798
+  _globals['_EXPIRERESERVATIONSREQUEST']._serialized_end=1825
+  _globals['_EXPIRERESERVATIONSRESPONSE']._serialized_start=1827
+  _globals['_EXPIRERESERVATIONSRESPONSE']._serialized_end=1890
+  _globals['_STOCKPOOLREQUEST']._serialized_start=1892
+  _globals['_STOCKPOOLREQUEST']._serialized_end=1926
+  _globals['_STOCKPOOLRESPONSE']._serialized_start=1928
+  _globals['_STOCKPOOLRESPONSE']._serialized_end=2018
+  _globals['_GETSTOCKREQUEST']._serialized_start=2020
+  _globals['_GETSTOCKREQUEST']._serialized_end=2050
+  _globals['_POOLSTOCK']._serialized_start=2052
+  _globals['_POOLSTOCK']._serialized_end=2172
+  _globals['_GETSTOCKRESPONSE']._serialized_start=2174
+  _globals['_GETSTOCKRESPONSE']._serialized_end=2244
+  _globals['_ORDERSERVICE']._serialized_start=2564
+  _globals['_ORDERSERVICE']._serialized_end=3317
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,34 @@ ORDER_STATUS_REFUNDED: OrderStatus.ValueType  # 6
 """Paid, then refunded (see `close_reason`)."""
 Global___OrderStatus: _TypeAlias = OrderStatus  # noqa: Y015
 
+class _PaymentMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PaymentMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PaymentMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYMENT_METHOD_UNSPECIFIED: _PaymentMethod.ValueType  # 0
+    """Not given: online."""
+    PAYMENT_METHOD_ONLINE: _PaymentMethod.ValueType  # 1
+    """Card or wallet through the payment gateway."""
+    PAYMENT_METHOD_BANK_TRANSFER: _PaymentMethod.ValueType  # 2
+    """Bank transfer. Compliance profiles require it from a threshold on (cn-prepaid: orders of
+    50,000 yuan or more from individuals, 5,000 or more from organizations' members).
+    """
+
+class PaymentMethod(_PaymentMethod, metaclass=_PaymentMethodEnumTypeWrapper):
+    """How the buyer pays an order."""
+
+PAYMENT_METHOD_UNSPECIFIED: PaymentMethod.ValueType  # 0
+"""Not given: online."""
+PAYMENT_METHOD_ONLINE: PaymentMethod.ValueType  # 1
+"""Card or wallet through the payment gateway."""
+PAYMENT_METHOD_BANK_TRANSFER: PaymentMethod.ValueType  # 2
+"""Bank transfer. Compliance profiles require it from a threshold on (cn-prepaid: orders of
+50,000 yuan or more from individuals, 5,000 or more from organizations' members).
+"""
+Global___PaymentMethod: _TypeAlias = PaymentMethod  # noqa: Y015
+
 @_typing.final
 class OrderItem(_message.Message):
     """One line of an order."""
@@ -164,6 +192,7 @@ class Order(_message.Message):
     CLOSE_REASON_FIELD_NUMBER: _builtins.int
     CODES_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned id."""
     account: _builtins.str
@@ -178,6 +207,8 @@ class Order(_message.Message):
     """True when this answers a repeated CreateOrder or ConfirmPayment with the first
     outcome: nothing happened now.
     """
+    payment_method: Global___PaymentMethod.ValueType
+    """How the buyer pays it (chosen at CreateOrder; the payment must match)."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderItem]:
         """What it buys."""
@@ -237,10 +268,11 @@ class Order(_message.Message):
         close_reason: _builtins.str = ...,
         codes: _abc.Iterable[Global___DeliveredCode] | None = ...,
         replayed: _builtins.bool = ...,
+        payment_method: Global___PaymentMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "created_at", b"created_at", "deliver_by", b"deliver_by", "delivered_at", b"delivered_at", "expires_at", b"expires_at", "paid", b"paid", "paid_at", b"paid_at", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "close_reason", b"close_reason", "closed_at", b"closed_at", "codes", b"codes", "created_at", b"created_at", "deliver_by", b"deliver_by", "delivered_at", b"delivered_at", "expires_at", b"expires_at", "id", b"id", "items", b"items", "paid", b"paid", "paid_at", b"paid_at", "payment_id", b"payment_id", "replayed", b"replayed", "status", b"status", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "close_reason", b"close_reason", "closed_at", b"closed_at", "codes", b"codes", "created_at", b"created_at", "deliver_by", b"deliver_by", "delivered_at", b"delivered_at", "expires_at", b"expires_at", "id", b"id", "items", b"items", "paid", b"paid", "paid_at", b"paid_at", "payment_id", b"payment_id", "payment_method", b"payment_method", "replayed", b"replayed", "status", b"status", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,6 +288,7 @@ class CreateOrderRequest(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Caller-chosen idempotency key, 1..128 printable ASCII characters; reuse it to retry."""
     account: _builtins.str
@@ -266,6 +299,11 @@ class CreateOrderRequest(_message.Message):
     """For a storefront calling on its buyers' behalf (merchant and staff tokens): the
     buyer's network address, counted for the per-address reservation cap. Ignored for
     customer tokens, whose own connection's address is counted.
+    """
+    payment_method: Global___PaymentMethod.ValueType
+    """How the buyer will pay. From the compliance profile's thresholds on, an order needs a
+    bank transfer (else FAILED_PRECONDITION, reason BANK_TRANSFER_REQUIRED) and a buyer
+    whose real name staff verified (else FAILED_PRECONDITION, reason REAL_NAME_REQUIRED).
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrderItem]:
@@ -278,10 +316,11 @@ class CreateOrderRequest(_message.Message):
         account: _builtins.str = ...,
         items: _abc.Iterable[Global___OrderItem] | None = ...,
         client_address: _builtins.str = ...,
+        payment_method: Global___PaymentMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "client_address", b"client_address", "items", b"items", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "client_address", b"client_address", "items", b"items", "payment_method", b"payment_method", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,10 +335,13 @@ class ConfirmPaymentRequest(_message.Message):
     ORDER_ID_FIELD_NUMBER: _builtins.int
     PAYMENT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     order_id: _builtins.int
     """The order paid."""
     payment_id: _builtins.str
     """The payment gateway's id of the payment, 1..128 printable ASCII characters."""
+    payment_method: Global___PaymentMethod.ValueType
+    """How it was paid: must be the order's method (else PAYMENT_MISMATCH)."""
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """What was paid: must equal the order's total."""
@@ -310,10 +352,11 @@ class ConfirmPaymentRequest(_message.Message):
         order_id: _builtins.int = ...,
         payment_id: _builtins.str = ...,
         amount: _common_pb2.Money | None = ...,
+        payment_method: Global___PaymentMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "order_id", b"order_id", "payment_id", b"payment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "order_id", b"order_id", "payment_id", b"payment_id", "payment_method", b"payment_method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

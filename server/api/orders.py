@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from cardmint.server.domain import DeliveredCode, Domain, OrderLine, OrderStatus, OrderView
+from cardmint.server.domain import DeliveredCode, Domain, InvalidArgument, OrderLine, OrderStatus, OrderView
 from cardmint.v1 import card_pb2, common_pb2, order_pb2, order_pb2_grpc
 
 from ._convert import money, page_cursor, page_size, timestamp
@@ -73,7 +73,25 @@ def order_message(o: OrderView) -> order_pb2.Order:
         close_reason=o.close_reason or "",
         codes=[_code(c) for c in o.codes],
         replayed=o.replayed,
+        payment_method=_METHOD_OUT[o.payment_method],
     )
+
+
+_METHOD_IN = {
+    order_pb2.PAYMENT_METHOD_UNSPECIFIED: "online",
+    order_pb2.PAYMENT_METHOD_ONLINE: "online",
+    order_pb2.PAYMENT_METHOD_BANK_TRANSFER: "bank_transfer",
+}
+_METHOD_OUT = {
+    "online": order_pb2.PAYMENT_METHOD_ONLINE,
+    "bank_transfer": order_pb2.PAYMENT_METHOD_BANK_TRANSFER,
+}
+
+
+def _method(value: order_pb2.PaymentMethod.ValueType, field: str) -> str:
+    if value not in _METHOD_IN:  # a number the .proto does not know (sent by a newer client)
+        raise InvalidArgument.of(field, "not a payment method")
+    return _METHOD_IN[value]
 
 
 class OrderServicer(order_pb2_grpc.OrderServiceServicer):
@@ -116,6 +134,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             account=request.account or None,
             peer=peer_address(context.peer()),
             client_address=request.client_address or None,
+            payment_method=_method(request.payment_method, "payment_method"),
         )
         return order_message(view)
 
@@ -128,6 +147,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             payment_id=request.payment_id,
             amount=request.amount.minor_units,
             currency=request.amount.currency,
+            payment_method=_method(request.payment_method, "payment_method"),
         )
         return order_message(view)
 

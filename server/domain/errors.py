@@ -18,6 +18,7 @@ __all__ = [
     "AccountLocked",
     "AccountUnavailable",
     "BadCheck",
+    "BankTransferRequired",
     "CardAlreadyBound",
     "CardExpired",
     "CardFrozen",
@@ -62,6 +63,7 @@ __all__ = [
     "PermissionDenied",
     "ProductExists",
     "ProductNotFound",
+    "RealNameRequired",
     "ReservationLimit",
     "RevealLimit",
     "SoldOut",
@@ -347,6 +349,22 @@ class PaymentMismatch(DomainError):
     )
 
 
+class RealNameRequired(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "REAL_NAME_REQUIRED",
+        "an order this large needs a buyer whose real name was verified",
+    )
+
+
+class BankTransferRequired(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "BANK_TRANSFER_REQUIRED",
+        "an order this large can only be paid by bank transfer",
+    )
+
+
 class OrderWrongState(DomainError):
     kind, reason, default_message = (
         ErrorKind.FAILED_PRECONDITION,
@@ -507,6 +525,8 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     ReservationLimit,
     RevealLimit,
     PaymentMismatch,
+    RealNameRequired,
+    BankTransferRequired,
     OrderWrongState,
     NotRefundable,
     LotExported,

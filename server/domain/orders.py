@@ -70,10 +70,12 @@ from cardmint.server.storage import (
 )
 
 from ._context import MAX_AMOUNT, STAFF, Context, detail, int_arg, request_id_arg, require, resolve_account
+from .accounts import buyer_facts
 from .auth import Principal
 from .cards import card_state
 from .currencies import ISO_4217
 from .errors import (
+    BankTransferRequired,
     FieldViolation,
     InvalidArgument,
     LotExported,
@@ -86,6 +88,7 @@ from .errors import (
     PaymentMismatch,
     PermissionDenied,
     ProductNotFound,
+    RealNameRequired,
     ReservationLimit,
     RevealLimit,
     SoldOut,
@@ -134,6 +137,15 @@ class DeliveredCode:
     expires_at: datetime | None
 
 
+def _payment_method(value: object) -> str:
+    if value not in PAYMENT_METHODS:
+        raise InvalidArgument.of("payment_method", f"one of {', '.join(PAYMENT_METHODS)}")
+    return str(value)
+
+
+PAYMENT_METHODS = ("online", "bank_transfer")
+
+
 @dataclass(frozen=True)
 class OrderView:
     id: int
@@ -153,6 +165,7 @@ class OrderView:
     close_reason: str | None
     codes: tuple[DeliveredCode, ...]  # delivered (or delivered, then returned) codes
     replayed: bool = False  # a repeated request answered with the first outcome
+    payment_method: str = "online"  # PAYMENT_METHODS: chosen at creation, payments must match
 
 
 @dataclass(frozen=True)
@@ -372,6 +385,34 @@ class OrderService:
                 metadata={"subject": kind, "limit": str(limit), "held": str(held)},
             )
 
+    def _purchase_rules(
+        self, tx: UnitOfWork, account_id: int, total: int, currency: str, method: str
+    ) -> None:
+        """The compliance profile's rules on buying: from ``real_name_from`` on, the buyer's
+        real name must be verified; from ``bank_transfer_from_*`` on (individuals and
+        organizations' members have their own thresholds), only a bank transfer pays."""
+        rules = self._ctx.profile
+        facts = buyer_facts(tx, account_id)
+        bank_from = (
+            rules.bank_transfer_from_organization
+            if facts.organization
+            else rules.bank_transfer_from_individual
+        ).minor(currency)
+        if bank_from is not None and total >= bank_from and method != "bank_transfer":
+            raise BankTransferRequired(
+                metadata={
+                    "threshold": str(bank_from),
+                    "currency": currency,
+                    "buyer": "organization" if facts.organization else "individual",
+                    "profile": rules.tag,
+                }
+            )
+        real_from = rules.real_name_from.minor(currency)
+        if real_from is not None and total >= real_from and not facts.real_name_verified:
+            raise RealNameRequired(
+                metadata={"threshold": str(real_from), "currency": currency, "profile": rules.tag}
+            )
+
     def create_order(
         self,
         principal: Principal,
@@ -381,6 +422,7 @@ class OrderService:
         account: str | None = None,
         peer: str = "",
         client_address: str | None = None,
+        payment_method: str = "online",
     ) -> OrderView:
         """Reserve the codes of ``items`` for ``account`` until the reservation's deadline.
 
@@ -393,7 +435,10 @@ class OrderService:
         lines = self._lines(items)
         address = self._address(principal, peer, client_address)
         named = principal.account if principal.role is Role.CUSTOMER else account
-        fingerprint = _fingerprint("order.create", named, [(x.sku, x.face_value, x.quantity) for x in lines])
+        method = _payment_method(payment_method)
+        fingerprint = _fingerprint(
+            "order.create", named, [(x.sku, x.face_value, x.quantity) for x in lines], method
+        )
 
         def work(tx: UnitOfWork) -> _Loaded:
             acct_id, acct_name = self._buyer(tx, principal, account)
@@ -413,6 +458,8 @@ class OrderService:
             currencies = {p.currency for p in products}
             if len(currencies) != 1:
                 raise InvalidArgument.of("items", "one currency per order (one payment)")
+            total = sum(x.face_value * x.quantity for x in lines)
+            self._purchase_rules(tx, acct_id, total, next(iter(currencies)), method)
             quantity = sum(x.quantity for x in lines)
             # Caps: the lock makes count-then-insert atomic per subject on PostgreSQL (two
             # orders of one account cannot both slip under the limit). Account first, then
@@ -438,10 +485,11 @@ class OrderService:
                         OrderItem(p.id, x.face_value, x.quantity)
                         for p, x in zip(products, lines, strict=True)
                     ),
-                    amount=sum(x.face_value * x.quantity for x in lines),
+                    amount=total,
                     currency=currencies.pop(),
                     client_address=address or "",
                     expires_at=now + timedelta(seconds=cfg.order_ttl_seconds),
+                    payment_method=method,
                 ),
                 complete=("order.create", request_id),
             )
@@ -476,7 +524,14 @@ class OrderService:
     # -- pay --------------------------------------------------------------------------------
 
     def confirm_payment(
-        self, principal: Principal, order_id: int, *, payment_id: str, amount: int, currency: str
+        self,
+        principal: Principal,
+        order_id: int,
+        *,
+        payment_id: str,
+        amount: int,
+        currency: str,
+        payment_method: str = "online",
     ) -> OrderView:
         """The payment service reports ``payment_id`` paid ``amount`` for the order.
 
@@ -490,7 +545,8 @@ class OrderService:
         amount = int_arg(amount, "amount", 1, 2**63 - 1)
         if not isinstance(currency, str) or currency not in ISO_4217:
             raise InvalidArgument.of("currency", "an ISO 4217 currency code")
-        fingerprint = _fingerprint("order.pay", order_id, amount, currency)
+        method = _payment_method(payment_method)
+        fingerprint = _fingerprint("order.pay", order_id, amount, currency, method)
 
         def work(tx: UnitOfWork) -> _Loaded:
             # The answer names the order whatever the outcome: claimed with it, one statement.
@@ -504,8 +560,14 @@ class OrderService:
             order = tx.get_order(order_id, lock=True)
             if order is None:
                 raise OrderNotFound()
-            if amount != order.amount or currency != order.currency:
-                raise PaymentMismatch(metadata={"amount": str(order.amount), "currency": order.currency})
+            if amount != order.amount or currency != order.currency or method != order.payment_method:
+                raise PaymentMismatch(
+                    metadata={
+                        "amount": str(order.amount),
+                        "currency": order.currency,
+                        "payment_method": order.payment_method,
+                    }
+                )
             now = tx.now()
             paid: dict[str, str | int | datetime] = {
                 "payment_id": payment_id,
@@ -744,6 +806,7 @@ class OrderService:
             close_reason=o.close_reason,
             codes=codes,
             replayed=loaded.replayed,
+            payment_method=o.payment_method,
         )
 
     def _open(self, cards: Sequence[Card]) -> list[str]:

@@ -282,7 +282,7 @@ _LOSS = (
 )
 _ORDER = (
     "id, account_id, request_id, amount, currency, status, client_address, created_at, expires_at,"
-    " payment_id, paid_amount, paid_at, deliver_by, delivered_at, closed_at, close_reason"
+    " payment_id, paid_amount, paid_at, deliver_by, delivered_at, closed_at, close_reason, payment_method"
 )
 # What update_order may set besides the status; timestamps are converted on the way in.
 _ORDER_CHANGES = {
@@ -1672,6 +1672,7 @@ class SqlTx(ABC):
                 delivered_at=self._odt(r[13]),
                 closed_at=self._odt(r[14]),
                 close_reason=r[15],
+                payment_method=r[16],
             )
             for r in rows
         ]
@@ -1688,7 +1689,7 @@ class SqlTx(ABC):
         quantity = sum(i.quantity for i in new.items)
         row = self._one(
             "INSERT INTO orders (account_id, request_id, quantity, amount, currency, status, client_address,"
-            f" created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?, ?) RETURNING {_ORDER}",
+            f" created_at, expires_at, payment_method) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?) RETURNING {_ORDER}",
             (
                 new.account_id,
                 new.request_id,
@@ -1698,6 +1699,7 @@ class SqlTx(ABC):
                 new.client_address,
                 self._ts(self.now()),
                 self._ts(new.expires_at),
+                new.payment_method,
             ),
         )
         for line, item in enumerate(new.items):

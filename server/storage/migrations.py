@@ -371,6 +371,14 @@ ALTER TABLE lots ADD COLUMN expires_at {ts};
 UPDATE lots SET expires_at = (SELECT MAX(c.expires_at) FROM cards c WHERE c.lot_id = lots.id);
 """
 
+# v11: how an order is paid. Compliance profiles require a bank transfer from a threshold on
+# (cn-prepaid: 50,000 yuan for individuals, 5,000 for organizations), so an order records
+# the method its buyer chose and a payment notification must match it.
+_V11 = """
+ALTER TABLE orders ADD COLUMN payment_method TEXT NOT NULL DEFAULT 'online'
+    CHECK (payment_method IN ('online', 'bank_transfer'));
+"""
+
 # v12 (PostgreSQL only): journals. A transaction writes its audit events and outbox events
 # here, with no lock; a sealer moves them onto audit_log (chained) and events (numbered) in
 # batches right after the commit (and before the caller hears back), under the tables' locks.
@@ -478,5 +486,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "account devices", _V8),
     Migration(9, "organizations", _V9),
     Migration(10, "loss reports", _V10),
+    Migration(11, "order payment method", _V11),
     Migration(12, "journals", "", postgres=_V12_POSTGRES),
 )

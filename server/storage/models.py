@@ -380,6 +380,11 @@ class OrderItem:
     quantity: int
 
 
+# How an order is paid: "online" (card, wallet: the gateway notifies at once) or
+# "bank_transfer" (which compliance profiles require above a threshold).
+PAYMENT_METHODS = ("online", "bank_transfer")
+
+
 @dataclass(frozen=True)
 class NewOrder:
     account_id: int
@@ -389,6 +394,7 @@ class NewOrder:
     currency: str
     client_address: str
     expires_at: datetime
+    payment_method: str = "online"  # PAYMENT_METHODS
 
 
 @dataclass(frozen=True)
@@ -410,6 +416,7 @@ class Order:
     delivered_at: datetime | None
     closed_at: datetime | None  # cancelled, expired or refunded
     close_reason: str | None
+    payment_method: str = "online"  # how the buyer pays: PAYMENT_METHODS
 
     @property
     def quantity(self) -> int:

@@ -431,10 +431,12 @@ class _PgTx(SqlTx):
             new.client_address,
             now,
             self._ts(new.expires_at),
+            new.payment_method,
         ]
         ctes = [
             "o AS (INSERT INTO orders (account_id, request_id, quantity, amount, currency, status,"  # noqa: S608
-            " client_address, created_at, expires_at) VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?, ?)"
+            " client_address, created_at, expires_at, payment_method)"
+            " VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)"
             f" RETURNING {_ORDER})",
             "i AS (INSERT INTO order_items (order_id, line, product_id, face_value, quantity)"  # noqa: S608
             " SELECT o.id, v.line, v.product_id, v.face_value, v.quantity FROM o, (VALUES "

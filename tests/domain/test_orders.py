@@ -212,7 +212,7 @@ def test_payment_is_idempotent_on_payment_id(domain: Domain, who: Callers) -> No
     other = _buy(domain, who, who.alice, shop, 1)
     with pytest.raises(PaymentMismatch) as info:
         domain.orders.confirm_payment(who.merchant, other.id, payment_id="gw-3", amount=499, currency="CNY")
-    assert info.value.metadata == {"amount": "500", "currency": "CNY"}
+    assert info.value.metadata == {"amount": "500", "currency": "CNY", "payment_method": "online"}
     with pytest.raises(PaymentMismatch):
         domain.orders.confirm_payment(who.merchant, other.id, payment_id="gw-3", amount=500, currency="USD")
     with pytest.raises(OrderNotFound):

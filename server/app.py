@@ -20,11 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
+from cardmint.server import observe
 from cardmint.server.api import SERVICE_NAMES, add_services, interceptors
 from cardmint.server.domain import Domain, DomainConfig, Keyring
-from cardmint.server.storage import Storage, open_storage
+from cardmint.server.storage import AttemptKind, Storage, open_storage
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -60,28 +62,52 @@ def redact(url: str) -> str:
 
 
 def open_domain(
-    db_url: str | None, var_dir: Path = DEFAULT_VAR, config: DomainConfig | None = None
+    db_url: str | None,
+    var_dir: Path = DEFAULT_VAR,
+    config: DomainConfig | None = None,
+    *,
+    tracer: Any = None,
 ) -> tuple[Storage, Domain]:
-    """Storage (migrated) and the domain over it; creates the var directory and keys."""
+    """Storage (migrated) and the domain over it; creates the var directory and keys.
+    ``tracer`` (OpenTelemetry): the domain's storage traces every unit of work."""
     var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     storage = open_storage(db_url or default_db_url(var_dir))
     try:
-        domain = Domain(storage, Keyring.load_or_create(var_dir), config=config)
+        traced: Storage = storage
+        if tracer is not None:
+            from cardmint.server.tracing import TracedStorage
+
+            traced = TracedStorage(storage, tracer)
+        domain = Domain(traced, Keyring.load_or_create(var_dir), config=config)
     except BaseException:
         storage.close()
         raise
     return storage, domain
 
 
+def attempt_tiers(domain: Domain) -> dict[AttemptKind, tuple[int, int]]:
+    """Attempt kind -> (lock window seconds, failures that lock), from the profile's risk tiers."""
+    risk = domain.profile.risk
+    return {
+        AttemptKind.CARD: (risk.card.lock_seconds, risk.card.lock_after),
+        AttemptKind.ACCOUNT: (risk.account.lock_seconds, risk.account.lock_after),
+        AttemptKind.ADDRESS: (risk.address.lock_seconds, risk.address.lock_after),
+        AttemptKind.DEVICE: (risk.device.lock_seconds, risk.device.lock_after),
+    }
+
+
 @dataclass
 class Running:
-    """A started server. ``port`` is the bound one (useful with ``:0``)."""
+    """A started server. ``port`` is the bound one (useful with ``:0``); ``metrics_port``
+    the bound port of the metrics endpoint, None when it is off."""
 
     server: grpc.Server
     port: int
     health: health.HealthServicer
     storage: Storage
     domain: Domain
+    metrics_port: int | None = None
+    metrics_http: Any = None
 
     def stop(self, grace: float = DEFAULT_GRACE) -> None:
         """Refuse new calls, let in-flight ones finish for up to ``grace`` s, close storage."""
@@ -89,6 +115,9 @@ class Running:
         self.health.enter_graceful_shutdown()
         self.domain.close()  # event subscriptions end instead of holding the drain open
         self.server.stop(grace).wait()
+        if self.metrics_http is not None:  # scrapes read the storage: stop them before closing it
+            self.metrics_http.shutdown()
+            self.metrics_http.server_close()
         self.storage.close()
 
 
@@ -99,8 +128,16 @@ def start(
     *,
     workers: int = DEFAULT_WORKERS,
     config: DomainConfig | None = None,
+    metrics: str | None = None,
+    tracer_provider: Any = None,
 ) -> Running:
-    storage, domain = open_domain(db_url, var_dir, config)
+    """``metrics``: ``HOST:PORT`` to serve Prometheus metrics at (``:0``: a free port), or
+    None for no metrics endpoint (and no RPC metrics kept). ``tracer_provider``: an
+    OpenTelemetry ``TracerProvider`` to trace calls and storage with (cardmint.server.tracing),
+    or None for no tracing."""
+    tracer = None if tracer_provider is None else tracer_provider.get_tracer("cardmint")
+    storage, domain = open_domain(db_url, var_dir, config, tracer=tracer)
+    metrics_http: Any = None
     try:
         # Lots left "minting" by a process that died are voided, so they never look alive.
         abandoned = domain.abandon_stale_lots()
@@ -112,9 +149,12 @@ def start(
             # Two servers must never share a port silently (the second would steal calls).
             ("grpc.so_reuseport", 0),
         ]
+        rpc_metrics: observe.RpcMetrics | None = None
+        if metrics is not None:
+            registry, rpc_metrics = observe.metrics_registry(storage, lambda: attempt_tiers(domain))
         server = grpc.server(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cardmint-rpc"),
-            interceptors=interceptors(domain),
+            interceptors=interceptors(domain, rpc_metrics, tracer),
             options=options,
         )
         add_services(server, domain)
@@ -131,15 +171,24 @@ def start(
             raise OSError(f"cannot listen on {listen}: {e}") from None
         if port == 0:
             raise OSError(f"cannot listen on {listen}")
+        metrics_port: int | None = None
+        if metrics is not None:
+            try:
+                metrics_http, metrics_port = observe.serve_metrics(metrics, registry)
+            except OSError as e:
+                raise OSError(f"cannot serve metrics on {metrics}: {e}") from None
         server.start()
         if domain.config.order_sweep_seconds > 0:
             # Expires unpaid reservations and refunds late deliveries; Domain.close (in
             # Running.stop) ends it and waits for a sweep in progress.
             domain.orders.start_sweeper(domain.config.order_sweep_seconds)
     except BaseException:
+        if metrics_http is not None:
+            metrics_http.shutdown()
+            metrics_http.server_close()
         storage.close()
         raise
-    return Running(server, port, health_servicer, storage, domain)
+    return Running(server, port, health_servicer, storage, domain, metrics_port, metrics_http)
 
 
 def serve(
@@ -150,9 +199,22 @@ def serve(
     grace: float = DEFAULT_GRACE,
     workers: int = DEFAULT_WORKERS,
     profile: str = "platform",
+    metrics: str | None = None,
+    log_format: str = "auto",
+    log_level: str = "info",
+    trace: str | None = None,
 ) -> int:
-    """Run until SIGTERM or SIGINT, then drain in-flight calls for up to ``grace`` s; 0."""
-    logging.basicConfig(level=logging.INFO, format="cardmint: %(message)s", stream=sys.stderr)
+    """Run until SIGTERM or SIGINT, then drain in-flight calls for up to ``grace`` s; 0.
+
+    Logs go to stderr as JSON lines, or readable text (``log_format``; auto: text on a
+    terminal); ``metrics`` serves Prometheus metrics at HOST:PORT; ``trace`` (console or
+    otlp) exports OpenTelemetry spans (docs/operations.md)."""
+    observe.configure_logging(log_format, log_level.upper(), sys.stderr)
+    provider: Any = None
+    if trace is not None:
+        from cardmint.server.tracing import tracer_provider
+
+        provider = tracer_provider(trace)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -161,18 +223,28 @@ def serve(
     # Installed before start, so a SIGTERM that arrives during start-up still drains.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    running = start(db_url, listen, var_dir, workers=workers, config=DomainConfig(profile=profile))
+    running = start(
+        db_url,
+        listen,
+        var_dir,
+        workers=workers,
+        config=DomainConfig(profile=profile),
+        metrics=metrics,
+        tracer_provider=provider,
+    )
     host = listen.rsplit(":", 1)[0]
     where = redact(db_url) if db_url else default_db_url(var_dir)
     # Tests and scripts wait for this line; it names the bound port (``--listen …:0``).
-    print(
-        f"cardmint: serving on {host}:{running.port} ({where}; compliance profile {running.domain.profile.tag})",
-        file=sys.stderr,
-        flush=True,
+    log.info(
+        "serving on %s:%d (%s; compliance profile %s)", host, running.port, where, running.domain.profile.tag
     )
+    if metrics is not None:
+        log.info("metrics on http://%s:%d/metrics", observe.parse_address(metrics)[0], running.metrics_port)
     while not stopping.wait(0.5):  # wakes up so the main thread can run signal handlers
         pass
-    print(f"cardmint: stopping; draining in-flight calls for up to {grace:g} s", file=sys.stderr, flush=True)
+    log.info("stopping; draining in-flight calls for up to %g s", grace)
     running.stop(grace)
-    print("cardmint: stopped", file=sys.stderr, flush=True)
+    if provider is not None:
+        provider.shutdown()  # exports the spans still batched
+    log.info("stopped")
     return 0

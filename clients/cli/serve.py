@@ -29,6 +29,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="platform",
         help="compliance profile: platform (default), cn-prepaid, or a profile .toml file",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="ADDR",
+        help="serve Prometheus metrics over HTTP at HOST:PORT, e.g. 127.0.0.1:9464 (default: off)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="log lines as JSON or readable text; auto (default): text on a terminal, else JSON",
+    )
+    p.add_argument(
+        "--trace",
+        choices=("console", "otlp"),
+        help="export OpenTelemetry spans of calls and storage: console (stdout) or otlp "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT); needs the tracing extra (default: off)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="least severe log level written (default info)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,8 +69,33 @@ def run(args: argparse.Namespace) -> int:
         load_profile(args.profile)  # a bad profile is a usage error, before anything starts
     except ProfileError as e:
         raise UsageError(str(e)) from None
+    if args.metrics is not None:
+        from cardmint.server.observe import parse_address
+
+        try:
+            parse_address(args.metrics)
+        except ValueError as e:
+            raise UsageError(f"--metrics: {e}") from None
+    if args.trace is not None:
+        try:
+            from cardmint.server.tracing import tracer_provider
+
+            tracer_provider(args.trace).shutdown()  # the packages are there, before anything starts
+        except ImportError as e:
+            raise UsageError(
+                f"--trace {args.trace}: {e.name or e} is not installed (pip install 'cardmint[tracing]')"
+            ) from None
     return serve(
-        args.db, args.listen, Path(args.var), grace=args.grace, workers=args.workers, profile=args.profile
+        args.db,
+        args.listen,
+        Path(args.var),
+        grace=args.grace,
+        workers=args.workers,
+        profile=args.profile,
+        metrics=args.metrics,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        trace=args.trace,
     )
 
 

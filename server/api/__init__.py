@@ -1,15 +1,19 @@
 """cardmint.server.api: the gRPC servicers (proto <-> domain), interceptors and wiring.
 
 Servicers only translate between proto messages and the domain's values and make one
-domain call each; the domain checks roles and rules. ``ErrorInterceptor`` maps domain
-errors to statuses, ``AuthInterceptor`` resolves the caller. ``cardmint.server.app`` builds
+domain call each; the domain checks roles and rules. ``ObserveInterceptor`` gives each call
+a request id, an access-log line and its metrics, ``ErrorInterceptor`` maps domain errors to
+statuses, ``AuthInterceptor`` resolves the caller. ``cardmint.server.app`` builds
 the process around them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from cardmint.server.domain import Domain
+from cardmint.server.observe import RpcMetrics
 from cardmint.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -41,6 +45,7 @@ from .errors import ErrorInterceptor, status_of
 from .events import EventServicer
 from .keys import KeyServicer
 from .lots import LotServicer
+from .observe import ObserveInterceptor, PrincipalTap
 from .orders import OrderServicer
 
 __all__ = [
@@ -48,6 +53,8 @@ __all__ = [
     "SERVICE_NAMES",
     "AuthInterceptor",
     "ErrorInterceptor",
+    "ObserveInterceptor",
+    "PrincipalTap",
     "add_services",
     "current_principal",
     "interceptors",
@@ -71,9 +78,18 @@ SERVICE_NAMES: tuple[str, ...] = tuple(
 )
 
 
-def interceptors(domain: Domain) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
-    """Error mapping outermost, so a refused token is answered like every other error."""
-    return [ErrorInterceptor(), AuthInterceptor(domain.auth.authenticate)]
+def interceptors(
+    domain: Domain, metrics: RpcMetrics | None = None, tracer: Any = None
+) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
+    """Observation outermost (it sees every call's final status, errors included), then
+    error mapping, so a refused token is answered like every other error, then
+    authentication, then the tap that tells the access log who called."""
+    return [
+        ObserveInterceptor(metrics, tracer),
+        ErrorInterceptor(),
+        AuthInterceptor(domain.auth.authenticate),
+        PrincipalTap(current_principal),
+    ]
 
 
 def add_services(server: grpc.Server, domain: Domain) -> None:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 from cardmint.kernel import CorrectionStatus, KernelError, Status
+from cardmint.server.observe import bind_failed
 from cardmint.server.storage import (
     Account,
     AttemptKind,
@@ -293,6 +294,7 @@ class CardService:
         # Errors are returned from the transaction, not raised in it, so that the failed
         # attempt it counted commits; raising inside would roll the count back.
         if isinstance(result, DomainError):
+            bind_failed(result.reason)  # counted once committed, not per retried attempt
             if isinstance(result, AccountLocked | CardLocked | ClientLocked):
                 ctx.wake()  # a lockout event may have been committed: tell subscribers now
             raise result

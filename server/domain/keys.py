@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from cardmint.kernel import DEFAULT_GROUP, CorrectionStatus, KernelError, Packed, Status
+from cardmint.server.observe import kernel_done
 from cardmint.server.storage import CardState, Role
 
 from ._context import Context, int_arg, require
@@ -134,10 +136,12 @@ class KeyService:
         if n == 0:
             return CheckArrays(status, np.zeros(0, dtype=f"S{length}"), suggestions)
         ctx.index.refresh()
+        started = time.perf_counter()
         try:
             checked = ctx.kernel.check(codes, length)
         except KernelError as e:
             raise InvalidArgument.of("codes", str(e)) from None
+        kernel_done("check", n, time.perf_counter() - started)
         verdict = checked.status
         normalized = checked.codes.copy()
 
@@ -151,7 +155,9 @@ class KeyService:
             offsets = np.asarray(codes.offsets)
             data = memoryview(codes.data).cast("B")
             raws: list[str | bytes] = [bytes(data[offsets[i] : offsets[i + 1]]) for i in bad.tolist()]
+            started = time.perf_counter()
             corrections = ctx.index.correct_many(raws, ctx.keyring.digest_key, length)
+            kernel_done("correct", len(raws), time.perf_counter() - started)
             for i, corr in zip(bad.tolist(), corrections, strict=True):
                 normalized[i] = corr.normalized.encode("ascii")
                 if corr.status is CorrectionStatus.CORRECTED and corr.suggestion is not None:
@@ -178,9 +184,11 @@ class KeyService:
         group = int_arg(group, "group", 0, 31)
         if not isinstance(prefix, str) or len(prefix) > length - 8:
             raise InvalidArgument.of("prefix", f"at most {length - 8} symbols (codes keep >= 35 random bits)")
+        started = time.perf_counter()
         try:
             batch = self._ctx.kernel.generate(count, length, group, prefix)
         except KernelError as e:
             raise InvalidArgument.of("prefix", str(e)) from None
+        kernel_done("generate", count, time.perf_counter() - started)
         shown = self._ctx.kernel.display(batch.codes, group)
         return [c.decode("ascii") for c in shown.tolist()]

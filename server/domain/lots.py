@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,6 +14,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 from cardmint.kernel import DEFAULT_GROUP
+from cardmint.server.observe import kernel_done
 from cardmint.server.storage import (
     CardBatch,
     ConflictError,
@@ -254,6 +256,7 @@ class LotService:
         seal_key, seal_key_id = keys.seal_key, keys.seal_key_id  # one key for the whole lot
         minter = kernel.minter(product.code_length)
         start = lot.serial_start
+        started = time.perf_counter()
         for batch in minter.chunks(lot.count, self._ctx.config.lot_chunk, key=keys.digest_key):
             assert batch.digests is not None  # keyed take always digests
             # Numbered in digest order, so that storing a chunk fills the digest index in
@@ -264,7 +267,9 @@ class LotService:
             sealed = kernel.seal(codes, digests, seal_key)
             serials = kernel.serials(lot.serial_prefix, start, len(codes), SERIAL_WIDTH)
             start += len(codes)
+            kernel_done("mint", len(codes), time.perf_counter() - started)
             yield CardBatch(serials, digests, sealed, seal_key_id)
+            started = time.perf_counter()
 
     def _discard(self, lot_id: int) -> None:
         # Already void is fine: the stale-lot sweep got there first.
@@ -306,8 +311,10 @@ class LotService:
             serials, codes = [], []
             # A lot is sealed under one key; batches only split where the key id changes.
             for b in batches:
+                started = time.perf_counter()
                 plain = kernel.open(b.sealed, b.digests, keys.seal_keys[b.key_id])
                 codes.append(kernel.display(plain, DEFAULT_GROUP))
+                kernel_done("open", len(plain), time.perf_counter() - started)
                 if isinstance(b.serials, np.ndarray):
                     serials.append(b.serials)
                 else:

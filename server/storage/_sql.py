@@ -15,7 +15,7 @@ import itertools
 import struct
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +39,7 @@ from .models import (
     Delivery,
     Department,
     Event,
+    Gauges,
     IdempotencyClaim,
     IndexChange,
     IssuedCards,
@@ -1241,6 +1242,51 @@ class SqlTx(ABC):
         return self._execute(
             "DELETE FROM attempt_counters WHERE window_start < ?", (self._ts(before),)
         ).rowcount
+
+    # -- metrics
+    def gauges(self, tiers: Mapping[AttemptKind, tuple[int, int]]) -> Gauges:
+        """What the metrics read from the database at a scrape: four aggregate queries, no
+        row locks (server/observe.py). ``tiers``: attempt kind -> (lock window in seconds,
+        failures that lock) from the compliance profile."""
+        now = self.now()
+        pool: dict[tuple[str, str], int] = {}
+        for sku, state, n in self._all(
+            "SELECT pr.sku, p.state, COUNT(*) FROM pool_cards p JOIN products pr ON pr.id = p.product_id"
+            " GROUP BY pr.sku, p.state"
+        ):
+            pool[(sku, state)] = int(n)
+        live = self._one(
+            "SELECT COUNT(*), COALESCE(SUM(quantity), 0) FROM orders WHERE status = 'reserved' AND expires_at > ?",
+            (self._ts(now),),
+        )
+        audit = self._one("SELECT COALESCE(MAX(id), 0) FROM audit_log")
+        # The counters of each kind's current lock window. Account subjects with a ':' are
+        # other counters kept in the same table (views, transfer binds), not failures.
+        where, params, limit, limits = [], [], [], []
+        for kind, (window, lock_after) in sorted(tiers.items()):
+            where.append(
+                "(subject_kind = ? AND window_seconds = ? AND window_start = ? AND subject NOT LIKE ?)"
+            )
+            # No subject of another kind has a ':' to exclude; '' matches nothing.
+            other = "%:%" if kind is AttemptKind.ACCOUNT else ""
+            params += [kind.value, window, self._ts(self._window(window)), other]
+            limit.append("WHEN ? THEN ?")
+            limits += [kind.value, lock_after]
+        attempts: dict[str, int] = {}
+        locked: dict[str, int] = {}
+        if where:
+            rows = self._all(
+                "SELECT subject_kind, COALESCE(SUM(count), 0), SUM(CASE WHEN count >= (CASE subject_kind "
+                + " ".join(limit)
+                + " END) THEN 1 ELSE 0 END) FROM attempt_counters WHERE "
+                + " OR ".join(where)
+                + " GROUP BY subject_kind",
+                (*limits, *params),
+            )
+            for kind_value, total, n_locked in rows:
+                attempts[kind_value] = int(total)
+                locked[kind_value] = int(n_locked or 0)
+        return Gauges(pool, int(live[0]), int(live[1]), int(audit[0]), attempts, locked)
 
     # -- tokens
     def create_token(

@@ -8,7 +8,7 @@ and its tests never pass "now" around.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -26,6 +26,7 @@ from .models import (
     CardStatus,
     Department,
     Event,
+    Gauges,
     IdempotencyClaim,
     IndexChange,
     IssuedCards,
@@ -182,6 +183,9 @@ class UnitOfWork(Protocol):
     def clear_attempts(self, kind: AttemptKind, subject: str) -> None: ...
     def purge_attempts(self, before: datetime) -> int: ...
 
+    # metrics (read at a scrape)
+    def gauges(self, tiers: Mapping[AttemptKind, tuple[int, int]]) -> Gauges: ...
+
     # tokens
     def create_token(
         self, token_hash: bytes, role: Role, label: str = "", account_id: int | None = None
@@ -304,4 +308,5 @@ class Storage(Protocol):
     def run(self, work: Callable[[UnitOfWork], T], attempts: int = 5) -> T: ...
     def schema_version(self) -> int: ...
     def now(self) -> datetime: ...
+    def stats(self) -> dict[str, int]: ...
     def close(self) -> None: ...

@@ -21,6 +21,7 @@ __all__ = [
     "CardStatus",
     "Delivery",
     "Department",
+    "Gauges",
     "IdempotencyClaim",
     "IndexChange",
     "LedgerEntry",
@@ -517,3 +518,24 @@ class Reissue:
 
     moved_out: LedgerEntry  # reissue_out on the old card (-amount, balance_after 0)
     moved_in: LedgerEntry  # reissue_in on the new card (+amount); reverses_id = moved_out.id
+
+
+# -- observability (server/observe.py reads these at scrape time)
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """A snapshot of what the metrics report from the database, read in one transaction.
+
+    ``pool``: (product sku, pool state) -> cards. ``reservations``/``reserved_codes``: live
+    reservations (unpaid, deadline ahead) and the codes they hold. ``audit_length``: the last
+    chained audit id. ``attempts``/``locked``: per attempt kind, the failures counted in the
+    current lock window and the subjects at or past their lock limit in it.
+    """
+
+    pool: dict[tuple[str, str], int]
+    reservations: int
+    reserved_codes: int
+    audit_length: int
+    attempts: dict[str, int]
+    locked: dict[str, int]

@@ -635,6 +635,11 @@ class PostgresStorage:
             if not more:
                 return
 
+    def stats(self) -> dict[str, int]:
+        """The connection pool's counters (psycopg_pool ``get_stats``: pool_size,
+        pool_available, requests_waiting, ...), for the metrics; no lock, no query."""
+        return self._pool.get_stats()
+
     def close(self) -> None:
         self._sealer.stop()
         self._pool.close()

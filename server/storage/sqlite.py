@@ -366,6 +366,10 @@ class SQLiteStorage:
             conn.execute("ROLLBACK TO unit")
         conn.execute("RELEASE unit")
 
+    def stats(self) -> dict[str, int]:
+        """For the metrics: units waiting for the writer, and group commits so far."""
+        return {"writer_queue": len(self._queue), "group_commits": self.group_commits}
+
     def close(self) -> None:
         with self._write_lock, self._readers_lock:
             self._closed = True

@@ -83,6 +83,7 @@ __all__ = [
     "Contention",
     "CurrencyMismatch",
     "DailyLimitReached",
+    "DeadlineExceeded",
     "DepartmentExists",
     "DepartmentNotFound",
     "ExportNeedsAdmin",
@@ -426,6 +427,14 @@ class InternalError(CardmintError):
     reason = "INTERNAL"
 
 
+class DeadlineExceeded(CardmintError):  # noqa: N818 - named after the status
+    """The call's deadline passed. The server commits nothing after a call's deadline, but
+    one that committed just before it is not known here: retry with the same request id
+    (it answers the first outcome)."""
+
+    reason = "DEADLINE_PASSED"
+
+
 class Unavailable(CardmintError):  # noqa: N818 - named after the status, like the server's
     """The server could not be reached (or is shutting down); safe calls were retried."""
 
@@ -486,6 +495,7 @@ ERRORS: dict[str, type[CardmintError]] = {
         LossReportPending,
         LossReportDecided,
         LossReportNotFound,
+        DeadlineExceeded,
         InternalError,
     )
 }
@@ -500,6 +510,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CardmintError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: Locked,
     grpc.StatusCode.ABORTED: Contention,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
 
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import grpc
+from cardmint.server.domain._context import CALL_DEADLINE
 from cardmint.server.domain.errors import DomainError, ErrorKind
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
@@ -40,6 +42,7 @@ KIND_TO_CODE: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
@@ -128,10 +131,16 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
 def _guard_unary(behavior: Behavior) -> Behavior:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
+        # The caller's deadline, for the domain: a change whose transaction ends after it
+        # is rolled back instead of committed (the caller has given up on the answer).
+        remaining = context.time_remaining()
+        mark = CALL_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
         try:
             return behavior(request, context)
         except Exception as exc:
             _abort(context, exc)
+        finally:
+            CALL_DEADLINE.reset(mark)
 
     return call
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Collection
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -20,7 +22,7 @@ from cardmint.server.storage import (
 )
 
 from .auth import Principal
-from .errors import Contention, IdempotencyKeyReused, InvalidArgument, PermissionDenied
+from .errors import Contention, DeadlinePassed, IdempotencyKeyReused, InvalidArgument, PermissionDenied
 from .issued_index import IssuedIndex
 from .keyring import Keyring
 from .profiles import Profile
@@ -28,6 +30,10 @@ from .profiles import Profile
 T = TypeVar("T")
 
 STAFF = frozenset({Role.ADMIN, Role.OPERATOR})
+
+# The deadline (time.monotonic()) of the call being handled, set by the API layer for unary
+# calls; None: no deadline (or not a call: the sweeper, the CLI).
+CALL_DEADLINE: ContextVar[float | None] = ContextVar("cardmint_call_deadline", default=None)
 MAX_AMOUNT = 10**12
 
 
@@ -89,12 +95,18 @@ class Context:
         """``work`` in one transaction, retried when the database aborts it under contention.
 
         Every ledger row the transaction writes records the deployment's compliance profile.
+        A unit of work that ends after the calling client's deadline rolls back
+        (``DeadlinePassed``): nothing is committed for a caller that stopped waiting.
         """
         tag = self.profile.tag
+        deadline = CALL_DEADLINE.get()
 
         def judged(tx: UnitOfWork) -> T:
             tx.judged_by = tag
-            return work(tx)
+            result = work(tx)
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlinePassed()
+            return result
 
         try:
             return self.storage.run(judged)

@@ -32,6 +32,7 @@ __all__ = [
     "Contention",
     "CurrencyMismatch",
     "DailyLimitReached",
+    "DeadlinePassed",
     "DepartmentExists",
     "DepartmentNotFound",
     "DomainError",
@@ -84,6 +85,7 @@ class ErrorKind(enum.StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     ABORTED = "ABORTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     INTERNAL = "INTERNAL"
 
 
@@ -308,6 +310,14 @@ class Contention(DomainError):
     )
 
 
+class DeadlinePassed(DomainError):
+    kind, reason, default_message = (
+        ErrorKind.DEADLINE_EXCEEDED,
+        "DEADLINE_PASSED",
+        "the call's deadline passed before its change could be committed: nothing changed",
+    )
+
+
 # -- orders (the card shop)
 
 
@@ -520,6 +530,7 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     NotReversible,
     IdempotencyKeyReused,
     Contention,
+    DeadlinePassed,
     OrderNotFound,
     SoldOut,
     ReservationLimit,

@@ -24,6 +24,7 @@ from .interface import Storage, UnitOfWork
 from .models import (
     Account,
     AttemptKind,
+    AuditColumns,
     AuditEntry,
     BindOutcome,
     BindResult,
@@ -68,6 +69,7 @@ __all__ = [
     "GENESIS_HASH",
     "Account",
     "AttemptKind",
+    "AuditColumns",
     "AuditEntry",
     "BindOutcome",
     "BindResult",

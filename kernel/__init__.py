@@ -32,10 +32,13 @@ import numpy.typing as npt
 
 __all__ = [
     "ALPHABET",
+    "AUDIT_GENESIS",
     "BACKEND",
     "DEFAULT_DIGEST_SIZE",
     "DEFAULT_GROUP",
     "DEFAULT_LENGTH",
+    "AuditCheck",
+    "AuditProblem",
     "Batch",
     "Correction",
     "CorrectionStatus",
@@ -56,6 +59,8 @@ DEFAULT_DIGEST_SIZE = 16
 MIN_LENGTH, MAX_LENGTH = 4, 31
 MAX_FILL = 1 << 27
 NONCE_LEN, TAG_LEN = 12, 16
+AUDIT_GENESIS = bytes(32)
+AUDIT_FIELDS = 4
 _ORDER = ("rust", "cython", "python")
 _MODULES = {
     "rust": "cardmint.kernel._rust",
@@ -97,6 +102,31 @@ class CorrectionStatus(enum.IntEnum):
     BAD_CHAR = 19
     BAD_UTF8 = 20
     TOO_LONG = 21
+
+
+class AuditProblem(enum.IntEnum):
+    """Why an audit event fails ``verify_audit``; the checks run in this order."""
+
+    OK = 0
+    MISSING = 1  # its id is above the next one: the events between are gone
+    OUT_OF_ORDER = 2  # its id is at or below one already seen
+    UNLINKED = 3  # its prev_hash is not the hash of the event before it
+    EDITED = 4  # its content does not hash to its stored hash
+
+
+class AuditCheck(NamedTuple):
+    """Outcome of ``verify_audit``: events that check out (from the first), the hash of the
+    last of them (the ``prev_head`` given when none), the index of the first bad event
+    (``None`` when all check out) and why."""
+
+    checked: int
+    head: bytes
+    first_bad: int | None
+    problem: AuditProblem
+
+    @property
+    def ok(self) -> bool:
+        return self.problem == AuditProblem.OK
 
 
 class Packed(NamedTuple):
@@ -623,6 +653,69 @@ class Kernel:
             raise _err(e) from None
         return _as_array(out, np.bool_)
 
+    # -- the audit chain
+    def verify_audit(
+        self,
+        ids: npt.ArrayLike,
+        at_us: npt.ArrayLike,
+        fields: Packed,
+        prev_hashes: Any,
+        hashes: Any,
+        *,
+        prev_head: bytes = AUDIT_GENESIS,
+        start: int = 0,
+        threads: int = 0,
+    ) -> AuditCheck:
+        """Check ``n`` consecutive audit events given as columns (docs/storage.md): ids
+        ``start + 1 ...``, times in µs since the epoch, ``fields`` the ``4n`` strings actor,
+        action, subject, detail of each event in order, and ``n`` stored prev_hashes and
+        hashes (``(n, 32)`` uint8 or ``32n`` bytes). The first event must link to
+        ``prev_head``. The verdict names the first event that fails, as a walk would."""
+        if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+            raise KernelError(f"start must be an int >= 0, got {start!r}")
+        seqs = np.ascontiguousarray(ids, dtype="<i8")
+        times = np.ascontiguousarray(at_us, dtype="<i8")
+        if seqs.ndim != 1 or times.shape != seqs.shape:
+            raise KernelError(f"ids and at_us must be 1-d and of one length, got {seqs.shape} {times.shape}")
+        n = len(seqs)
+        if not isinstance(fields, Packed):
+            raise KernelError("fields must be Packed (4 strings per event)")
+        text, offsets = _packed(fields)
+        if len(offsets) != AUDIT_FIELDS * n + 1:
+            raise KernelError(f"{n} events need {AUDIT_FIELDS * n} fields, got {len(offsets) - 1}")
+        prevs, digests = _hashes(prev_hashes, n, "prev_hashes"), _hashes(hashes, n, "hashes")
+        try:
+            checked, head, bad, why = self.backend.verify_audit(
+                _key(prev_head, "prev_head"),
+                int(start),
+                seqs,
+                times,
+                text,
+                offsets.astype("<i8", copy=False),
+                prevs,
+                digests,
+                _threads(threads),
+            )
+        except ValueError as e:
+            raise _err(e) from None
+        return AuditCheck(int(checked), bytes(head), None if bad < 0 else int(bad), AuditProblem(why))
+
+
+def _hashes(value: Any, n: int, what: str) -> Any:
+    """``n`` 32-byte hashes as one C-contiguous buffer."""
+    if isinstance(value, np.ndarray):
+        arr = np.ascontiguousarray(value)
+        if arr.dtype != np.uint8 or arr.size != 32 * n or (arr.ndim == 2 and arr.shape[1] != 32):
+            raise KernelError(f"{what} must be {n} hashes of 32 bytes, got {arr.dtype} {arr.shape}")
+        return arr.reshape(-1)
+    try:
+        size = memoryview(value).nbytes
+    except TypeError:
+        raise KernelError(f"{what} must be a bytes-like buffer, got {type(value).__name__}") from None
+    if size != 32 * n:
+        raise KernelError(f"{what} must be {n} hashes of 32 bytes ({32 * n} bytes), got {size}")
+    return value
+
 
 def _load(name: str) -> ModuleType:
     if name not in _MODULES:
@@ -691,3 +784,4 @@ open = _default.open  # noqa: A001
 serials = _default.serials
 validate_serials = _default.validate_serials
 check_symbol = _default.check_symbol
+verify_audit = _default.verify_audit

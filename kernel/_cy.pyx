@@ -21,7 +21,7 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.buffer cimport PyBUF_READ
 from libc.stdint cimport int64_t, uint8_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 include "csrc/cm_kernel.pxi"
 
@@ -632,3 +632,109 @@ cdef class Index:
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
         return index
+
+
+# ---- audit chain ----
+
+cdef enum:
+    AUDIT_OK = 0
+    AUDIT_MISSING = 1
+    AUDIT_OUT_OF_ORDER = 2
+    AUDIT_UNLINKED = 3
+    AUDIT_EDITED = 4
+    AUDIT_FIELDS = 4
+
+
+cdef inline int64_t _i64le(const uint8_t* p, size_t i) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int k
+    for k in range(7, -1, -1):
+        v = (v << 8) | p[8 * i + k]
+    return <int64_t>v
+
+
+cdef inline void _u64le(uint8_t* p, uint64_t v) noexcept nogil:
+    cdef int k
+    for k in range(8):
+        p[k] = <uint8_t>(v >> (8 * k))
+
+
+def verify_audit(prev_head, start, ids, at_us, text, offsets, prev_hashes, hashes, threads=0):
+    """Check events ``start + 1 ...`` of the audit chain from packed columns: (events that
+    check out, hash of the last, index of the first bad one or -1, why)."""
+    cdef bytes head = _scalar_bytes(prev_head, "prev_head")
+    if PyBytes_GET_SIZE(head) != 32:
+        raise ValueError(f"prev_head must be 32 bytes, got {PyBytes_GET_SIZE(head)}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    cdef const uint8_t[::1] vid = _view(ids, "ids")
+    cdef const uint8_t[::1] vat = _view(at_us, "at_us")
+    cdef const uint8_t[::1] vtx = _view(text, "text")
+    cdef const uint8_t[::1] vof = _view(offsets, "offsets")
+    cdef const uint8_t[::1] vpr = _view(prev_hashes, "prev_hashes")
+    cdef const uint8_t[::1] vhs = _view(hashes, "hashes")
+    cdef size_t n = _rows(vid.shape[0], 8, "ids")
+    if <size_t>vat.shape[0] != 8 * n or <size_t>vof.shape[0] != 8 * (AUDIT_FIELDS * n + 1):
+        raise ValueError(f"{n} ids need {n} times and {AUDIT_FIELDS * n + 1} offsets")
+    if <size_t>vpr.shape[0] != 32 * n or <size_t>vhs.shape[0] != 32 * n:
+        raise ValueError(f"{n} events need {32 * n} bytes of prev_hashes and of hashes")
+    cdef const uint8_t* po = _ptr(vof)
+    cdef size_t size = <size_t>vtx.shape[0]
+    cdef size_t j
+    cdef int64_t a, b
+    a = _i64le(po, 0)
+    if a < 0 or _i64le(po, AUDIT_FIELDS * n) > <int64_t>size:
+        raise ValueError(f"offsets must rise from >= 0 to <= {size} (the text size)")
+    for j in range(AUDIT_FIELDS * n):
+        if _i64le(po, j + 1) < _i64le(po, j):
+            raise ValueError(f"offsets must rise from >= 0 to <= {size} (the text size)")
+    cdef const uint8_t* pid = _ptr(vid)
+    cdef const uint8_t* pat = _ptr(vat)
+    cdef const uint8_t* ptx = _ptr(vtx)
+    cdef const uint8_t* ppr = _ptr(vpr)
+    cdef const uint8_t* phs = _ptr(vhs)
+    cdef uint8_t cur[32]
+    cdef uint8_t got[32]
+    memcpy(cur, PyBytes_AS_STRING(head), 32)
+    cdef int64_t first = <int64_t>start
+    cdef bytearray scratch = bytearray(4096)
+    cdef uint8_t* msg
+    cdef size_t i, k, m, flen, need
+    cdef int64_t want, seq
+    cdef int why = AUDIT_OK
+    for i in range(n):
+        want = first + <int64_t>i + 1
+        seq = _i64le(pid, i)
+        if seq != want:
+            why = AUDIT_MISSING if seq > want else AUDIT_OUT_OF_ORDER
+            break
+        if memcmp(ppr + 32 * i, cur, 32) != 0:
+            why = AUDIT_UNLINKED
+            break
+        need = 32 + 16 + AUDIT_FIELDS * 4 + <size_t>(
+            _i64le(po, AUDIT_FIELDS * i + AUDIT_FIELDS) - _i64le(po, AUDIT_FIELDS * i))
+        if need > <size_t>PyByteArray_GET_SIZE(scratch):
+            scratch = bytearray(2 * need)
+        msg = _out(scratch)
+        memcpy(msg, cur, 32)
+        _u64le(msg + 32, <uint64_t>seq)
+        _u64le(msg + 40, <uint64_t>_i64le(pat, i))
+        m = 48
+        for k in range(AUDIT_FIELDS):
+            a = _i64le(po, AUDIT_FIELDS * i + k)
+            b = _i64le(po, AUDIT_FIELDS * i + k + 1)
+            flen = <size_t>(b - a)
+            _u64le(got, <uint64_t>flen)  # the low four bytes are the u32le length
+            memcpy(msg + m, got, 4)
+            memcpy(msg + m + 4, ptx + a, flen)
+            m += 4 + flen
+        if cm_b3_hash_chunk(msg, m, got) != 0:
+            # An event past one BLAKE3 chunk (1 KiB): the blake3 package hashes it.
+            memcpy(got, PyBytes_AS_STRING(_blake3.blake3(scratch[:m]).digest()), 32)
+        if memcmp(phs + 32 * i, got, 32) != 0:
+            why = AUDIT_EDITED
+            break
+        memcpy(cur, phs + 32 * i, 32)
+    if why == AUDIT_OK:
+        return n, PyBytes_FromStringAndSize(<char*>cur, 32), -1, AUDIT_OK
+    return i, PyBytes_FromStringAndSize(<char*>cur, 32), i, why

@@ -158,3 +158,24 @@ class BackendProto(Protocol):
     def validate_serials(self, serials: Buffer, length: int) -> bytearray:
         """One byte per serial: 1 when all digits and the Verhoeff check holds."""
         ...
+
+    def verify_audit(
+        self,
+        prev_head: bytes,
+        start: int,
+        ids: Buffer,
+        at_us: Buffer,
+        text: Buffer,
+        offsets: Buffer,
+        prev_hashes: Buffer,
+        hashes: Buffer,
+        threads: int,
+    ) -> tuple[int, bytes, int, int]:
+        """Check ``n`` audit events (docs/storage.md): ``ids``/``at_us`` ``n`` int64 LE,
+        ``text, offsets`` the packed strings actor, action, subject, detail of each event
+        (``4n`` rows), ``prev_hashes``/``hashes`` ``32n`` bytes. Event i must have id
+        ``start + i + 1``, link to the hash before it (``prev_head`` for the first) and hash
+        to its stored hash. Returns (events that check out, hash of the last of them or
+        ``prev_head``, index of the first bad event or -1, why: 0 ok, 1 missing (its id is
+        too high), 2 out of order (too low), 3 unlinked, 4 edited); checks in that order."""
+        ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import itertools
 import os
 import struct
 
@@ -526,3 +527,63 @@ def validate_serials(serials: Buffer, length: int) -> bytearray:
     return bytearray(
         1 if s.isdigit() and _verhoeff(s, 0) == 0 else 0 for s in _rows(serials, length, "serials")
     )
+
+
+# ---------------------------------------------------------------- audit chain
+AUDIT_OK, AUDIT_MISSING, AUDIT_OUT_OF_ORDER, AUDIT_UNLINKED, AUDIT_EDITED = range(5)
+AUDIT_FIELDS = 4
+
+
+def audit_hash(prev_hash: bytes, seq: int, at_us: int, fields: list[bytes]) -> bytes:
+    """The chain hash of one event: BLAKE3(prev_hash | u64le id | i64le at_us | for actor,
+    action, subject, detail: u32le length | utf-8) (docs/storage.md)."""
+    msg = bytearray(prev_hash)
+    msg += struct.pack("<Qq", seq, at_us)
+    for field in fields:
+        msg += struct.pack("<I", len(field) & 0xFFFFFFFF) + field
+    return blake3.blake3(bytes(msg)).digest()
+
+
+def verify_audit(
+    prev_head: bytes,
+    start: int,
+    ids: Buffer,
+    at_us: Buffer,
+    text: Buffer,
+    offsets: Buffer,
+    prev_hashes: Buffer,
+    hashes: Buffer,
+    threads: int = 0,
+) -> tuple[int, bytes, int, int]:
+    """Check events ``start + 1 ...`` of the audit chain, the first linking to ``prev_head``:
+    (events that check out, hash of the last of them, index of the first bad one or -1, why)."""
+    head = bytes(prev_head)
+    if len(head) != 32:
+        raise ValueError(f"prev_head must be 32 bytes, got {len(head)}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    seqs = [v for (v,) in struct.iter_unpack("<q", bytes(ids))]
+    times = [v for (v,) in struct.iter_unpack("<q", bytes(at_us))]
+    offs = [v for (v,) in struct.iter_unpack("<q", bytes(offsets))]
+    blob, prevs, digests = bytes(text), bytes(prev_hashes), bytes(hashes)
+    n = len(seqs)
+    if len(times) != n or len(offs) != AUDIT_FIELDS * n + 1:
+        raise ValueError(f"{n} ids need {n} times and {AUDIT_FIELDS * n + 1} offsets")
+    if len(prevs) != 32 * n or len(digests) != 32 * n:
+        raise ValueError(f"{n} events need {32 * n} bytes of prev_hashes and of hashes")
+    if offs[0] < 0 or offs[-1] > len(blob) or any(b < a for a, b in itertools.pairwise(offs)):
+        raise ValueError(f"offsets must rise from >= 0 to <= {len(blob)} (the text size)")
+    for i in range(n):
+        want, seq = start + i + 1, seqs[i]
+        if seq != want:
+            return i, head, i, AUDIT_MISSING if seq > want else AUDIT_OUT_OF_ORDER
+        if prevs[32 * i : 32 * i + 32] != head:
+            return i, head, i, AUDIT_UNLINKED
+        fields = [
+            blob[offs[AUDIT_FIELDS * i + k] : offs[AUDIT_FIELDS * i + k + 1]] for k in range(AUDIT_FIELDS)
+        ]
+        digest = digests[32 * i : 32 * i + 32]
+        if audit_hash(head, seq, times[i], fields) != digest:
+            return i, head, i, AUDIT_EDITED
+        head = digest
+    return n, head, -1, AUDIT_OK

@@ -169,3 +169,109 @@ def test_single_edit_corpus_is_complete() -> None:
     bases, edited = codes_with_single_edits(4, seed=1)
     assert len(bases) == 4 * 32 + 3 * 32 * 31
     assert len(edited) == 4 * 32 * 31 + 3 * 32 * 31
+
+
+# -- the audit chain: verify_audit -------------------------------------------------------
+
+AUDIT_TEXT = st.one_of(st.text(max_size=12), st.text(min_size=300, max_size=400), st.just("\x1f"))
+AUDIT_EVENT = st.tuples(st.integers(-(2**55), 2**55), st.lists(AUDIT_TEXT, min_size=4, max_size=4))
+TAMPER = st.sampled_from(["none", "field", "at", "delete", "swap", "link", "hash"])
+
+
+def _audit_columns(
+    events: list[tuple[int, list[str]]], start: int, head: bytes
+) -> tuple[np.ndarray, np.ndarray, list[bytes], list[bytes], list[bytes]]:
+    """A chain of ``events`` after ``start`` events ending in ``head``, hashed by the
+    storage's own (independent) function."""
+    from cardmint.server.storage import audit_hash_us
+
+    ids = np.arange(start + 1, start + len(events) + 1, dtype=np.int64)
+    at = np.array([t for t, _ in events], dtype=np.int64)
+    fields, prevs, hashes = [], [], []
+    for seq, (t, f) in zip(ids.tolist(), events, strict=True):
+        prevs.append(head)
+        head = audit_hash_us(head, seq, t, *f)
+        hashes.append(head)
+        fields += [x.encode("utf-8", "surrogatepass") for x in f]
+    return ids, at, fields, prevs, hashes
+
+
+def _pack(fields: list[bytes]) -> Packed:
+    offsets = np.zeros(len(fields) + 1, dtype=np.int64)
+    np.cumsum([len(f) for f in fields], out=offsets[1:])
+    return Packed(b"".join(fields), offsets)
+
+
+@given(
+    st.lists(AUDIT_EVENT, max_size=10),
+    st.integers(0, 2**40),
+    st.binary(min_size=32, max_size=32),
+    TAMPER,
+    st.data(),
+)
+def test_backends_agree_on_verify_audit(
+    all_kernels: list[Kernel],
+    events: list[tuple[int, list[str]]],
+    start: int,
+    head: bytes,
+    tamper: str,
+    data: st.DataObject,
+) -> None:
+    from cardmint.kernel import AuditProblem
+
+    events = [
+        (t, [f.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for f in fs]) for t, fs in events
+    ]
+    ids, at, fields, prevs, hashes = _audit_columns(events, start, head)
+    n, want = len(events), (len(events), hashes[-1] if events else head, None, AuditProblem.OK)
+    if tamper != "none" and n:
+        i = data.draw(st.integers(0, n - 1), label="row")
+        if tamper == "field":
+            k = 4 * i + data.draw(st.integers(0, 3), label="field")
+            fields[k] = fields[k] + b"!"
+            want = (i, prevs[i], i, AuditProblem.EDITED)
+        elif tamper == "at":
+            at[i] += 1
+            want = (i, prevs[i], i, AuditProblem.EDITED)
+        elif tamper == "delete":
+            before = prevs[i]
+            ids, at = np.delete(ids, i), np.delete(at, i)
+            del fields[4 * i : 4 * i + 4], prevs[i], hashes[i]
+            if i == n - 1:  # a shorter chain that still links (the anchor catches it)
+                want = (n - 1, hashes[-1] if hashes else head, None, AuditProblem.OK)
+            else:
+                want = (i, before, i, AuditProblem.MISSING)
+        elif tamper == "swap" and n >= 2:
+            i = min(i, n - 2)
+            ids[i], ids[i + 1] = ids[i + 1], ids[i]
+            want = (i, prevs[i], i, AuditProblem.MISSING)
+        elif tamper == "link":
+            prevs[i] = bytes(b ^ 1 for b in prevs[i])
+            want = (i, hashes[i - 1] if i else head, i, AuditProblem.UNLINKED)
+        elif tamper == "hash":
+            hashes[i] = bytes(b ^ 0x80 for b in hashes[i])
+            want = (i, hashes[i - 1] if i else head, i, AuditProblem.EDITED)
+    ref = all_kernels[0].verify_audit(
+        ids, at, _pack(fields), b"".join(prevs), b"".join(hashes), prev_head=head, start=start
+    )
+    assert tuple(ref) == want
+    for k in all_kernels[1:]:
+        got = k.verify_audit(
+            ids, at, _pack(fields), b"".join(prevs), b"".join(hashes), prev_head=head, start=start, threads=2
+        )
+        assert got == ref, k.name
+
+
+def test_verify_audit_in_parallel_names_the_first_bad_event(all_kernels: list[Kernel]) -> None:
+    """Enough events to be split over threads, with two bad ones: the lower one is named."""
+    from cardmint.kernel import AuditProblem
+
+    events = [
+        (1_764_000_000_000_000 + i, [f"token:{i % 3}", "card.bind", f"card:{i}", "{}"]) for i in range(20_000)
+    ]
+    ids, at, fields, prevs, hashes = _audit_columns(events, 0, bytes(32))
+    fields[4 * 12_345 + 2] = b"card:x"
+    fields[4 * 17_000 + 2] = b"card:y"
+    for k in all_kernels[1:]:
+        got = k.verify_audit(ids, at, _pack(fields), b"".join(prevs), b"".join(hashes), threads=2)
+        assert got == (12_345, hashes[12_344], 12_345, AuditProblem.EDITED), k.name

@@ -134,3 +134,30 @@ def test_packed_lines_equal_list_input(kernel: Kernel, vectors: Vectors) -> None
     b = kernel.check(Packed.lines(b"\n".join(rows) + b"\n"))
     assert a.status.tolist() == b.status.tolist()
     assert a.codes.tolist() == b.codes.tolist()
+
+
+def test_audit(kernel: Kernel, vectors: Vectors) -> None:
+    """The vector chain checks out whole and event by event; a flipped bit anywhere in an
+    event's content is named as an edit."""
+    from cardmint.kernel import AuditProblem
+
+    rows = vectors("audit.tsv")
+    ids = np.array([int(r[1]) for r in rows], dtype=np.int64)
+    at = np.array([int(r[2]) for r in rows], dtype=np.int64)
+    fields = [bytes.fromhex(f) for r in rows for f in r[3:7]]
+    offsets = np.zeros(len(fields) + 1, dtype=np.int64)
+    np.cumsum([len(f) for f in fields], out=offsets[1:])
+    prevs = b"".join(bytes.fromhex(r[0]) for r in rows)
+    hashes = b"".join(bytes.fromhex(r[7]) for r in rows)
+    whole = kernel.verify_audit(ids, at, Packed(b"".join(fields), offsets), prevs, hashes)
+    assert whole == (len(rows), bytes.fromhex(rows[-1][7]), None, AuditProblem.OK)
+    for i, r in enumerate(rows):
+        one = [bytes.fromhex(f) for f in r[3:7]]
+        packed = Packed(b"".join(one), np.cumsum([0] + [len(f) for f in one]).astype(np.int64))
+        args = (ids[i : i + 1], at[i : i + 1], packed, bytes.fromhex(r[0]))
+        got = kernel.verify_audit(*args, bytes.fromhex(r[7]), prev_head=bytes.fromhex(r[0]), start=i)
+        assert got.ok and got.head.hex() == r[7], r[1]
+        bad = bytearray.fromhex(r[7])
+        bad[i % 32] ^= 1
+        got = kernel.verify_audit(*args, bytes(bad), prev_head=bytes.fromhex(r[0]), start=i)
+        assert got == (0, bytes.fromhex(r[0]), 0, AuditProblem.EDITED), r[1]

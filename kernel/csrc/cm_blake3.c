@@ -231,3 +231,21 @@ void cm_b3_keyed_many(const uint8_t key[32], const uint8_t *msgs, size_t n, size
     }
     for (; i < n; i++) cm_b3_keyed_short(kw, msgs + i * len, len, out + i * out_len, out_len);
 }
+
+int cm_b3_hash_chunk(const uint8_t *msg, size_t msg_len, uint8_t out[32]) {
+    if (msg_len > CM_B3_CHUNK_LEN) return -1;
+    uint32_t cv[8], m[16], w[16];
+    memcpy(cv, B3_IV, sizeof B3_IV);
+    size_t blocks = msg_len ? (msg_len + CM_B3_BLOCK_LEN - 1) / CM_B3_BLOCK_LEN : 1;
+    for (size_t b = 0; b < blocks; b++) {
+        size_t at = b * CM_B3_BLOCK_LEN;
+        size_t len = msg_len - at < CM_B3_BLOCK_LEN ? msg_len - at : CM_B3_BLOCK_LEN;
+        uint32_t flags = (b == 0 ? CM_B3_CHUNK_START : 0u) |
+                         (b == blocks - 1 ? CM_B3_CHUNK_END | CM_B3_ROOT : 0u);
+        load_block(msg + at, len, m);
+        b3_compress(cv, m, 0, (uint32_t)len, flags, w, 0);
+        memcpy(cv, w, sizeof cv);
+    }
+    for (int i = 0; i < 8; i++) store32(out + 4 * i, cv[i]);
+    return 0;
+}

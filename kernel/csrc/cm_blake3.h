@@ -14,6 +14,7 @@
 
 #define CM_B3_KEY_LEN 32
 #define CM_B3_BLOCK_LEN 64
+#define CM_B3_CHUNK_LEN 1024
 
 #define CM_B3_CHUNK_START 1u
 #define CM_B3_CHUNK_END 2u
@@ -51,6 +52,11 @@ void cm_b3_keyed_short(const uint32_t key_words[8], const uint8_t *msg, size_t m
  * each, out is n * out_len bytes. */
 void cm_b3_keyed_many(const uint8_t key[32], const uint8_t *msgs, size_t n, size_t len,
                       uint8_t *out, size_t out_len);
+
+/* Unkeyed BLAKE3 of a message of at most one chunk (1024 bytes): the blocks of one chunk
+ * chained, the last one as the root (the audit chain's events). Returns -1 when msg_len >
+ * 1024 (the caller hashes such a message elsewhere), else 0. */
+int cm_b3_hash_chunk(const uint8_t *msg, size_t msg_len, uint8_t out[32]);
 
 /* The key as 8 little-endian words. */
 void cm_b3_key_words(const uint8_t key[32], uint32_t words[8]);

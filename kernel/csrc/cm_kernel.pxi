@@ -15,6 +15,7 @@ cdef extern from "cm_blake3.h" nogil:
     void cm_b3_root_xof(const cm_b3_root *root, uint64_t offset, uint8_t *out, size_t out_len)
     void cm_b3_keyed_many(const uint8_t *key, const uint8_t *msgs, size_t n, size_t length,
                           uint8_t *out, size_t out_len)
+    int cm_b3_hash_chunk(const uint8_t *msg, size_t msg_len, uint8_t *out)
 
 
 cdef extern from "cm_code.h" nogil:

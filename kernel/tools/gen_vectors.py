@@ -268,6 +268,31 @@ def index_file(rng: random.Random, out: Path) -> list[str]:
     return rows
 
 
+def audit(rng: random.Random) -> list[str]:
+    """One chain of audit events, ids 1.. from the genesis hash: short fields, non-ASCII
+    ones, and events whose message spans one, several and more than 16 BLAKE3 blocks (one
+    1024-byte chunk) with edges on both sides of each boundary."""
+    rows = [
+        "# prev_hash (hex)\tid\tat_us\tactor (hex)\taction (hex)\tsubject (hex)\tdetail (hex)\thash (hex)"
+    ]
+    head = bytes(32)
+    # 64 bytes of header (hash, id, time, four lengths) plus the detail's: around 64 and 1024.
+    sizes = [0, 1, 0, 63, 64, 65, 127, 128, 959, 960, 961, 1023, 1024, 2000, 3100]
+    for i, detail_len in enumerate(sizes, start=1):
+        at_us = rng.randrange(-(2**55), 2**55)
+        actor = f"token:{rng.randrange(1000)}".encode()
+        action = rng.choice(["card.bind", "card.redeem", "lot.mint", "règle:é"]).encode()
+        subject = (
+            "card:" + "".join(rng.choice(ALPHABET + "✓é") for _ in range(rng.randrange(0, 12)))
+        ).encode()
+        detail = bytes(rng.choice(b'0123456789abcdef{}:,"') for _ in range(detail_len))
+        fields = [actor, action, subject, detail]
+        digest = ref.audit_hash(head, i, at_us, fields)
+        rows.append("\t".join([head.hex(), str(i), str(at_us), *(f.hex() for f in fields), digest.hex()]))
+        head = digest
+    return rows
+
+
 def write_all(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(20261122)
@@ -281,6 +306,7 @@ def write_all(out: Path) -> None:
     files["display.tsv"] = display(rng)
     files["correct.tsv"] = correct(rng)
     files["index.tsv"] = index_file(rng, out)
+    files["audit.tsv"] = audit(rng)
     for name, rows in files.items():
         (out / name).write_text("\n".join(rows) + "\n")
 

@@ -24,6 +24,7 @@ from .interface import Storage, UnitOfWork
 from .models import (
     Account,
     AttemptKind,
+    AuditColumns,
     AuditEntry,
     BindOutcome,
     BindResult,
@@ -69,6 +70,7 @@ __all__ = [
     "GENESIS_HASH",
     "Account",
     "AttemptKind",
+    "AuditColumns",
     "AuditEntry",
     "BindOutcome",
     "BindResult",

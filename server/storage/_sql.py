@@ -29,6 +29,7 @@ from .errors import IdempotencyConflictError, LotStateError, NotFoundError, Stor
 from .models import (
     Account,
     AttemptKind,
+    AuditColumns,
     AuditEntry,
     BindOutcome,
     BindResult,
@@ -147,6 +148,12 @@ def audit_hash_us(
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _as_hash32(value: bytes) -> bytes:
+    return (
+        value if len(value) == 32 else blake3.blake3(b"cardmint audit: not a 32-byte hash " + value).digest()
+    )
 
 
 def _positive(value: int, what: str) -> int:
@@ -1343,6 +1350,66 @@ class SqlTx(ABC):
             " WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         )
+
+    # Separates the text fields of one page of audit_columns: a field that contains it is
+    # detected (the count of separators is off) and that page is read row by row instead.
+    AUDIT_SEP = "\x1f"
+
+    def audit_columns(self, after_id: int = 0, limit: int = 65_536) -> AuditColumns:
+        """The events with ids in ``(after_id, after_id + limit]`` column-wise, in id order (a
+        range: fewer than ``limit`` where ids are missing, none past ``audit_last_id``). One
+        aggregate query returns each column of the range concatenated (``_audit_page``), so
+        no Python object is made per event; a range the aggregate cannot represent exactly
+        (a text field holding the separator, a hash of the wrong size, ids with a gap) is read
+        row by row instead."""
+        _positive(limit, "limit")
+        page = self._audit_page(after_id, limit)
+        return page if page is not None else self._audit_page_rows(after_id, limit)
+
+    def audit_last_id(self) -> int:
+        """The highest event id on the chain (0 when empty)."""
+        return int(self._one("SELECT COALESCE(MAX(id), 0) FROM audit_log")[0])
+
+    def _audit_page(self, after_id: int, limit: int) -> AuditColumns | None:
+        """``audit_columns`` in one aggregate query, or None when only rows will do."""
+        return None
+
+    def _audit_page_rows(self, after_id: int, limit: int) -> AuditColumns:
+        rows = self._all(
+            f"SELECT id, {self._epoch_us('at')}, actor, action, subject, detail, prev_hash, hash FROM audit_log"
+            " WHERE id > ? AND id <= ? ORDER BY id",
+            (after_id, after_id + limit),
+        )
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        at_us = np.array([r[1] for r in rows], dtype=np.int64)
+        fields = [str(f).encode("utf-8", "surrogatepass") for r in rows for f in r[2:6]]
+        offsets = np.zeros(len(fields) + 1, dtype=np.int64)
+        np.cumsum([len(f) for f in fields], out=offsets[1:])
+        prevs, hashes = [bytes(r[6]) for r in rows], [bytes(r[7]) for r in rows]
+        if any(len(h) != 32 for h in prevs + hashes):
+            # A hash cut to another size cannot be packed 32 bytes per event: in its place goes
+            # a hash of it, which no event's (or link's) hash matches short of a preimage.
+            prevs = [_as_hash32(h) for h in prevs]
+            hashes = [_as_hash32(h) for h in hashes]
+        return AuditColumns(ids, at_us, b"".join(fields), offsets, b"".join(prevs), b"".join(hashes))
+
+    def _audit_split(self, n: int, text: bytes) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]] | None:
+        """The ``4n`` text fields joined by ``AUDIT_SEP`` as (data, offsets), or None when
+        the separator count shows one of them contains it."""
+        buf = np.frombuffer(text, dtype=np.uint8)
+        seps = np.flatnonzero(buf == ord(self.AUDIT_SEP))
+        if len(seps) != 4 * n - 1:
+            return None
+        offsets = np.empty(4 * n + 1, dtype=np.int64)
+        offsets[0] = 0
+        # Field j ends where separator j sat, once the j separators before it are removed.
+        offsets[1:-1] = seps - np.arange(len(seps))
+        offsets[-1] = len(buf) - len(seps)
+        return buf[buf != ord(self.AUDIT_SEP)], offsets
+
+    def audit_pending(self) -> int:
+        """Audit events journaled but not yet chained onto audit_log (0 where none are)."""
+        return 0
 
     def audit_entries(self, after_id: int = 0, limit: int = 10_000) -> list[AuditEntry]:
         rows = self._all(

@@ -327,6 +327,28 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class AuditColumns:
+    """A page of the audit chain column-wise, for the verifier (no object per event):
+    event i has id ``ids[i]``, time ``at_us[i]`` (µs since the epoch), the text fields
+    actor, action, subject, detail as rows ``4i .. 4i + 3`` of ``text`` cut at ``offsets``
+    (``4n + 1`` of them, UTF-8), and ``prev_hashes``/``hashes`` bytes ``32i .. 32i + 32``."""
+
+    ids: npt.NDArray[np.int64]
+    at_us: npt.NDArray[np.int64]
+    text: bytes | npt.NDArray[np.uint8]
+    offsets: npt.NDArray[np.int64]
+    prev_hashes: bytes
+    hashes: bytes
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def last_id(self) -> int:
+        return int(self.ids[-1]) if len(self.ids) else 0
+
+
+@dataclass(frozen=True)
 class IssuedCards:
     """Issued cards as the in-memory index keeps them, row i for card i of a chunk.
 

@@ -18,6 +18,7 @@ import contextvars
 import functools
 import sqlite3
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import numpy as np
 from ._sql import CARD_COLUMNS, CardRows, Clock, SqlTx, utcnow
 from .errors import ConflictError, MigrationError, StorageError, TransientError
 from .migrations import MIGRATIONS
+from .models import AuditColumns
 
 __all__ = ["SQLiteStorage"]
 
@@ -87,6 +89,32 @@ class _SQLiteTx(SqlTx):
 
     def _epoch_us(self, column: str) -> str:
         return f"COALESCE({column}, 0)"  # already microseconds since the epoch
+
+    def _audit_page(self, after_id: int, limit: int) -> AuditColumns | None:
+        # A range of the rowid, so SQLite walks the table b-tree in id order with no sort;
+        # ids are the primary key, so count == max - min + 1 starting at after_id + 1 proves
+        # the page holds exactly ids after_id + 1 .. after_id + count (otherwise, a gap: row
+        # by row). Each aggregate is one column (fewer, wider ones cost more per row here).
+        row = self._one(
+            "SELECT count(*), min(id), max(id), group_concat(at),"
+            " CAST(group_concat(prev_hash, '') AS BLOB), CAST(group_concat(hash, '') AS BLOB),"
+            " total((length(prev_hash) - 32) * (length(prev_hash) - 32)"
+            " + (length(hash) - 32) * (length(hash) - 32)),"
+            " CAST(group_concat(actor || ?3 || action || ?3 || subject || ?3 || detail, ?3) AS BLOB)"
+            " FROM audit_log WHERE id > ?1 AND id <= ?2",
+            (after_id, after_id + limit, self.AUDIT_SEP),
+        )
+        n = int(row[0])
+        if n == 0 or (int(row[1]), int(row[2])) != (after_id + 1, after_id + n) or row[6] != 0:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a malformed list reads short: checked below
+            at_us = np.fromstring(str(row[3]), dtype=np.int64, sep=",")
+        prevs, hashes, split = bytes(row[4]), bytes(row[5]), self._audit_split(n, bytes(row[7]))
+        if split is None or len(at_us) != n or len(prevs) != 32 * n or len(hashes) != 32 * n:
+            return None
+        ids = np.arange(after_id + 1, after_id + n + 1, dtype=np.int64)
+        return AuditColumns(ids, at_us, split[0], split[1], prevs, hashes)
 
     def _lock(self, name: int) -> None:
         # Inside BEGIN IMMEDIATE this connection already holds the only write lock.
@@ -155,6 +183,10 @@ class SQLiteStorage:
     """Storage on one SQLite file; safe to share between threads and between processes."""
 
     backend = "sqlite"
+    # Readers in one process do not scale: every SQLite allocation takes one global mutex
+    # (memory statistics), and a page read is mostly allocations. Two threads reading the
+    # audit chain took longer than one; two processes half as long.
+    read_parallelism = 1
 
     def __init__(self, path: str | Path, *, clock: Clock = utcnow, busy_timeout_ms: int = 30_000) -> None:
         if sqlite3.sqlite_version_info < _MIN_VERSION:
@@ -291,6 +323,27 @@ class SQLiteStorage:
                     self._readers.append(conn)
                 else:
                     conn.close()
+
+    @contextmanager
+    def read_shared(self, count: int) -> Iterator[list[_SQLiteTx]]:
+        """``count`` read snapshots of one moment, for as many threads. SQLite has no way to
+        hand a snapshot to another connection, so no commit may happen while they are taken:
+        each reader's snapshot starts (its first read) while this process holds the write
+        lock in a BEGIN IMMEDIATE, which shuts out writers of every process."""
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        with contextlib.ExitStack() as stack:
+            txs = []
+            # A thread inside a write transaction cannot take the lock again: one reader.
+            if count == 1 or getattr(self._owner, "active", False):
+                txs.append(stack.enter_context(self.read()))
+            else:
+                with self.transaction():
+                    for _ in range(count):
+                        tx = stack.enter_context(self.read())
+                        tx._one("SELECT count(*) FROM sqlite_schema")  # starts the snapshot
+                        txs.append(tx)
+            yield txs
 
     def run(self, work: Callable[[_SQLiteTx], T], attempts: int = 5) -> T:
         """``work`` in a write transaction, retried when the database reports a lost race.

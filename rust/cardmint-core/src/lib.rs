@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alphabet;
+pub mod audit;
 pub mod correct;
 pub mod digest;
 pub mod error;

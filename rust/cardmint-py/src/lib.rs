@@ -7,7 +7,9 @@ mod error;
 
 use std::sync::{Mutex, RwLock};
 
-use cardmint_core::{alphabet, correct as corr, digest as dig, index, mint, normalize as norm};
+use cardmint_core::{
+    alphabet, audit, correct as corr, digest as dig, index, mint, normalize as norm,
+};
 use cardmint_core::{pool, seal as sl, serial};
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
@@ -487,6 +489,62 @@ fn digest_one<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
+/// Little-endian int64 values of a buffer of `8 * n` bytes.
+fn int64s(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    let raw = input(obj, what)?;
+    let n = rows_len(raw.len(), 8, what)?;
+    let mut out = Vec::with_capacity(n);
+    for w in raw.chunks_exact(8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        out.push(i64::from_le_bytes(b));
+    }
+    Ok(out)
+}
+
+/// Checks a stretch of the audit chain given as packed columns (`_protocol.verify_audit`).
+#[pyfunction]
+#[pyo3(signature = (prev_head, start, ids, at_us, text, offsets, prev_hashes, hashes, threads = 0))]
+#[allow(clippy::too_many_arguments)]
+fn verify_audit<'py>(
+    py: Python<'py>,
+    prev_head: &Bound<'py, PyAny>,
+    start: i64,
+    ids: &Bound<'py, PyAny>,
+    at_us: &Bound<'py, PyAny>,
+    text: &Bound<'py, PyAny>,
+    offsets: &Bound<'py, PyAny>,
+    prev_hashes: &Bound<'py, PyAny>,
+    hashes: &Bound<'py, PyAny>,
+    threads: i64,
+) -> PyResult<(usize, Bound<'py, PyBytes>, i64, u8)> {
+    let head = input(prev_head, "prev_head")?;
+    let start =
+        u64::try_from(start).map_err(|_| invalid(format!("start must be >= 0, got {start}")))?;
+    let (ids, at_us, offsets) = (
+        int64s(ids, "ids")?,
+        int64s(at_us, "at_us")?,
+        int64s(offsets, "offsets")?,
+    );
+    let text = input(text, "text")?;
+    let prev_hashes = input(prev_hashes, "prev_hashes")?;
+    let hashes = input(hashes, "hashes")?;
+    let threads = threads_of(threads)?;
+    let cols = audit::Columns {
+        ids: &ids,
+        at_us: &at_us,
+        text: &text,
+        offsets: &offsets,
+        prev_hashes: &prev_hashes,
+        hashes: &hashes,
+    };
+    let v = py
+        .detach(|| audit::verify(&head, start, &cols, threads))
+        .map_err(to_py)?;
+    let bad = v.first_bad.map_or(-1, |i| i as i64);
+    Ok((v.checked, PyBytes::new(py, &v.head), bad, v.problem))
+}
+
 #[pyfunction]
 fn display<'py>(
     py: Python<'py>,
@@ -614,6 +672,7 @@ fn cardmint_rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(digest, m)?)?;
     m.add_function(wrap_pyfunction!(digest_one, m)?)?;
     m.add_function(wrap_pyfunction!(display, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_audit, m)?)?;
     m.add_function(wrap_pyfunction!(correct, m)?)?;
     m.add_function(wrap_pyfunction!(seal, m)?)?;
     m.add_function(wrap_pyfunction!(open, m)?)?;

@@ -52,6 +52,7 @@ from datetime import datetime, timedelta
 import blake3
 import numpy as np
 from cardmint.server.storage import (
+    PAYMENT_METHODS,
     AttemptKind,
     Card,
     CardStatus,
@@ -141,9 +142,6 @@ def _payment_method(value: object) -> str:
     if value not in PAYMENT_METHODS:
         raise InvalidArgument.of("payment_method", f"one of {', '.join(PAYMENT_METHODS)}")
     return str(value)
-
-
-PAYMENT_METHODS = ("online", "bank_transfer")
 
 
 @dataclass(frozen=True)
@@ -392,6 +390,17 @@ class OrderService:
         real name must be verified; from ``bank_transfer_from_*`` on (individuals and
         organizations' members have their own thresholds), only a bank transfer pays."""
         rules = self._ctx.profile
+        thresholds = [
+            t
+            for t in (
+                rules.bank_transfer_from_organization.minor(currency),
+                rules.bank_transfer_from_individual.minor(currency),
+                rules.real_name_from.minor(currency),
+            )
+            if t is not None
+        ]
+        if not thresholds or total < min(thresholds):
+            return  # no rule reaches this order: no need to read the buyer's facts
         facts = buyer_facts(tx, account_id)
         bank_from = (
             rules.bank_transfer_from_organization

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .interface import Storage, UnitOfWork
 from .models import (
+    PAYMENT_METHODS,
     Account,
     AttemptKind,
     AuditColumns,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GENESIS_HASH",
+    "PAYMENT_METHODS",
     "Account",
     "AttemptKind",
     "AuditColumns",

@@ -8,9 +8,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export CARDMINT_REQUIRE_NATIVE := 1
-# Debian packages the builds and tests need: the Cython kernel links OpenSSL's libcrypto;
+# Debian packages the builds and tests need: the Cython kernel links OpenSSL's libcrypto
+# and the SQLite audit reader libsqlite3;
 # the storage tests start a throwaway PostgreSQL cluster from the postgresql package.
-DEBS := gcc libc6-dev libssl-dev pkg-config postgresql
+DEBS := gcc libc6-dev libssl-dev libsqlite3-dev pkg-config postgresql
 
 .PHONY: run test setup system-deps venv install lint rust-check pytest bench-smoke bench bench-full vectors clean
 

@@ -38,11 +38,18 @@ def _cython_extensions() -> list[Extension]:
         libraries=["crypto"],
         extra_compile_args=["-O3", "-Wall", "-Wno-unused-function"],
     )
+    # The SQLite audit reader: libsqlite3, the library the sqlite3 module itself links.
+    audit = Extension(
+        "cardmint.server.storage._sqlite_audit",
+        sources=["server/storage/_sqlite_audit.pyx"],
+        libraries=["sqlite3"],
+        extra_compile_args=["-O3", "-Wall", "-Wno-unused-function"],
+    )
     if NATIVE not in {"all", "cython"} or not (ROOT / "kernel" / "_cy.pyx").exists():
         return []
     from Cython.Build import cythonize
 
-    return cythonize([ext], language_level=3, quiet=True, build_dir="build/cython")
+    return cythonize([ext, audit], language_level=3, quiet=True, build_dir="build/cython")
 
 
 class BuildNative(build_ext):

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from cardmint.server.domain.audit import verify_storage
 from cardmint.server.storage import Storage
+from cardmint.server.storage import sqlite as sqlite_backend
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -165,6 +166,21 @@ def test_the_sealer_releases_its_waiters_when_a_round_fails() -> None:
 # -- the column-wise verifier (packed pages, checked by the kernel) ------------------------
 
 
+_NATIVE = sqlite_backend._native_audit
+
+
+def _readers(backend: str) -> list[str]:
+    """The ways this backend reads pages of columns: on SQLite, the native reader
+    (server/storage/_sqlite_audit.pyx) and the SQL aggregate, its fallback without it."""
+    assert _NATIVE is not None, "the native SQLite audit reader is not built"
+    return ["native", "sql"] if backend == "sqlite" else ["sql"]
+
+
+def _use(reader: str, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if backend == "sqlite":
+        monkeypatch.setattr(sqlite_backend, "_native_audit", _NATIVE if reader == "native" else None)
+
+
 def _row_walk(storage: Storage) -> object:
     """The verdict of the row-by-row walk (verify_chain over audit_rows), for comparison."""
     from cardmint.server.domain.audit import verify_chain
@@ -197,7 +213,12 @@ def _row_walk(storage: Storage) -> object:
 )
 @pytest.mark.parametrize(("page_size", "readers"), [(1, 3), (4, 1), (5, 2), (5, 3), (65_536, 2)])
 def test_paged_verdicts_are_the_row_walks(
-    storage: Storage, backend: str, sql: list[str], page_size: int, readers: int
+    storage: Storage,
+    backend: str,
+    sql: list[str],
+    page_size: int,
+    readers: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Whatever was tampered with, however the chain is paged and read by however many
     threads, the column-wise verifier names the same event, with the same count, head and
@@ -212,17 +233,58 @@ def test_paged_verdicts_are_the_row_walks(
         ]
     if sql:
         _tamper(storage, backend, *sql)
-    got = verify_storage(storage, page_size=page_size, readers=readers)
-    assert got == _row_walk(storage)
-    assert got.ok == (not sql)
+    want = _row_walk(storage)
+    for reader in _readers(backend):
+        _use(reader, backend, monkeypatch)
+        got = verify_storage(storage, page_size=page_size, readers=readers)
+        assert got == want, reader
+        assert got.ok == (not sql)
 
 
-def test_columns_hold_what_the_rows_hold(storage: Storage, backend: str) -> None:
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE audit_log SET actor = 7 WHERE id = 3",  # stored as the text '7' (STRICT)
+        "UPDATE audit_log SET action = 'x' || char(0) || 'y' WHERE id = 10",  # a NUL inside
+        "UPDATE audit_log SET detail = '' WHERE id = 11",
+    ],
+)
+def test_sqlite_readers_agree_on_odd_text(
+    storage: Storage, backend: str, sql: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text the server never writes (a number, a NUL, an empty field) is read the same by
+    both page readers and the row walk: the verdict is the row walk's. (audit_log is a
+    STRICT table with CHECKs on the hash sizes, so a value of another type cannot be
+    stored there at all.)"""
+    _chain(storage)
+    with storage.read() as tx:
+        pristine = tx.audit_rows(0, 1_000)
+    _tamper(storage, backend, sql)
+    want = _row_walk(storage)
+    assert not want.ok  # type: ignore[attr-defined]
+    for reader in _readers(backend):
+        _use(reader, backend, monkeypatch)
+        for page_size, readers in [(1, 1), (4, 2), (65_536, 2)]:
+            assert verify_storage(storage, page_size=page_size, readers=readers) == want, (reader, page_size)
+    with storage.read() as tx:
+        assert tx.audit_rows(0, 1_000) != pristine  # the tampering really happened
+
+
+def test_columns_hold_what_the_rows_hold(
+    storage: Storage, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """audit_columns gives back the rows column-wise, non-ASCII text and a field holding
-    the page separator (read row by row) included."""
+    the page separator (read row by row) included, by every page reader."""
     texts = ["plain", "non-ASCII: é ✓ 💳", "sep\x1finside", ""]
     for i, t in enumerate(texts * 3):
         storage.run(lambda tx, i=i, t=t: tx.append_audit(f"token:{i}", t, f"card:{i}", t))
+    for reader in _readers(backend):
+        _use(reader, backend, monkeypatch)
+        _columns_match_rows(storage)
+
+
+def _columns_match_rows(storage: Storage) -> None:
     with storage.read() as tx:
         rows = tx.audit_rows(0, 100)
         for page_size in (2, 4, 100):

@@ -27,6 +27,7 @@ from cardmint.server import observe
 from cardmint.server.api import SERVICE_NAMES, add_services, interceptors
 from cardmint.server.domain import Domain, DomainConfig, Keyring
 from cardmint.server.storage import AttemptKind, Storage, open_storage
+from cardmint.server.tls import TlsFiles, server_credentials
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -130,11 +131,14 @@ def start(
     config: DomainConfig | None = None,
     metrics: str | None = None,
     tracer_provider: Any = None,
+    tls: TlsFiles | None = None,
 ) -> Running:
     """``metrics``: ``HOST:PORT`` to serve Prometheus metrics at (``:0``: a free port), or
     None for no metrics endpoint (and no RPC metrics kept). ``tracer_provider``: an
     OpenTelemetry ``TracerProvider`` to trace calls and storage with (cardmint.server.tracing),
-    or None for no tracing."""
+    or None for no tracing. ``tls``: serve TLS (mutual TLS with a client CA) instead of
+    plaintext (cardmint.server.tls)."""
+    credentials = server_credentials(tls) if tls is not None else None  # bad files: before anything
     tracer = None if tracer_provider is None else tracer_provider.get_tracer("cardmint")
     storage, domain = open_domain(db_url, var_dir, config, tracer=tracer)
     metrics_http: Any = None
@@ -166,7 +170,10 @@ def start(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(listen)
+            if credentials is not None:
+                port = server.add_secure_port(listen, credentials)
+            else:
+                port = server.add_insecure_port(listen)
         except RuntimeError as e:
             raise OSError(f"cannot listen on {listen}: {e}") from None
         if port == 0:
@@ -203,6 +210,7 @@ def serve(
     log_format: str = "auto",
     log_level: str = "info",
     trace: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls for up to ``grace`` s; 0.
 
@@ -231,12 +239,19 @@ def serve(
         config=DomainConfig(profile=profile),
         metrics=metrics,
         tracer_provider=provider,
+        tls=tls,
     )
     host = listen.rsplit(":", 1)[0]
     where = redact(db_url) if db_url else default_db_url(var_dir)
     # Tests and scripts wait for this line; it names the bound port (``--listen …:0``).
+    security = "plaintext" if tls is None else ("mutual TLS" if tls.client_ca is not None else "TLS")
     log.info(
-        "serving on %s:%d (%s; compliance profile %s)", host, running.port, where, running.domain.profile.tag
+        "serving on %s:%d (%s; %s; compliance profile %s)",
+        host,
+        running.port,
+        security,
+        where,
+        running.domain.profile.tag,
     )
     if metrics is not None:
         log.info("metrics on http://%s:%d/metrics", observe.parse_address(metrics)[0], running.metrics_port)

@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # the client (grpc) is imported only when a remote command ru
 DEFAULT_SERVER = "127.0.0.1:50051"
 TOKEN_ENV = "CARDMINT_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 SERVER_ENV = "CARDMINT_SERVER"
+TLS_CA_ENV = "CARDMINT_TLS_CA"
+TLS_CERT_ENV = "CARDMINT_TLS_CERT"
+TLS_KEY_ENV = "CARDMINT_TLS_KEY"
 
 _EXPONENT_0 = frozenset(
     "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()  # noqa: SIM905
@@ -42,6 +45,24 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--token",
         default=os.environ.get(TOKEN_ENV, ""),
         help=f"bearer token (default ${TOKEN_ENV}; make one with `cardmint token create`)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=os.environ.get(TLS_CA_ENV),
+        help=f"connect over TLS, trusting the CA certificate(s) in this PEM file (default ${TLS_CA_ENV})",
+    )
+    p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=os.environ.get(TLS_CERT_ENV),
+        help=f"mutual TLS: this client certificate (PEM; default ${TLS_CERT_ENV}), with --tls-key",
+    )
+    p.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        default=os.environ.get(TLS_KEY_ENV),
+        help=f"mutual TLS: the client certificate's private key (default ${TLS_KEY_ENV})",
     )
 
 
@@ -87,7 +108,17 @@ def connect(args: argparse.Namespace) -> Client:
 
     if not args.token:
         raise UsageError(f"no token: pass --token or set {TOKEN_ENV} (cardmint token create --role admin)")
-    return Client(args.server, args.token)
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key:
+        from cardmint.client import tls_credentials
+
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise UsageError("--tls-cert and --tls-key go together (mutual TLS)")
+        try:
+            tls = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        except OSError as e:
+            raise UsageError(f"TLS: {e.filename}: {e.strerror}") from None
+    return Client(args.server, args.token, tls=tls)
 
 
 def describe(err: CardmintError) -> tuple[str, int]:

@@ -47,6 +47,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(OTEL_EXPORTER_OTLP_ENDPOINT); needs the tracing extra (default: off)",
     )
     p.add_argument(
+        "--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain (needs --tls-key)"
+    )
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (mode 0600)")
+    p.add_argument(
+        "--client-ca",
+        metavar="FILE",
+        help="mutual TLS: require client certificates signed by the CA(s) in this PEM file",
+    )
+    p.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
@@ -85,6 +94,19 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--trace {args.trace}: {e.name or e} is not installed (pip install 'cardmint[tracing]')"
             ) from None
+    tls = None
+    if args.tls_cert or args.tls_key or args.client_ca:
+        from cardmint.server.tls import TlsError, TlsFiles, server_credentials
+
+        if not (args.tls_cert and args.tls_key):
+            raise UsageError("TLS needs both --tls-cert and --tls-key (--client-ca adds mutual TLS)")
+        tls = TlsFiles(
+            Path(args.tls_cert), Path(args.tls_key), Path(args.client_ca) if args.client_ca else None
+        )
+        try:
+            server_credentials(tls)  # bad files are a usage error, before anything starts
+        except TlsError as e:
+            raise UsageError(str(e)) from None
     return serve(
         args.db,
         args.listen,
@@ -96,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         log_level=args.log_level,
         trace=args.trace,
+        tls=tls,
     )
 
 

@@ -24,11 +24,13 @@ status details: the server's table read backwards. The client imports nothing of
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
@@ -121,6 +123,7 @@ __all__ = [
     "TransferLimitReached",
     "Unauthenticated",
     "Unavailable",
+    "tls_credentials",
 ]
 
 T = TypeVar("T")
@@ -690,6 +693,25 @@ def _payment_method(method: str) -> order_pb2.PaymentMethod.ValueType:
     return order_pb2.PaymentMethod.Value(f"PAYMENT_METHOD_{method.upper()}")
 
 
+def tls_credentials(
+    ca: str | os.PathLike[str] | None = None,
+    cert: str | os.PathLike[str] | None = None,
+    key: str | os.PathLike[str] | None = None,
+) -> grpc.ChannelCredentials:
+    """Credentials for ``Client(tls=...)``: trust the CA certificate(s) in PEM file ``ca``
+    (None: the system's roots) and, for a server that asks for mutual TLS, present the
+    client certificate ``cert`` with its private ``key``."""
+    if (cert is None) != (key is None):
+        raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    def read(path: str | os.PathLike[str] | None) -> bytes | None:
+        return None if path is None else Path(path).read_bytes()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
+    )
+
+
 class Client:
     """A connection to one cardmint server, acting as the holder of ``token``."""
 
@@ -703,14 +725,20 @@ class Client:
         retries: int = 3,
         channel: grpc.Channel | None = None,
         device_id: str | None = None,
+        tls: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(
-            addr,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        """``tls``: connect over TLS with these credentials (``tls_credentials``), else
+        plaintext."""
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if channel is not None:
+            self._channel = channel
+        elif tls is not None:
+            self._channel = grpc.secure_channel(addr, tls, options=options)
+        else:
+            self._channel = grpc.insecure_channel(addr, options=options)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),)
         if device_id:  # lets the server count failed guesses per device as well
             self._metadata += (("x-device-id", device_id),)

@@ -37,7 +37,19 @@ def test_brute_force_gets_nowhere(
     server: Running, token: Token, sizes: Sizes, seed: int, report: Report
 ) -> None:
     addr = f"127.0.0.1:{server.port}"
-    admin = Client(addr, token("admin"), timeout=30.0)
+
+    def connect(bearer: str, device_id: str | None = None) -> Client:
+        return Client(addr, bearer, timeout=30.0, device_id=device_id)
+
+    brute_force(connect, token, sizes, seed, report)
+
+
+def brute_force(
+    connect: Callable[..., Client], token: Token, sizes: Sizes, seed: int, report: Report
+) -> None:
+    """The attack and its figures, through clients from ``connect(token, device_id=None)``
+    (one server, or several behind round-robin channels: tests/reliability/test_two_servers.py)."""
+    admin = connect(token("admin"))
     cards = _lot(admin, "BRUTE", 500, 3)
     guesses = 20_000 if sizes.soak else 1_500
     per_phase = guesses // 3
@@ -69,9 +81,7 @@ def test_brute_force_gets_nowhere(
     frozen, bound = cards[0][0], cards[1][0]
     admin.freeze(frozen, "stolen")
     admin.bind_card(cards[1][1], account=f"{seed}-owner", challenge_passed=True)
-    probe = Client(
-        addr, token("customer", account=f"{seed}-probe"), timeout=30.0, device_id=f"{seed}-d-probe"
-    )
+    probe = connect(token("customer", account=f"{seed}-probe"), device_id=f"{seed}-d-probe")
     same: list[str] = []
     for serial, code in ((frozen, codes[-1]), (bound, codes[-2]), ("", codes[-3])):
         try:
@@ -82,19 +92,13 @@ def test_brute_force_gets_nowhere(
 
     # 1. One card, guessed by many accounts from rotating devices at once.
     target = cards[2][0]
-    people = [
-        Client(addr, token("customer", account=f"{seed}-p{i}"), timeout=30.0, device_id=f"{seed}-d{i}")
-        for i in range(64)
-    ]
+    people = [connect(token("customer", account=f"{seed}-p{i}"), device_id=f"{seed}-d{i}") for i in range(64)]
     attack("card", lambda i: (people[i % len(people)], target), per_phase, 0)
     # 2. One account, no card number: codes alone.
-    one = Client(addr, token("customer", account=f"{seed}-alone"), timeout=30.0, device_id=f"{seed}-d-alone")
+    one = connect(token("customer", account=f"{seed}-alone"), device_id=f"{seed}-d-alone")
     attack("account", lambda i: (one, ""), per_phase, per_phase)
     # 3. Many accounts and rotating devices: only the address is left to stop them.
-    crowd = [
-        Client(addr, token("customer", account=f"{seed}-c{i}"), timeout=30.0, device_id=f"{seed}-r{i}")
-        for i in range(128)
-    ]
+    crowd = [connect(token("customer", account=f"{seed}-c{i}"), device_id=f"{seed}-r{i}") for i in range(128)]
     attack("crowd", lambda i: (crowd[i % len(crowd)], ""), guesses - 2 * per_phase, 2 * per_phase)
 
     evaluated = {k: v["evaluated"] for k, v in answers.items()}

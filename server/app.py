@@ -189,6 +189,8 @@ def start(
             # Expires unpaid reservations and refunds late deliveries; Domain.close (in
             # Running.stop) ends it and waits for a sweep in progress.
             domain.orders.start_sweeper(domain.config.order_sweep_seconds)
+        if domain.config.housekeeping_seconds > 0:
+            domain.start_housekeeping(domain.config.housekeeping_seconds)
     except BaseException:
         if metrics_http is not None:
             metrics_http.shutdown()

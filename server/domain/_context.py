@@ -63,6 +63,12 @@ class DomainConfig:
     held_codes_per_address: int = 200
     order_reveals_per_hour: int = 60  # full views of delivered codes, per account
     order_sweep_seconds: float = 5.0  # the background sweeper's period (0 = no sweeper thread)
+    # The idempotency window: a request id is answered as the first call for this many days,
+    # then forgotten (0 = kept forever). Payment ids of orders are unique forever regardless.
+    idempotency_days: int = 30
+    # Housekeeping (expired request ids, lots abandoned while minting) runs this often
+    # (0 = no housekeeping thread; the server also voids abandoned lots at start).
+    housekeeping_seconds: float = 3600.0
 
 
 class Wake:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from dataclasses import dataclass
 from datetime import timedelta
 
 from cardmint.kernel import Kernel, get_kernel
@@ -22,7 +25,19 @@ from .lots import LotService
 from .orders import OrderService
 from .profiles import load_profile
 
-__all__ = ["Domain"]
+__all__ = ["Domain", "Housekeeping"]
+
+log = logging.getLogger(__name__)
+
+PURGE_BATCH = 10_000  # request ids forgotten per transaction
+
+
+@dataclass(frozen=True)
+class Housekeeping:
+    """What one housekeeping round did."""
+
+    abandoned_lots: list[int]
+    purged_request_ids: int
 
 
 class Domain:
@@ -58,15 +73,66 @@ class Domain:
         self.compliance = ComplianceService(ctx, self.cards)
         self.orders = OrderService(ctx)
         self.accounts = AccountService(ctx, self.auth)
+        self._housekeeper: threading.Thread | None = None
 
     def close(self) -> None:
         """Shutting down: end long-lived calls (event subscriptions) now."""
         self._ctx.closing.set()
         self._ctx.wake()
         self.orders.stop_sweeper()  # a sweep in progress finishes before storage closes
+        if self._housekeeper is not None:
+            self._housekeeper.join(30.0)
+            self._housekeeper = None
 
     def refresh_index(self) -> None:
         self.index.refresh()
+
+    def purge_idempotency(self, batch: int = PURGE_BATCH) -> int:
+        """Forget request ids older than the idempotency window (``idempotency_days``),
+        ``batch`` per transaction, so writers wait at most one short delete; how many."""
+        days = self.config.idempotency_days
+        if days <= 0:
+            return 0
+        total = 0
+        while not self._ctx.closing.is_set():
+
+            def work(tx: UnitOfWork) -> int:
+                return tx.purge_idempotency(tx.now() - timedelta(days=days), limit=batch)
+
+            purged = self._ctx.run(work)
+            total += purged
+            if purged < batch:
+                break
+        return total
+
+    def housekeeping(self) -> Housekeeping:
+        """One round: void lots a dead process left minting, forget expired request ids."""
+        return Housekeeping(self.abandon_stale_lots(), self.purge_idempotency())
+
+    def start_housekeeping(self, period: float) -> threading.Thread:
+        """Run ``housekeeping`` every ``period`` seconds on a background thread until the
+        domain closes (``close`` waits for a round in progress)."""
+        closing = self._ctx.closing
+
+        def loop() -> None:
+            while not closing.wait(period):
+                try:
+                    done = self.housekeeping()
+                except Exception:  # retried next period
+                    log.exception("housekeeping failed")
+                    continue
+                if done.abandoned_lots or done.purged_request_ids:
+                    log.info(
+                        "housekeeping: voided %d abandoned lot(s) %s, forgot %d expired request id(s)",
+                        len(done.abandoned_lots),
+                        done.abandoned_lots,
+                        done.purged_request_ids,
+                    )
+
+        thread = threading.Thread(target=loop, name="cardmint-housekeeping", daemon=True)
+        thread.start()
+        self._housekeeper = thread
+        return thread
 
     def abandon_stale_lots(self, older_than_seconds: int = 3600) -> list[int]:
         """Void lots a dead process left ``minting`` (run on start and now and then)."""

@@ -1191,9 +1191,19 @@ class SqlTx(ABC):
         if cur.rowcount != 1:
             raise NotFoundError(f"no open idempotency claim {key!r} for {scope}")
 
-    def purge_idempotency(self, before: datetime) -> int:
+    def purge_idempotency(self, before: datetime, limit: int | None = None) -> int:
+        """Forget request ids recorded before ``before`` (past the idempotency window): at
+        most ``limit`` of them, oldest first (None: all), so a purge runs in short
+        transactions; how many went."""
+        if limit is None:
+            return self._execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?", (self._ts(before),)
+            ).rowcount
+        _positive(limit, "limit")
         return self._execute(
-            "DELETE FROM idempotency_keys WHERE created_at < ?", (self._ts(before),)
+            "DELETE FROM idempotency_keys WHERE (scope, key) IN (SELECT scope, key FROM idempotency_keys"
+            " WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+            (self._ts(before), limit),
         ).rowcount
 
     # -- failed-attempt counters

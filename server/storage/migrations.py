@@ -475,6 +475,12 @@ CREATE INDEX loss_reports_status ON loss_reports (status, id);
 CREATE INDEX loss_reports_account ON loss_reports (account_id, id);
 """
 
+# v17: idempotency keys expire (DomainConfig.idempotency_days, purged by the housekeeping
+# thread oldest first in short batches): an index on their age.
+_V17 = """
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
@@ -488,4 +494,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "loss reports", _V10),
     Migration(11, "order payment method", _V11),
     Migration(12, "journals", "", postgres=_V12_POSTGRES),
+    Migration(17, "idempotency expiry", _V17),
 )

@@ -53,6 +53,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(PY) kernel/tools/gen_normtable.py --check
 	$(PY) proto/generate.py --check
+	$(PY) proto/gendoc.py --check
 	cd /tmp && $(abspath $(PY)) -m mypy --config-file $(CURDIR)/pyproject.toml -p cardmint.kernel -p cardmint.cli -p cardmint.server -p cardmint.client
 
 rust-check:

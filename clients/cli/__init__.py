@@ -5,6 +5,7 @@
     cardmint bench [--quick] [--json FILE] [--server [--pg DSN]]
     cardmint serve [--db URL] [--listen ADDR]
     cardmint token create --role ROLE [--db URL]
+    cardmint backup --out DIR [--db URL] [--var DIR] [--no-keys]
 
 Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
 127.0.0.1:50051, and --token T, default $CARDMINT_TOKEN; amounts in major units):
@@ -88,11 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--pg", metavar="DSN", help="with --server: also bench on this PostgreSQL database")
 
-    from . import admin, audit, card, lot, order, product, serve
+    from . import admin, audit, backup, card, lot, order, product, serve
 
     serve.add_parser(sub)
     admin.add_parser(sub)
     audit.add_parser(sub)
+    backup.add_parser(sub)
     product.add_parser(sub)
     lot.add_parser(sub)
     card.add_parser(sub)
@@ -142,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .admin import run as run_token
 
             return run_token(args)
+        if args.command == "backup":
+            from .backup import run as run_backup
+
+            return run_backup(args)
         if args.command == "audit":  # its one subcommand, verify, is required by the parser
             from .audit import run as run_audit
 

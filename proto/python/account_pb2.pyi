@@ -58,6 +58,8 @@ Global___BulkBindStatus: _TypeAlias = BulkBindStatus  # noqa: Y015
 
 @_typing.final
 class CreateTokenRequest(_message.Message):
+    """Which token to mint: its role, a note, and for a customer token its account."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLE_FIELD_NUMBER: _builtins.int
@@ -86,6 +88,8 @@ Global___CreateTokenRequest: _TypeAlias = CreateTokenRequest  # noqa: Y015
 
 @_typing.final
 class CreateTokenResponse(_message.Message):
+    """The new token: its secret (this once) and its id."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -93,6 +97,7 @@ class CreateTokenResponse(_message.Message):
     token: _builtins.str
     """The bearer token: shown this once, never again."""
     id: _builtins.int
+    """The token's id, for ListTokens and RevokeToken."""
     def __init__(
         self,
         *,
@@ -109,11 +114,15 @@ Global___CreateTokenResponse: _TypeAlias = CreateTokenResponse  # noqa: Y015
 
 @_typing.final
 class ListTokensRequest(_message.Message):
+    """Which page of tokens to list."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def page(self) -> _common_pb2.PageRequest: ...
+    def page(self) -> _common_pb2.PageRequest:
+        """The page to return (at most 500 tokens a page)."""
+
     def __init__(
         self,
         *,
@@ -140,12 +149,17 @@ class TokenInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """The token's id (what RevokeToken takes)."""
     role: _builtins.str
+    """admin, operator, merchant or customer."""
     label: _builtins.str
+    """The note given at creation."""
     account: _builtins.str
     """The account a customer token acts for."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was minted."""
+
     @_builtins.property
     def revoked_at(self) -> _timestamp_pb2.Timestamp:
         """Set once revoked."""
@@ -170,14 +184,20 @@ Global___TokenInfo: _TypeAlias = TokenInfo  # noqa: Y015
 
 @_typing.final
 class ListTokensResponse(_message.Message):
+    """One page of tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenInfo]: ...
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenInfo]:
+        """This page's tokens, oldest first."""
+
     @_builtins.property
-    def page(self) -> _common_pb2.PageResponse: ...
+    def page(self) -> _common_pb2.PageResponse:
+        """Where the next page starts."""
+
     def __init__(
         self,
         *,
@@ -194,10 +214,13 @@ Global___ListTokensResponse: _TypeAlias = ListTokensResponse  # noqa: Y015
 
 @_typing.final
 class RevokeTokenRequest(_message.Message):
+    """Which token to revoke."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """The token's id (from CreateToken or ListTokens)."""
     def __init__(
         self,
         *,
@@ -213,6 +236,8 @@ Global___RevokeTokenRequest: _TypeAlias = RevokeTokenRequest  # noqa: Y015
 
 @_typing.final
 class RevokeTokenResponse(_message.Message):
+    """Nothing: the token no longer authenticates (or never did)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -236,10 +261,13 @@ class Organization(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """The organization's id."""
     name: _builtins.str
     """Unique name, chosen at creation."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was opened."""
+
     def __init__(
         self,
         *,
@@ -266,12 +294,15 @@ class Department(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """The department's id."""
     organization: _builtins.str
     """The organization's name."""
     name: _builtins.str
     """Unique within the organization."""
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was added."""
+
     def __init__(
         self,
         *,
@@ -330,6 +361,8 @@ Global___Member: _TypeAlias = Member  # noqa: Y015
 
 @_typing.final
 class CreateOrganizationRequest(_message.Message):
+    """A new organization's name."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -354,6 +387,8 @@ Global___CreateOrganizationRequest: _TypeAlias = CreateOrganizationRequest  # no
 
 @_typing.final
 class CreateDepartmentRequest(_message.Message):
+    """A new department of an organization."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ORGANIZATION_FIELD_NUMBER: _builtins.int
@@ -382,6 +417,8 @@ Global___CreateDepartmentRequest: _TypeAlias = CreateDepartmentRequest  # noqa: 
 
 @_typing.final
 class ListDepartmentsRequest(_message.Message):
+    """Whose departments to list."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ORGANIZATION_FIELD_NUMBER: _builtins.int
@@ -402,6 +439,8 @@ Global___ListDepartmentsRequest: _TypeAlias = ListDepartmentsRequest  # noqa: Y0
 
 @_typing.final
 class ListDepartmentsResponse(_message.Message):
+    """The departments the caller may see."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEPARTMENTS_FIELD_NUMBER: _builtins.int
@@ -424,6 +463,8 @@ Global___ListDepartmentsResponse: _TypeAlias = ListDepartmentsResponse  # noqa: 
 
 @_typing.final
 class AddMemberRequest(_message.Message):
+    """Who joins (or moves within) an organization, where, with which role."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ORGANIZATION_FIELD_NUMBER: _builtins.int
@@ -468,6 +509,8 @@ Global___AddMemberRequest: _TypeAlias = AddMemberRequest  # noqa: Y015
 
 @_typing.final
 class AddMemberResponse(_message.Message):
+    """The membership, and the member's new token when one was asked for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBER_FIELD_NUMBER: _builtins.int
@@ -481,7 +524,9 @@ class AddMemberResponse(_message.Message):
     replayed: _builtins.bool
     """True when this answers a repeated request_id."""
     @_builtins.property
-    def member(self) -> Global___Member: ...
+    def member(self) -> Global___Member:
+        """The membership as it now stands."""
+
     def __init__(
         self,
         *,
@@ -500,6 +545,8 @@ Global___AddMemberResponse: _TypeAlias = AddMemberResponse  # noqa: Y015
 
 @_typing.final
 class RemoveMemberRequest(_message.Message):
+    """Who leaves which organization."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ORGANIZATION_FIELD_NUMBER: _builtins.int
@@ -528,6 +575,8 @@ Global___RemoveMemberRequest: _TypeAlias = RemoveMemberRequest  # noqa: Y015
 
 @_typing.final
 class RemoveMemberResponse(_message.Message):
+    """Nothing: the account is no longer a member (or never was)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -543,6 +592,8 @@ Global___RemoveMemberResponse: _TypeAlias = RemoveMemberResponse  # noqa: Y015
 
 @_typing.final
 class ListMembersRequest(_message.Message):
+    """Which organization's members to list, optionally one department's."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ORGANIZATION_FIELD_NUMBER: _builtins.int
@@ -553,7 +604,9 @@ class ListMembersRequest(_message.Message):
     department: _builtins.str
     """Only this department's members; empty: all the caller may see."""
     @_builtins.property
-    def page(self) -> _common_pb2.PageRequest: ...
+    def page(self) -> _common_pb2.PageRequest:
+        """The page to return (at most 500 members a page)."""
+
     def __init__(
         self,
         *,
@@ -571,14 +624,20 @@ Global___ListMembersRequest: _TypeAlias = ListMembersRequest  # noqa: Y015
 
 @_typing.final
 class ListMembersResponse(_message.Message):
+    """One page of members."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMBERS_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
+        """This page's members, by account."""
+
     @_builtins.property
-    def page(self) -> _common_pb2.PageResponse: ...
+    def page(self) -> _common_pb2.PageResponse:
+        """Where the next page starts."""
+
     def __init__(
         self,
         *,
@@ -595,6 +654,8 @@ Global___ListMembersResponse: _TypeAlias = ListMembersResponse  # noqa: Y015
 
 @_typing.final
 class VerifyRealNameRequest(_message.Message):
+    """Whose real name staff verified."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -619,6 +680,8 @@ Global___VerifyRealNameRequest: _TypeAlias = VerifyRealNameRequest  # noqa: Y015
 
 @_typing.final
 class GetAccountRequest(_message.Message):
+    """Whose facts to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
@@ -648,6 +711,7 @@ class AccountFacts(_message.Message):
     REAL_NAME_VERIFIED_AT_FIELD_NUMBER: _builtins.int
     MEMBER_FIELD_NUMBER: _builtins.int
     account: _builtins.str
+    """The account (external id)."""
     kind: _builtins.str
     """"individual" or "organization_member"."""
     @_builtins.property
@@ -676,6 +740,8 @@ Global___AccountFacts: _TypeAlias = AccountFacts  # noqa: Y015
 
 @_typing.final
 class BulkBindRequest(_message.Message):
+    """Rows of (card, recipient) to bind, row i of `cards` with row i of `recipients`."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ORGANIZATION_FIELD_NUMBER: _builtins.int
@@ -712,6 +778,8 @@ Global___BulkBindRequest: _TypeAlias = BulkBindRequest  # noqa: Y015
 
 @_typing.final
 class BulkBindResponse(_message.Message):
+    """One result per request row, in order."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int

@@ -53,6 +53,8 @@ Global___CardStatus: _TypeAlias = CardStatus  # noqa: Y015
 
 @_typing.final
 class ViewSecretRequest(_message.Message):
+    """Which card's secret code to show, and whether in full."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIAL_FIELD_NUMBER: _builtins.int
@@ -77,12 +79,15 @@ Global___ViewSecretRequest: _TypeAlias = ViewSecretRequest  # noqa: Y015
 
 @_typing.final
 class SecretView(_message.Message):
+    """A card's secret code, masked or in full."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIAL_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     MASKED_FIELD_NUMBER: _builtins.int
     serial: _builtins.str
+    """The card number."""
     code: _builtins.str
     """Display form (XXXX-XXXX-XXXX-XXXX); all but the last 4 symbols masked unless step-up."""
     masked: _builtins.bool

@@ -5,9 +5,10 @@ Types shared by every cardmint service.
 
 Services of this package, one file each: KeyService (keys.proto), CatalogService
 (catalog.proto), LotService (lot.proto), CardService (card.proto), BalanceService
-(balance.proto). Reserved for the next issues, in files of their own:
-OrderService (order.proto), ComplianceService (compliance.proto) and
-AccountService (account.proto).
+(balance.proto), EventService (event.proto), OrderService (order.proto),
+ComplianceService (compliance.proto) and AccountService (account.proto).
+docs/api-reference.md is generated from the comments in these files
+(proto/gendoc.py).
 
 Errors: every failed call ends with a gRPC status whose details (google.rpc.Status
 details, key `grpc-status-details-bin`) hold a google.rpc.ErrorInfo with domain

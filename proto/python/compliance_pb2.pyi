@@ -52,6 +52,8 @@ Global___LossReportStatus: _TypeAlias = LossReportStatus  # noqa: Y015
 
 @_typing.final
 class ReportLossRequest(_message.Message):
+    """A holder's (or staff's) report that a card was lost or stolen."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIAL_FIELD_NUMBER: _builtins.int
@@ -86,6 +88,8 @@ Global___ReportLossRequest: _TypeAlias = ReportLossRequest  # noqa: Y015
 
 @_typing.final
 class ReviewLossRequest(_message.Message):
+    """Staff's decision on a pending loss report."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REPORT_ID_FIELD_NUMBER: _builtins.int
@@ -118,6 +122,8 @@ Global___ReviewLossRequest: _TypeAlias = ReviewLossRequest  # noqa: Y015
 
 @_typing.final
 class ListLossReportsRequest(_message.Message):
+    """Which loss reports to list."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
@@ -125,7 +131,9 @@ class ListLossReportsRequest(_message.Message):
     status: Global___LossReportStatus.ValueType
     """Only reports in this state; unspecified for all."""
     @_builtins.property
-    def page(self) -> _common_pb2.PageRequest: ...
+    def page(self) -> _common_pb2.PageRequest:
+        """The page to return (at most 500 reports a page)."""
+
     def __init__(
         self,
         *,
@@ -142,14 +150,20 @@ Global___ListLossReportsRequest: _TypeAlias = ListLossReportsRequest  # noqa: Y0
 
 @_typing.final
 class ListLossReportsResponse(_message.Message):
+    """One page of loss reports."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REPORTS_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___LossReport]: ...
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___LossReport]:
+        """This page's reports, oldest first."""
+
     @_builtins.property
-    def page(self) -> _common_pb2.PageResponse: ...
+    def page(self) -> _common_pb2.PageResponse:
+        """Where the next page starts."""
+
     def __init__(
         self,
         *,
@@ -184,7 +198,9 @@ class LossReport(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """The report's id (what ReviewLoss takes)."""
     status: Global___LossReportStatus.ValueType
+    """Where the report is in its review."""
     account: _builtins.str
     """The holder's account (external id)."""
     reason: _builtins.str
@@ -202,7 +218,9 @@ class LossReport(_message.Message):
         """The reported card as it is now (frozen while pending, void once reissued)."""
 
     @_builtins.property
-    def reported_at(self) -> _timestamp_pb2.Timestamp: ...
+    def reported_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was reported."""
+
     @_builtins.property
     def reviewed_at(self) -> _timestamp_pb2.Timestamp:
         """When; unset while pending."""
@@ -244,6 +262,8 @@ Global___LossReport: _TypeAlias = LossReport  # noqa: Y015
 
 @_typing.final
 class VerifyAuditRequest(_message.Message):
+    """An optional anchor to check the audit chain against."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EXPECT_EVENTS_FIELD_NUMBER: _builtins.int
@@ -270,6 +290,8 @@ Global___VerifyAuditRequest: _TypeAlias = VerifyAuditRequest  # noqa: Y015
 
 @_typing.final
 class VerifyAuditResponse(_message.Message):
+    """The verdict on the audit chain."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OK_FIELD_NUMBER: _builtins.int
@@ -278,6 +300,7 @@ class VerifyAuditResponse(_message.Message):
     FIRST_BAD_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
     ok: _builtins.bool
+    """True when every event checks out (and the anchor, if given, matches)."""
     events: _builtins.int
     """Events that check out, from the first."""
     head_hash: _builtins.bytes
@@ -305,6 +328,8 @@ Global___VerifyAuditResponse: _TypeAlias = VerifyAuditResponse  # noqa: Y015
 
 @_typing.final
 class ImportBlacklistRequest(_message.Message):
+    """Stolen codes reported by a partner, to blacklist (and freeze where issued)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SOURCE_FIELD_NUMBER: _builtins.int
@@ -343,6 +368,8 @@ Global___ImportBlacklistRequest: _TypeAlias = ImportBlacklistRequest  # noqa: Y0
 
 @_typing.final
 class ImportBlacklistResponse(_message.Message):
+    """What the import found and did."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RECEIVED_FIELD_NUMBER: _builtins.int
@@ -379,6 +406,8 @@ Global___ImportBlacklistResponse: _TypeAlias = ImportBlacklistResponse  # noqa: 
 
 @_typing.final
 class FreezeRequest(_message.Message):
+    """Which card to freeze, and why."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIAL_FIELD_NUMBER: _builtins.int
@@ -403,6 +432,8 @@ Global___FreezeRequest: _TypeAlias = FreezeRequest  # noqa: Y015
 
 @_typing.final
 class UnfreezeRequest(_message.Message):
+    """Which card to unfreeze, and why."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SERIAL_FIELD_NUMBER: _builtins.int
@@ -427,6 +458,8 @@ Global___UnfreezeRequest: _TypeAlias = UnfreezeRequest  # noqa: Y015
 
 @_typing.final
 class ListReportsRequest(_message.Message):
+    """Which reports to list."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
@@ -434,7 +467,9 @@ class ListReportsRequest(_message.Message):
     kind: _builtins.str
     """"aml", "alert", or empty for both."""
     @_builtins.property
-    def page(self) -> _common_pb2.PageRequest: ...
+    def page(self) -> _common_pb2.PageRequest:
+        """The page to return (at most 500 reports a page)."""
+
     def __init__(
         self,
         *,
@@ -463,6 +498,7 @@ class Report(_message.Message):
     DETAIL_JSON_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """The report's id."""
     kind: _builtins.str
     """"aml" (a movement above the profile's threshold) or "alert"."""
     subject: _builtins.str
@@ -472,7 +508,9 @@ class Report(_message.Message):
     profile: _builtins.str
     """The compliance profile that filed it (name@version)."""
     @_builtins.property
-    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When it was filed."""
+
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """The movement's amount, when the report is about one."""
@@ -498,14 +536,20 @@ Global___Report: _TypeAlias = Report  # noqa: Y015
 
 @_typing.final
 class ListReportsResponse(_message.Message):
+    """One page of reports."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REPORTS_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___Report]: ...
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___Report]:
+        """This page's reports."""
+
     @_builtins.property
-    def page(self) -> _common_pb2.PageResponse: ...
+    def page(self) -> _common_pb2.PageResponse:
+        """Where the next page starts."""
+
     def __init__(
         self,
         *,

@@ -21,6 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class SubscribeRequest(_message.Message):
+    """Where to start reading the events, and which kinds."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AFTER_ID_FIELD_NUMBER: _builtins.int
@@ -87,6 +89,8 @@ Global___Event: _TypeAlias = Event  # noqa: Y015
 
 @_typing.final
 class GetHeadRequest(_message.Message):
+    """Nothing to ask."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -102,6 +106,8 @@ Global___GetHeadRequest: _TypeAlias = GetHeadRequest  # noqa: Y015
 
 @_typing.final
 class GetHeadResponse(_message.Message):
+    """The newest event id."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HEAD_ID_FIELD_NUMBER: _builtins.int

@@ -1,8 +1,8 @@
-"""docs/quickstart.md, run as written: ``cardmint serve``, then the second shell block.
+"""README.md's quick start, run as written: ``cardmint serve``, then the second shell block.
 
-The commands are parsed out of the document's ``sh`` blocks, so the quick start cannot rot:
-the only changes are ``--listen 127.0.0.1:0`` on serve (an ephemeral port) and
-``CARDMINT_SERVER`` pointing the other commands at it.
+The commands are parsed out of the ``sh`` blocks between the README's ``quickstart``
+markers, so the quick start cannot rot: the only changes are ``--listen 127.0.0.1:0`` on
+serve (an ephemeral port) and ``CARDMINT_SERVER`` pointing the other commands at it.
 """
 
 from __future__ import annotations
@@ -18,11 +18,23 @@ from pathlib import Path
 
 from tests.cli_server.conftest import cli_env
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
+START, END = "<!-- quickstart:start -->", "<!-- quickstart:end -->"
 
 
 def shell_blocks() -> list[str]:
-    return re.findall(r"^```sh\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
+    text = README.read_text()
+    assert text.count(START) == 1 and text.count(END) == 1, "the README marks one quick start"
+    inner = text.split(START, 1)[1].split(END, 1)[0]
+    return re.findall(r"^```sh\n(.*?)^```", inner, flags=re.S | re.M)
+
+
+def test_the_quick_start_comes_right_after_the_intro() -> None:
+    """The README opens with the two commands, then the intro, then the quick start."""
+    lines = README.read_text().splitlines()
+    assert lines[0].split()[:2] == ["make", "run"] and lines[1].split()[:2] == ["make", "test"]
+    headings = [ln for ln in lines if ln.startswith("#")]
+    assert headings[:2] == ["# cardmint", "## Quick start: five minutes to a redeemed card"]
 
 
 def _wait_for_port(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:

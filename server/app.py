@@ -213,6 +213,7 @@ def serve(
     log_level: str = "info",
     trace: str | None = None,
     tls: TlsFiles | None = None,
+    trusted_proxies: tuple[str, ...] = (),
 ) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls for up to ``grace`` s; 0.
 
@@ -238,7 +239,7 @@ def serve(
         listen,
         var_dir,
         workers=workers,
-        config=DomainConfig(profile=profile),
+        config=DomainConfig(profile=profile, trusted_proxies=trusted_proxies),
         metrics=metrics,
         tracer_provider=provider,
         tls=tls,

@@ -47,6 +47,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "(OTEL_EXPORTER_OTLP_ENDPOINT); needs the tracing extra (default: off)",
     )
     p.add_argument(
+        "--trusted-proxy",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help="a load balancer or proxy (address or CIDR; repeatable) whose x-forwarded-for names "
+        "the client, for the per-address limits (default: none, the peer is the client)",
+    )
+    p.add_argument(
         "--tls-cert", metavar="FILE", help="serve TLS with this PEM certificate chain (needs --tls-key)"
     )
     p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key (mode 0600)")
@@ -94,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"--trace {args.trace}: {e.name or e} is not installed (pip install 'cardmint[tracing]')"
             ) from None
+    from cardmint.server.api._convert import trusted_networks
+
+    try:
+        trusted_networks(args.trusted_proxy)
+    except ValueError as e:
+        raise UsageError(f"--trusted-proxy: {e}") from None
     tls = None
     if args.tls_cert or args.tls_key or args.client_ca:
         from cardmint.server.tls import TlsError, TlsFiles, server_credentials
@@ -119,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         trace=args.trace,
         tls=tls,
+        trusted_proxies=tuple(args.trusted_proxy),
     )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import grpc
@@ -113,13 +114,75 @@ def peer_address(peer: str) -> str | None:
     return peer or None
 
 
-def client_origin(context: grpc.ServicerContext) -> Origin:
-    """Where the call came from: the peer address (behind a proxy: the proxy's) and the
-    device id an app sends in ``x-device-id`` metadata (printable ASCII, at most 128)."""
+FORWARDED_HEADER = "x-forwarded-for"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """The proxies whose ``x-forwarded-for`` is believed (``DomainConfig.trusted_proxies``):
+    CIDRs or single addresses. A bad one is a ValueError naming it."""
+    out = []
+    for cidr in cidrs:
+        try:
+            out.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"trusted proxy {cidr!r} is not an IP address or CIDR network") from None
+    return tuple(out)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.strip().removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    return ip
+
+
+def _label(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    return f"ipv{ip.version}:{ip}"
+
+
+def client_address(context: grpc.ServicerContext, trusted: Sequence[Network] = ()) -> str | None:
+    """The client's address, as the risk counters and reservation caps count it.
+
+    The connection's peer, unless that peer is a trusted proxy (``trusted``): then the
+    ``x-forwarded-for`` chain is walked from its right end (the hop the proxy itself added)
+    past every trusted proxy, and the first address that is not one is the client. Anything
+    left of it was written by the client and is not believed; a malformed hop ends the walk
+    at the last trusted proxy (the address a caller cannot forge)."""
+    direct = peer_address(context.peer() or "")
+    if not trusted or direct is None:
+        return direct
+    kind, _, host = direct.partition(":")
+    peer_ip = _ip(host) if kind in ("ipv4", "ipv6") else None
+    if peer_ip is None or not any(peer_ip in net for net in trusted):
+        return direct
+    hops: list[str] = []
+    for key, value in context.invocation_metadata() or ():
+        if key == FORWARDED_HEADER and isinstance(value, str):
+            hops += value.split(",")  # several headers: one list, in order
+    last = peer_ip
+    for hop in reversed(hops):
+        ip = _ip(hop)
+        if ip is None:
+            break
+        if not any(ip in net for net in trusted):
+            return _label(ip)
+        last = ip
+    return _label(last)
+
+
+def client_origin(context: grpc.ServicerContext, trusted: Sequence[Network] = ()) -> Origin:
+    """Where the call came from: the client's address (``client_address``: behind a
+    trusted proxy, the one it forwarded) and the device id an app sends in
+    ``x-device-id`` metadata (printable ASCII, at most 128)."""
     device, challenged = None, False
     for key, value in context.invocation_metadata() or ():
         if key == DEVICE_HEADER and isinstance(value, str) and value.isprintable() and value.isascii():
             device = value.strip()[:128] or None
         elif key == CHALLENGE_HEADER and isinstance(value, str):
             challenged = value.strip().lower() in {"1", "true", "yes"}
-    return Origin(address=peer_address(context.peer() or ""), device=device, challenged=challenged)
+    return Origin(address=client_address(context, trusted), device=device, challenged=challenged)

@@ -6,7 +6,7 @@ import grpc
 from cardmint.server.domain import CardView, Domain
 from cardmint.v1 import card_pb2, card_pb2_grpc
 
-from ._convert import client_origin, money, timestamp
+from ._convert import client_origin, money, timestamp, trusted_networks
 from .auth import current_principal
 
 __all__ = ["CardServicer", "card_message"]
@@ -35,6 +35,7 @@ def card_message(card: CardView) -> card_pb2.Card:
 class CardServicer(card_pb2_grpc.CardServiceServicer):
     def __init__(self, domain: Domain) -> None:
         self._cards = domain.cards
+        self._trusted = trusted_networks(domain.config.trusted_proxies)
 
     def BindCard(  # noqa: N802 - grpc's generated method names
         self, request: card_pb2.BindCardRequest, context: grpc.ServicerContext
@@ -44,7 +45,7 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
             request.code,
             serial=request.serial or None,
             account=request.account or None,
-            origin=client_origin(context),
+            origin=client_origin(context, self._trusted),
         )
         return card_pb2.BindCardResponse(
             card=card_message(receipt.card),
@@ -63,6 +64,9 @@ class CardServicer(card_pb2_grpc.CardServiceServicer):
         self, request: card_pb2.ViewSecretRequest, context: grpc.ServicerContext
     ) -> card_pb2.SecretView:
         view = self._cards.view_secret(
-            current_principal(), request.serial, step_up=request.step_up, origin=client_origin(context)
+            current_principal(),
+            request.serial,
+            step_up=request.step_up,
+            origin=client_origin(context, self._trusted),
         )
         return card_pb2.SecretView(serial=view.serial, code=view.code, masked=view.masked)

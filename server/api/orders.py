@@ -6,10 +6,10 @@ import grpc
 from cardmint.server.domain import DeliveredCode, Domain, InvalidArgument, OrderLine, OrderStatus, OrderView
 from cardmint.v1 import card_pb2, common_pb2, order_pb2, order_pb2_grpc
 
-from ._convert import money, page_cursor, page_size, timestamp
+from ._convert import client_address, money, page_cursor, page_size, timestamp, trusted_networks
 from .auth import current_principal
 
-__all__ = ["OrderServicer", "order_message", "peer_address"]
+__all__ = ["OrderServicer", "order_message"]
 
 MAX_PAGE = 500
 _STATUS_OUT = {
@@ -27,18 +27,6 @@ _CARD_STATUS = {
     "void": card_pb2.CARD_STATUS_VOID,
     "expired": card_pb2.CARD_STATUS_EXPIRED,
 }
-
-
-def peer_address(peer: str) -> str:
-    """The caller's host from grpc's ``context.peer()`` ("ipv4:10.0.0.7:53211" →
-    "ipv4:10.0.0.7", "ipv6:[::1]:53211" → "ipv6:[::1]"): one address, whatever the port."""
-    scheme, _, rest = peer.partition(":")
-    if scheme == "ipv4":
-        return f"ipv4:{rest.rsplit(':', 1)[0]}"
-    if scheme == "ipv6":
-        host = rest.rsplit("]", 1)[0] + "]" if rest.startswith("[") else rest.rsplit(":", 1)[0]
-        return f"ipv6:{host}"
-    return peer
 
 
 def _code(c: DeliveredCode) -> order_pb2.DeliveredCode:
@@ -97,6 +85,7 @@ def _method(value: order_pb2.PaymentMethod.ValueType, field: str) -> str:
 class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     def __init__(self, domain: Domain) -> None:
         self._orders = domain.orders
+        self._trusted = trusted_networks(domain.config.trusted_proxies)
 
     def StockPool(  # noqa: N802 - grpc's generated method names
         self, request: order_pb2.StockPoolRequest, context: grpc.ServicerContext
@@ -132,7 +121,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
             [OrderLine(i.sku, i.face_value_minor_units, i.quantity) for i in request.items],
             request_id=request.request_id,
             account=request.account or None,
-            peer=peer_address(context.peer()),
+            peer=client_address(context, self._trusted) or "",
             client_address=request.client_address or None,
             payment_method=_method(request.payment_method, "payment_method"),
         )

@@ -63,6 +63,9 @@ class DomainConfig:
     held_codes_per_address: int = 200
     order_reveals_per_hour: int = 60  # full views of delivered codes, per account
     order_sweep_seconds: float = 5.0  # the background sweeper's period (0 = no sweeper thread)
+    # Proxies (CIDRs) whose x-forwarded-for names the client: behind a load balancer the
+    # per-address limits count the forwarded client, not the balancer (server/api/_convert.py).
+    trusted_proxies: tuple[str, ...] = ()
     # The idempotency window: a request id is answered as the first call for this many days,
     # then forgotten (0 = kept forever). Payment ids of orders are unique forever regardless.
     idempotency_days: int = 30

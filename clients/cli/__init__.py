@@ -23,6 +23,7 @@ Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
     cardmint balance [--card SERIAL | --account A]
     cardmint redeem --card SERIAL --amount N [--request-id ID]
     cardmint reverse --transaction ID --amount N --currency CUR [--request-id ID]
+    cardmint transfer --from SERIAL --to SERIAL --amount N [--currency CUR] [--request-id ID]
     cardmint order stock --product SKU -n N [--face-value V] | --lot ID
     cardmint order pool --product SKU
     cardmint order create --product SKU [-n N] [--face-value V] [--account A] [--request-id ID] [-q]
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .order import run as run_order
 
             return run_order(args)
-        if args.command in ("card", "balance", "redeem", "reverse"):
+        if args.command in ("card", "balance", "redeem", "reverse", "transfer"):
             from .card import run as run_card
 
             return run_card(args)

@@ -1,4 +1,4 @@
-"""Cards and money, by hand: ``card bind|get``, ``balance``, ``redeem``, ``reverse``.
+"""Cards and money, by hand: ``card bind|get``, ``balance``, ``redeem``, ``reverse``, ``transfer``.
 
     cardmint card bind --code XXXX-XXXX-XXXX-XXXX [--account alice]
     cardmint card bulk-bind FILE.csv --out RESULTS.csv [--organization ORG] [--request-id ID]
@@ -8,8 +8,9 @@
     cardmint balance [--card SERIAL | --account A]
     cardmint redeem --card SERIAL --amount 25 [--request-id ID]
     cardmint reverse --transaction ID --amount 25 --currency CNY [--request-id ID]
+    cardmint transfer --from SERIAL --to SERIAL --amount 25 [--currency CNY] [--request-id ID]
 
-Amounts are in the currency's major unit. ``redeem`` and ``reverse`` are idempotent by
+Amounts are in the currency's major unit. ``redeem``, ``reverse`` and ``transfer`` are idempotent by
 request id: when none is given one is made up and printed (stderr) before the call, so an
 interrupted or failed call can be repeated with ``--request-id`` without moving money twice.
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from cardmint.client import Client
     from cardmint.v1 import balance_pb2, card_pb2, compliance_pb2
 
-COMMANDS = ("card", "balance", "redeem", "reverse")
+COMMANDS = ("card", "balance", "redeem", "reverse", "transfer")
 _STATUS = {1: "active", 2: "frozen", 3: "void", 4: "expired"}
 
 
@@ -95,6 +96,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rev.add_argument("--request-id", help="idempotency key (default: a new one, printed)")
     _remote.add_common(rev)
 
+    move = sub.add_parser(
+        "transfer", help="move part of a card's balance onto another card of the same holder"
+    )
+    move.add_argument(
+        "--from", dest="from_card", required=True, metavar="SERIAL", help="the card the money leaves"
+    )
+    move.add_argument(
+        "--to", dest="to_card", required=True, metavar="SERIAL", help="the card the money goes to"
+    )
+    move.add_argument("--amount", required=True, help="how much, in the cards' currency (major unit)")
+    move.add_argument("--currency", help="the cards' currency (default: the source card's)")
+    move.add_argument("--request-id", help="idempotency key (default: a new one, printed)")
+    _remote.add_common(move)
+
 
 def describe(card: card_pb2.Card) -> str:
     bal, face = card.balance, card.face_value
@@ -118,6 +133,17 @@ def _receipt(verb: str, r: balance_pb2.MoneyReceipt, request_id: str) -> str:
         f"{verb} {_remote.fmt_money(amount.minor_units, amount.currency)} on card {r.serial}; "
         f"balance {_remote.fmt_money(after.minor_units, after.currency)}; "
         f"transaction {r.transaction_id}; request id {request_id}{replay}"
+    )
+
+
+def _transfer(r: balance_pb2.TransferReceipt, request_id: str) -> str:
+    cur = r.amount.currency
+    replay = " (replayed: this request id was already done; nothing moved now)" if r.replayed else ""
+    return (
+        f"moved {_remote.fmt_money(r.amount.minor_units, cur)} from card {r.from_serial} "
+        f"(balance {_remote.fmt_money(r.from_balance_after.minor_units, cur)}) to card {r.to_serial} "
+        f"(balance {_remote.fmt_money(r.to_balance_after.minor_units, cur)}); "
+        f"transactions {r.out_transaction_id}, {r.in_transaction_id}; request id {request_id}{replay}"
     )
 
 
@@ -223,6 +249,11 @@ def _run(args: argparse.Namespace) -> int:
             amount = _remote.to_minor(args.amount, cur, "--amount")
             rid = _request_id(args)
             print(_receipt("redeemed", c.redeem(args.card, amount, cur, request_id=rid), rid))
+        elif args.command == "transfer":
+            cur = (args.currency or c.get_card(args.from_card).balance.currency).upper()
+            amount = _remote.to_minor(args.amount, cur, "--amount")
+            rid = _request_id(args)
+            print(_transfer(c.transfer(args.from_card, args.to_card, amount, cur, request_id=rid), rid))
         else:  # reverse
             amount = _remote.to_minor(args.amount, args.currency, "--amount")
             rid = _request_id(args)

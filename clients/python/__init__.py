@@ -107,10 +107,12 @@ __all__ = [
     "NotCardHolder",
     "NotRefundable",
     "NotReversible",
+    "NotSameHolder",
     "OrderNotFound",
     "OrderWrongState",
     "OrganizationExists",
     "OrganizationNotFound",
+    "OverFaceValue",
     "PaymentMismatch",
     "PermissionDenied",
     "ProductExists",
@@ -269,6 +271,18 @@ class CurrencyMismatch(FailedPrecondition):
 
 class NotReversible(FailedPrecondition):
     reason = "NOT_REVERSIBLE"
+
+
+class NotSameHolder(FailedPrecondition):
+    """A transfer between cards of two holders (or a bound and a bearer card): refused."""
+
+    reason = "NOT_SAME_HOLDER"
+
+
+class OverFaceValue(FailedPrecondition):
+    """A transfer would take the target card past its face value; metadata ``room``."""
+
+    reason = "OVER_FACE_VALUE"
 
 
 class IdempotencyKeyReused(FailedPrecondition):
@@ -473,6 +487,8 @@ ERRORS: dict[str, type[CardmintError]] = {
         CurrencyMismatch,
         TransactionNotFound,
         NotReversible,
+        NotSameHolder,
+        OverFaceValue,
         IdempotencyKeyReused,
         Contention,
         OrderNotFound,
@@ -1016,6 +1032,25 @@ class Client:
             amount_minor_units=amount,
         )
         return self._call(self.balances.Reverse, request, retry=True)
+
+    def transfer(
+        self, from_serial: str, to_serial: str, amount: int, currency: str, *, request_id: str | None = None
+    ) -> balance_pb2.TransferReceipt:
+        """Move ``amount`` from one card onto another of the same holder (idempotent on
+        ``request_id``: a retry with the same id answers the first transfer's receipt)."""
+        request = balance_pb2.TransferRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            from_serial=from_serial,
+            to_serial=to_serial,
+            amount=common_pb2.Money(minor_units=amount, currency=currency),
+        )
+        return self._call(self.balances.Transfer, request, retry=True)
+
+    def reconcile(self, serials: Sequence[str]) -> balance_pb2.ReconcileResponse:
+        """Staff: the cards' balances and ledger totals, read in one snapshot."""
+        return self._call(
+            self.balances.Reconcile, balance_pb2.ReconcileRequest(serials=list(serials)), retry=True
+        )
 
     def transactions(
         self, *, serial: str | None = None, account: str | None = None, page_size: int = 50

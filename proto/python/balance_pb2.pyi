@@ -51,6 +51,10 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     """Remaining balance moved off a card being reissued."""
     TRANSACTION_KIND_REISSUE_IN: _TransactionKind.ValueType  # 11
     """Balance moved onto a reissued card."""
+    TRANSACTION_KIND_TRANSFER_OUT: _TransactionKind.ValueType  # 12
+    """Balance moved off a card by a transfer to another card."""
+    TRANSACTION_KIND_TRANSFER_IN: _TransactionKind.ValueType  # 13
+    """Balance moved onto a card by a transfer; reverses_id names the TRANSFER_OUT entry."""
 
 class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper):
     """What a ledger entry records."""
@@ -79,6 +83,10 @@ TRANSACTION_KIND_REISSUE_OUT: TransactionKind.ValueType  # 10
 """Remaining balance moved off a card being reissued."""
 TRANSACTION_KIND_REISSUE_IN: TransactionKind.ValueType  # 11
 """Balance moved onto a reissued card."""
+TRANSACTION_KIND_TRANSFER_OUT: TransactionKind.ValueType  # 12
+"""Balance moved off a card by a transfer to another card."""
+TRANSACTION_KIND_TRANSFER_IN: TransactionKind.ValueType  # 13
+"""Balance moved onto a card by a transfer; reverses_id names the TRANSFER_OUT entry."""
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
 @_typing.final
@@ -106,7 +114,10 @@ class Transaction(_message.Message):
     request_id: _builtins.str
     """The caller's request id, for redemptions and reversals; empty otherwise."""
     reverses_id: _builtins.int
-    """For a reversal: the id of the redemption it gives back; 0 otherwise."""
+    """For a reversal: the id of the redemption it gives back; for the receiving side of a
+    reissue or a transfer: the id of the entry that took the money off the other card; 0
+    otherwise.
+    """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """Signed amount: negative for a redemption, positive for a reversal, 0 for entries that
@@ -310,6 +321,198 @@ class MoneyReceipt(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MoneyReceipt: _TypeAlias = MoneyReceipt  # noqa: Y015
+
+@_typing.final
+class TransferRequest(_message.Message):
+    """A card-to-card transfer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FROM_SERIAL_FIELD_NUMBER: _builtins.int
+    TO_SERIAL_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Caller-chosen idempotency key, 1..128 printable ASCII characters; reuse it to retry."""
+    from_serial: _builtins.str
+    """Serial of the card the money leaves."""
+    to_serial: _builtins.str
+    """Serial of the card the money goes to; not the source."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """How much, positive, in both cards' currency."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        from_serial: _builtins.str = ...,
+        to_serial: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "from_serial", b"from_serial", "request_id", b"request_id", "to_serial", b"to_serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferRequest: _TypeAlias = TransferRequest  # noqa: Y015
+
+@_typing.final
+class TransferReceipt(_message.Message):
+    """What a transfer did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUT_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    IN_TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    FROM_SERIAL_FIELD_NUMBER: _builtins.int
+    TO_SERIAL_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    FROM_BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    TO_BALANCE_AFTER_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    out_transaction_id: _builtins.int
+    """The ledger entry on the source card (TRANSFER_OUT, negative amount)."""
+    in_transaction_id: _builtins.int
+    """The ledger entry on the target card (TRANSFER_IN, positive amount)."""
+    from_serial: _builtins.str
+    """Serial of the source card."""
+    to_serial: _builtins.str
+    """Serial of the target card."""
+    replayed: _builtins.bool
+    """True when this is the stored answer to an earlier identical request: nothing moved now."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """What moved; positive."""
+
+    @_builtins.property
+    def from_balance_after(self) -> _common_pb2.Money:
+        """The source card's balance right after."""
+
+    @_builtins.property
+    def to_balance_after(self) -> _common_pb2.Money:
+        """The target card's balance right after."""
+
+    def __init__(
+        self,
+        *,
+        out_transaction_id: _builtins.int = ...,
+        in_transaction_id: _builtins.int = ...,
+        from_serial: _builtins.str = ...,
+        to_serial: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        from_balance_after: _common_pb2.Money | None = ...,
+        to_balance_after: _common_pb2.Money | None = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "from_balance_after", b"from_balance_after", "to_balance_after", b"to_balance_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "from_balance_after", b"from_balance_after", "from_serial", b"from_serial", "in_transaction_id", b"in_transaction_id", "out_transaction_id", b"out_transaction_id", "replayed", b"replayed", "to_balance_after", b"to_balance_after", "to_serial", b"to_serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferReceipt: _TypeAlias = TransferReceipt  # noqa: Y015
+
+@_typing.final
+class ReconcileRequest(_message.Message):
+    """Which cards to reconcile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def serials(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Card serials, 1..1000, each once; an unknown one is NOT_FOUND, reason CARD_NOT_FOUND."""
+
+    def __init__(
+        self,
+        *,
+        serials: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["serials", b"serials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileRequest: _TypeAlias = ReconcileRequest  # noqa: Y015
+
+@_typing.final
+class CardReconciliation(_message.Message):
+    """One card at the snapshot."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    BALANCE_FIELD_NUMBER: _builtins.int
+    FACE_VALUE_FIELD_NUMBER: _builtins.int
+    LEDGER_TOTAL_MINOR_UNITS_FIELD_NUMBER: _builtins.int
+    REDEEMED_NET_MINOR_UNITS_FIELD_NUMBER: _builtins.int
+    CONSISTENT_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    """Serial of the card."""
+    ledger_total_minor_units: _builtins.int
+    """The sum of every ledger amount on the card (minor units, signed)."""
+    redeemed_net_minor_units: _builtins.int
+    """What redemptions took from it, net of reversals (minor units)."""
+    consistent: _builtins.bool
+    """Whether balance = face value + ledger total (every change of a balance is a ledger row)."""
+    @_builtins.property
+    def balance(self) -> _common_pb2.Money:
+        """Its balance."""
+
+    @_builtins.property
+    def face_value(self) -> _common_pb2.Money:
+        """Its face value: what it held when issued."""
+
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+        balance: _common_pb2.Money | None = ...,
+        face_value: _common_pb2.Money | None = ...,
+        ledger_total_minor_units: _builtins.int = ...,
+        redeemed_net_minor_units: _builtins.int = ...,
+        consistent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "face_value", b"face_value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "consistent", b"consistent", "face_value", b"face_value", "ledger_total_minor_units", b"ledger_total_minor_units", "redeemed_net_minor_units", b"redeemed_net_minor_units", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CardReconciliation: _TypeAlias = CardReconciliation  # noqa: Y015
+
+@_typing.final
+class ReconcileResponse(_message.Message):
+    """Cards in the order asked, all of one moment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARDS_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cards(self) -> _containers.RepeatedCompositeFieldContainer[Global___CardReconciliation]:
+        """One per serial asked for, in that order."""
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """The database clock at the snapshot."""
+
+    def __init__(
+        self,
+        *,
+        cards: _abc.Iterable[Global___CardReconciliation] | None = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cards", b"cards"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileResponse: _TypeAlias = ReconcileResponse  # noqa: Y015
 
 @_typing.final
 class ListTransactionsRequest(_message.Message):

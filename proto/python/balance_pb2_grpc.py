@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class BalanceServiceStub:
-    """Money on cards and accounts. Redeem and Reverse are idempotent on `request_id`: the same
+    """Money on cards and accounts. Redeem, Reverse and Transfer are idempotent on `request_id`: the same
     id with the same parameters returns the first answer (`replayed` true) without a second
     effect; the same id with other parameters is FAILED_PRECONDITION, reason
     IDEMPOTENCY_KEY_REUSED. A refused request stores nothing, so its id may be retried.
@@ -54,6 +54,16 @@ class BalanceServiceStub:
                 request_serializer=cardmint_dot_v1_dot_balance__pb2.ReverseRequest.SerializeToString,
                 response_deserializer=cardmint_dot_v1_dot_balance__pb2.MoneyReceipt.FromString,
                 _registered_method=True)
+        self.Transfer = channel.unary_unary(
+                '/cardmint.v1.BalanceService/Transfer',
+                request_serializer=cardmint_dot_v1_dot_balance__pb2.TransferRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_balance__pb2.TransferReceipt.FromString,
+                _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/cardmint.v1.BalanceService/Reconcile',
+                request_serializer=cardmint_dot_v1_dot_balance__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_balance__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
         self.ListTransactions = channel.unary_unary(
                 '/cardmint.v1.BalanceService/ListTransactions',
                 request_serializer=cardmint_dot_v1_dot_balance__pb2.ListTransactionsRequest.SerializeToString,
@@ -62,7 +72,7 @@ class BalanceServiceStub:
 
 
 class BalanceServiceServicer:
-    """Money on cards and accounts. Redeem and Reverse are idempotent on `request_id`: the same
+    """Money on cards and accounts. Redeem, Reverse and Transfer are idempotent on `request_id`: the same
     id with the same parameters returns the first answer (`replayed` true) without a second
     effect; the same id with other parameters is FAILED_PRECONDITION, reason
     IDEMPOTENCY_KEY_REUSED. A refused request stores nothing, so its id may be retried.
@@ -87,6 +97,26 @@ class BalanceServiceServicer:
 
     def Reverse(self, request, context):
         """Gives back (part of) an earlier redemption, never more than it took.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Transfer(self, request, context):
+        """Moves part of a card's balance onto another card of the same holder (both bound to
+        the same account, or both bearer cards for staff), in one transaction: two linked
+        ledger entries (TRANSFER_OUT, TRANSFER_IN), never past the target's face value.
+        Refusals: INSUFFICIENT_FUNDS, OVER_FACE_VALUE (metadata "room"), NOT_SAME_HOLDER,
+        CURRENCY_MISMATCH, CARD_FROZEN / CARD_VOID / CARD_EXPIRED (metadata "card": "from" or
+        "to"), CARD_NOT_FOUND (metadata "card"); nothing moves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reconcile(self, request, context):
+        """Staff: cards' balances beside their ledger totals, all read in one snapshot of the
+        database (one moment for every card named), to reconcile balances with the ledger.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +147,16 @@ def add_BalanceServiceServicer_to_server(servicer, server):
                     request_deserializer=cardmint_dot_v1_dot_balance__pb2.ReverseRequest.FromString,
                     response_serializer=cardmint_dot_v1_dot_balance__pb2.MoneyReceipt.SerializeToString,
             ),
+            'Transfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transfer,
+                    request_deserializer=cardmint_dot_v1_dot_balance__pb2.TransferRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_balance__pb2.TransferReceipt.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=cardmint_dot_v1_dot_balance__pb2.ReconcileRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_balance__pb2.ReconcileResponse.SerializeToString,
+            ),
             'ListTransactions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTransactions,
                     request_deserializer=cardmint_dot_v1_dot_balance__pb2.ListTransactionsRequest.FromString,
@@ -131,7 +171,7 @@ def add_BalanceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class BalanceService:
-    """Money on cards and accounts. Redeem and Reverse are idempotent on `request_id`: the same
+    """Money on cards and accounts. Redeem, Reverse and Transfer are idempotent on `request_id`: the same
     id with the same parameters returns the first answer (`replayed` true) without a second
     effect; the same id with other parameters is FAILED_PRECONDITION, reason
     IDEMPOTENCY_KEY_REUSED. A refused request stores nothing, so its id may be retried.
@@ -209,6 +249,60 @@ class BalanceService:
             '/cardmint.v1.BalanceService/Reverse',
             cardmint_dot_v1_dot_balance__pb2.ReverseRequest.SerializeToString,
             cardmint_dot_v1_dot_balance__pb2.MoneyReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.BalanceService/Transfer',
+            cardmint_dot_v1_dot_balance__pb2.TransferRequest.SerializeToString,
+            cardmint_dot_v1_dot_balance__pb2.TransferReceipt.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.BalanceService/Reconcile',
+            cardmint_dot_v1_dot_balance__pb2.ReconcileRequest.SerializeToString,
+            cardmint_dot_v1_dot_balance__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BalanceServiceStub:
-    """Money on cards and accounts. Redeem and Reverse are idempotent on `request_id`: the same
+    """Money on cards and accounts. Redeem, Reverse and Transfer are idempotent on `request_id`: the same
     id with the same parameters returns the first answer (`replayed` true) without a second
     effect; the same id with other parameters is FAILED_PRECONDITION, reason
     IDEMPOTENCY_KEY_REUSED. A refused request stores nothing, so its id may be retried.
@@ -48,12 +48,24 @@ class BalanceServiceStub:
     """
     Reverse: _grpc.UnaryUnaryMultiCallable[_balance_pb2.ReverseRequest, _balance_pb2.MoneyReceipt]
     """Gives back (part of) an earlier redemption, never more than it took."""
+    Transfer: _grpc.UnaryUnaryMultiCallable[_balance_pb2.TransferRequest, _balance_pb2.TransferReceipt]
+    """Moves part of a card's balance onto another card of the same holder (both bound to
+    the same account, or both bearer cards for staff), in one transaction: two linked
+    ledger entries (TRANSFER_OUT, TRANSFER_IN), never past the target's face value.
+    Refusals: INSUFFICIENT_FUNDS, OVER_FACE_VALUE (metadata "room"), NOT_SAME_HOLDER,
+    CURRENCY_MISMATCH, CARD_FROZEN / CARD_VOID / CARD_EXPIRED (metadata "card": "from" or
+    "to"), CARD_NOT_FOUND (metadata "card"); nothing moves.
+    """
+    Reconcile: _grpc.UnaryUnaryMultiCallable[_balance_pb2.ReconcileRequest, _balance_pb2.ReconcileResponse]
+    """Staff: cards' balances beside their ledger totals, all read in one snapshot of the
+    database (one moment for every card named), to reconcile balances with the ledger.
+    """
     ListTransactions: _grpc.UnaryUnaryMultiCallable[_balance_pb2.ListTransactionsRequest, _balance_pb2.ListTransactionsResponse]
     """History of a card or an account, newest first."""
 
 @_typing.type_check_only
 class BalanceServiceAsyncStub(BalanceServiceStub):
-    """Money on cards and accounts. Redeem and Reverse are idempotent on `request_id`: the same
+    """Money on cards and accounts. Redeem, Reverse and Transfer are idempotent on `request_id`: the same
     id with the same parameters returns the first answer (`replayed` true) without a second
     effect; the same id with other parameters is FAILED_PRECONDITION, reason
     IDEMPOTENCY_KEY_REUSED. A refused request stores nothing, so its id may be retried.
@@ -71,11 +83,23 @@ class BalanceServiceAsyncStub(BalanceServiceStub):
     """
     Reverse: _aio.UnaryUnaryMultiCallable[_balance_pb2.ReverseRequest, _balance_pb2.MoneyReceipt]  # type: ignore[assignment]
     """Gives back (part of) an earlier redemption, never more than it took."""
+    Transfer: _aio.UnaryUnaryMultiCallable[_balance_pb2.TransferRequest, _balance_pb2.TransferReceipt]  # type: ignore[assignment]
+    """Moves part of a card's balance onto another card of the same holder (both bound to
+    the same account, or both bearer cards for staff), in one transaction: two linked
+    ledger entries (TRANSFER_OUT, TRANSFER_IN), never past the target's face value.
+    Refusals: INSUFFICIENT_FUNDS, OVER_FACE_VALUE (metadata "room"), NOT_SAME_HOLDER,
+    CURRENCY_MISMATCH, CARD_FROZEN / CARD_VOID / CARD_EXPIRED (metadata "card": "from" or
+    "to"), CARD_NOT_FOUND (metadata "card"); nothing moves.
+    """
+    Reconcile: _aio.UnaryUnaryMultiCallable[_balance_pb2.ReconcileRequest, _balance_pb2.ReconcileResponse]  # type: ignore[assignment]
+    """Staff: cards' balances beside their ledger totals, all read in one snapshot of the
+    database (one moment for every card named), to reconcile balances with the ledger.
+    """
     ListTransactions: _aio.UnaryUnaryMultiCallable[_balance_pb2.ListTransactionsRequest, _balance_pb2.ListTransactionsResponse]  # type: ignore[assignment]
     """History of a card or an account, newest first."""
 
 class BalanceServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Money on cards and accounts. Redeem and Reverse are idempotent on `request_id`: the same
+    """Money on cards and accounts. Redeem, Reverse and Transfer are idempotent on `request_id`: the same
     id with the same parameters returns the first answer (`replayed` true) without a second
     effect; the same id with other parameters is FAILED_PRECONDITION, reason
     IDEMPOTENCY_KEY_REUSED. A refused request stores nothing, so its id may be retried.
@@ -109,6 +133,30 @@ class BalanceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_balance_pb2.MoneyReceipt, _abc.Awaitable[_balance_pb2.MoneyReceipt]]:
         """Gives back (part of) an earlier redemption, never more than it took."""
+
+    @_abc_1.abstractmethod
+    def Transfer(
+        self,
+        request: _balance_pb2.TransferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_pb2.TransferReceipt, _abc.Awaitable[_balance_pb2.TransferReceipt]]:
+        """Moves part of a card's balance onto another card of the same holder (both bound to
+        the same account, or both bearer cards for staff), in one transaction: two linked
+        ledger entries (TRANSFER_OUT, TRANSFER_IN), never past the target's face value.
+        Refusals: INSUFFICIENT_FUNDS, OVER_FACE_VALUE (metadata "room"), NOT_SAME_HOLDER,
+        CURRENCY_MISMATCH, CARD_FROZEN / CARD_VOID / CARD_EXPIRED (metadata "card": "from" or
+        "to"), CARD_NOT_FOUND (metadata "card"); nothing moves.
+        """
+
+    @_abc_1.abstractmethod
+    def Reconcile(
+        self,
+        request: _balance_pb2.ReconcileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_pb2.ReconcileResponse, _abc.Awaitable[_balance_pb2.ReconcileResponse]]:
+        """Staff: cards' balances beside their ledger totals, all read in one snapshot of the
+        database (one moment for every card named), to reconcile balances with the ledger.
+        """
 
     @_abc_1.abstractmethod
     def ListTransactions(

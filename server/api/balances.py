@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from cardmint.server.domain import Domain, MoneyReceipt, Transaction
+from cardmint.server.domain import Domain, MoneyReceipt, Transaction, TransferReceipt
 from cardmint.server.storage import LedgerKind
 from cardmint.v1 import balance_pb2, balance_pb2_grpc, common_pb2
 
@@ -25,6 +25,8 @@ _KIND = {
     LedgerKind.REFUND: balance_pb2.TRANSACTION_KIND_REFUND,
     LedgerKind.REISSUE_OUT: balance_pb2.TRANSACTION_KIND_REISSUE_OUT,
     LedgerKind.REISSUE_IN: balance_pb2.TRANSACTION_KIND_REISSUE_IN,
+    LedgerKind.TRANSFER_OUT: balance_pb2.TRANSACTION_KIND_TRANSFER_OUT,
+    LedgerKind.TRANSFER_IN: balance_pb2.TRANSACTION_KIND_TRANSFER_IN,
 }
 
 
@@ -34,6 +36,19 @@ def receipt_message(r: MoneyReceipt) -> balance_pb2.MoneyReceipt:
         serial=r.serial,
         amount=money(r.amount, r.currency),
         balance_after=money(r.balance_after, r.currency),
+        replayed=r.replayed,
+    )
+
+
+def transfer_message(r: TransferReceipt) -> balance_pb2.TransferReceipt:
+    return balance_pb2.TransferReceipt(
+        out_transaction_id=r.out_entry_id,
+        in_transaction_id=r.in_entry_id,
+        from_serial=r.from_serial,
+        to_serial=r.to_serial,
+        amount=money(r.amount, r.currency),
+        from_balance_after=money(r.from_balance_after, r.currency),
+        to_balance_after=money(r.to_balance_after, r.currency),
         replayed=r.replayed,
     )
 
@@ -98,6 +113,38 @@ class BalanceServicer(balance_pb2_grpc.BalanceServiceServicer):
             request_id=request.request_id,
         )
         return receipt_message(receipt)
+
+    def Transfer(  # noqa: N802 - grpc's generated method names
+        self, request: balance_pb2.TransferRequest, context: grpc.ServicerContext
+    ) -> balance_pb2.TransferReceipt:
+        receipt = self._balances.transfer(
+            current_principal(),
+            from_serial=request.from_serial,
+            to_serial=request.to_serial,
+            amount=request.amount.minor_units,
+            currency=request.amount.currency,
+            request_id=request.request_id,
+        )
+        return transfer_message(receipt)
+
+    def Reconcile(  # noqa: N802 - grpc's generated method names
+        self, request: balance_pb2.ReconcileRequest, context: grpc.ServicerContext
+    ) -> balance_pb2.ReconcileResponse:
+        got = self._balances.reconcile(current_principal(), list(request.serials))
+        return balance_pb2.ReconcileResponse(
+            cards=[
+                balance_pb2.CardReconciliation(
+                    serial=c.serial,
+                    balance=money(c.balance, c.currency),
+                    face_value=money(c.face_value, c.currency),
+                    ledger_total_minor_units=c.ledger_total,
+                    redeemed_net_minor_units=c.redeemed_net,
+                    consistent=c.consistent,
+                )
+                for c in got.cards
+            ],
+            at=timestamp(got.at),
+        )
 
     def ListTransactions(  # noqa: N802 - grpc's generated method names
         self, request: balance_pb2.ListTransactionsRequest, context: grpc.ServicerContext

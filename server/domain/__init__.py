@@ -8,7 +8,17 @@ from cardmint.server.storage import Delivery, Lot, LotStatus, Product, Role
 
 from ._context import DomainConfig
 from .auth import AuthService, IssuedToken, Principal
-from .balances import AccountBalance, CardBalance, Money, MoneyReceipt, Transaction, TransactionPage
+from .balances import (
+    AccountBalance,
+    CardBalance,
+    CardReconciliation,
+    Money,
+    MoneyReceipt,
+    Reconciliation,
+    Transaction,
+    TransactionPage,
+    TransferReceipt,
+)
 from .cards import BindReceipt, CardView, Origin
 from .errors import (
     ALL_ERRORS,
@@ -47,8 +57,10 @@ from .errors import (
     NotCardHolder,
     NotRefundable,
     NotReversible,
+    NotSameHolder,
     OrderNotFound,
     OrderWrongState,
+    OverFaceValue,
     PaymentMismatch,
     PermissionDenied,
     ProductExists,
@@ -91,6 +103,7 @@ __all__ = [
     "CardLocked",
     "CardNotBound",
     "CardNotFound",
+    "CardReconciliation",
     "CardSpent",
     "CardView",
     "CardVoid",
@@ -133,6 +146,7 @@ __all__ = [
     "NotCardHolder",
     "NotRefundable",
     "NotReversible",
+    "NotSameHolder",
     "OrderLine",
     "OrderNotFound",
     "OrderPage",
@@ -141,6 +155,7 @@ __all__ = [
     "OrderView",
     "OrderWrongState",
     "Origin",
+    "OverFaceValue",
     "PaymentMismatch",
     "PermissionDenied",
     "PoolStock",
@@ -148,6 +163,7 @@ __all__ = [
     "Product",
     "ProductExists",
     "ProductNotFound",
+    "Reconciliation",
     "ReservationLimit",
     "RevealLimit",
     "Role",
@@ -158,5 +174,6 @@ __all__ = [
     "TransactionNotFound",
     "TransactionPage",
     "TransferLimitReached",
+    "TransferReceipt",
     "Unauthenticated",
 ]

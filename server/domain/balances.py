@@ -12,7 +12,16 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 
 import blake3
-from cardmint.server.storage import LedgerEntry, LedgerKind, MoneyOutcome, MoneyResult, Role, UnitOfWork
+from cardmint.server.storage import (
+    Card,
+    CardStatus,
+    LedgerEntry,
+    LedgerKind,
+    MoneyOutcome,
+    MoneyResult,
+    Role,
+    UnitOfWork,
+)
 
 from ._context import MAX_AMOUNT, STAFF, Context, detail, int_arg, request_id_arg, require, resolve_account
 from .auth import Principal
@@ -21,6 +30,7 @@ from .currencies import ISO_4217
 from .errors import (
     CardExpired,
     CardFrozen,
+    CardNotFound,
     CardVoid,
     CurrencyMismatch,
     DailyLimitReached,
@@ -28,6 +38,8 @@ from .errors import (
     InsufficientFunds,
     InvalidArgument,
     NotReversible,
+    NotSameHolder,
+    OverFaceValue,
     TransactionNotFound,
 )
 from .events import EventKind, emit
@@ -36,15 +48,20 @@ __all__ = [
     "AccountBalance",
     "BalanceService",
     "CardBalance",
+    "CardReconciliation",
     "Money",
     "MoneyReceipt",
+    "Reconciliation",
     "Transaction",
     "TransactionPage",
+    "TransferReceipt",
 ]
 
 _REDEEMERS = STAFF | {Role.MERCHANT, Role.CUSTOMER}
 _REVERSERS = STAFF | {Role.MERCHANT}
 _ACCOUNT_READERS = STAFF | {Role.CUSTOMER}
+_TRANSFERERS = STAFF | {Role.CUSTOMER}
+MAX_RECONCILE = 1000
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,46 @@ class MoneyReceipt:
 
 
 @dataclass(frozen=True)
+class TransferReceipt:
+    """A card-to-card transfer: the two linked ledger entries and both balances after it."""
+
+    out_entry_id: int
+    in_entry_id: int
+    from_serial: str
+    to_serial: str
+    amount: int
+    currency: str
+    from_balance_after: int
+    to_balance_after: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class CardReconciliation:
+    """One card at the snapshot: its balance against what its ledger says."""
+
+    serial: str
+    currency: str
+    balance: int
+    face_value: int
+    ledger_total: int  # the sum of every ledger amount on the card
+    redeemed_net: int  # taken by redemptions, net of reversals
+
+    @property
+    def consistent(self) -> bool:
+        # A card is issued holding its face value; every change since is a ledger row.
+        return self.balance == self.face_value + self.ledger_total
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """Cards read in one snapshot of the database (one moment for all of them)."""
+
+    cards: tuple[CardReconciliation, ...]
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Transaction:
     id: int
     kind: str
@@ -106,6 +163,22 @@ def _encode(receipt: MoneyReceipt) -> bytes:
 
 def _decode(raw: bytes) -> MoneyReceipt:
     return replace(MoneyReceipt(**json.loads(raw)), replayed=True)
+
+
+def _decode_transfer(raw: bytes) -> TransferReceipt:
+    return replace(TransferReceipt(**json.loads(raw)), replayed=True)
+
+
+def _unspendable(card: Card, now: datetime, which: str) -> DomainError | None:
+    """Why ``card`` can neither give nor take money now (``which``: "from" or "to")."""
+    meta = {"card": which}
+    if card.status is CardStatus.FROZEN:
+        return CardFrozen(metadata=meta)
+    if card.status is not CardStatus.ACTIVE:
+        return CardVoid(metadata=meta)
+    if card.expires_at is not None and card.expires_at <= now:
+        return CardExpired(metadata=meta)
+    return None
 
 
 def _refusal(res: MoneyResult, currency: str) -> DomainError:
@@ -273,6 +346,141 @@ class BalanceService:
         if self._reportable(amount, receipt.currency):
             self._ctx.wake()
         return receipt
+
+    def transfer(
+        self,
+        principal: Principal,
+        *,
+        from_serial: str,
+        to_serial: str,
+        amount: int,
+        currency: str,
+        request_id: str,
+    ) -> TransferReceipt:
+        """Move ``amount`` of one card's balance onto another card of the same holder.
+
+        The rule (docs/domain-api.md, "Transfers"): both cards active, unexpired and in
+        ``currency``; both bound to the same account, or both unbound (bearer cards, staff
+        only); the target never past its face value. A customer moves money between its
+        own cards only; staff between any one holder's. Not spending: the daily redemption
+        limit does not count it; a move above the AML threshold is reported like a
+        redemption. Both card rows are locked in id order, so opposite transfers between
+        two cards queue instead of deadlocking.
+        """
+        require(principal, _TRANSFERERS)
+        amount = int_arg(amount, "amount", 1, MAX_AMOUNT)
+        currency = self._currency(currency)
+        request_id = request_id_arg(request_id)
+        if from_serial == to_serial:
+            raise InvalidArgument.of("to_serial", "a card other than the source")
+        fingerprint = _fingerprint("transfer", from_serial, to_serial, amount, currency)
+        customer = principal.role is Role.CUSTOMER
+
+        def holder(card: Card | None, which: str) -> Card:
+            # A customer names only its own cards: any other (an organization's card it can
+            # merely read included) is "not found", as in visible_card.
+            if card is None or (
+                customer and (principal.account_id is None or card.account_id != principal.account_id)
+            ):
+                raise CardNotFound(metadata={"card": which})
+            return card
+
+        def work(tx: UnitOfWork) -> TransferReceipt:
+            seen = {
+                w: holder(tx.get_card_by_serial(s) if isinstance(s, str) and len(s) <= 64 else None, w)
+                for w, s in (("from", from_serial), ("to", to_serial))
+            }
+            claim = tx.claim_idempotency("transfer", request_id, fingerprint)
+            if claim.replay is not None:
+                return _decode_transfer(claim.replay)
+            locked = tx.lock_cards(seen["from"].id, seen["to"].id)
+            src = holder(locked.get(seen["from"].id), "from")
+            dst = holder(locked.get(seen["to"].id), "to")
+            now = tx.now()
+            for card, which in ((src, "from"), (dst, "to")):
+                if (why := _unspendable(card, now, which)) is not None:
+                    raise why
+                if card.currency != currency:
+                    raise CurrencyMismatch(metadata={"card": which, "currency": card.currency})
+            if src.account_id != dst.account_id:
+                raise NotSameHolder()
+            if src.balance < amount:
+                raise InsufficientFunds(metadata={"balance": str(src.balance), "currency": currency})
+            if dst.balance + amount > dst.face_value:
+                raise OverFaceValue(
+                    metadata={"room": str(dst.face_value - dst.balance), "currency": currency}
+                )
+            moved = tx.transfer_balance(src.id, dst.id, amount, currency, request_id)
+            if moved is None:  # the rows are locked and judged above: cannot happen
+                raise RuntimeError(f"transfer {request_id!r} refused by the guards after its checks")
+            out, into = moved
+            self._aml(tx, "transfer", src.serial, out.id, amount, currency)
+            tx.append_audit(
+                principal.actor,
+                "balance.transfer",
+                f"card:{src.id}",
+                detail(
+                    to=f"card:{dst.id}",
+                    amount=amount,
+                    currency=currency,
+                    request_id=request_id,
+                    out_entry=out.id,
+                    in_entry=into.id,
+                ),
+            )
+            emit(
+                tx,
+                EventKind.BALANCE_TRANSFERRED,
+                f"card:{src.serial}",
+                to=dst.serial,
+                amount=amount,
+                currency=currency,
+                out_entry=out.id,
+                in_entry=into.id,
+            )
+            receipt = TransferReceipt(
+                out.id,
+                into.id,
+                src.serial,
+                dst.serial,
+                amount,
+                currency,
+                int(out.balance_after or 0),
+                int(into.balance_after or 0),
+            )
+            tx.complete_idempotency("transfer", request_id, json.dumps(asdict(receipt)).encode())
+            return receipt
+
+        receipt = self._ctx.run(work)
+        if self._reportable(amount, currency):
+            self._ctx.wake()
+        return receipt
+
+    def reconcile(self, principal: Principal, serials: list[str]) -> Reconciliation:
+        """Staff: the named cards' balances and their ledger totals, all read in one
+        snapshot, so the figures of every card are of one moment (nothing half-applied can
+        show: a transfer is on both cards or on neither). An unknown serial is CardNotFound."""
+        require(principal, STAFF)
+        if not 1 <= len(serials) <= MAX_RECONCILE:
+            raise InvalidArgument.of("serials", f"between 1 and {MAX_RECONCILE} card numbers")
+        if len(set(serials)) != len(serials):
+            raise InvalidArgument.of("serials", "each card once")
+        with self._ctx.storage.read() as tx:
+            cards = []
+            for s in serials:
+                card = tx.get_card_by_serial(s) if isinstance(s, str) and len(s) <= 64 else None
+                if card is None:
+                    raise CardNotFound(metadata={"serial": s if isinstance(s, str) else ""})
+                cards.append(card)
+            totals = tx.ledger_totals([c.id for c in cards])
+            at = tx.now()
+        return Reconciliation(
+            tuple(
+                CardReconciliation(c.serial, c.currency, c.balance, c.face_value, *totals.get(c.id, (0, 0)))
+                for c in cards
+            ),
+            at,
+        )
 
     def list_transactions(
         self,

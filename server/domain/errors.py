@@ -56,10 +56,12 @@ __all__ = [
     "NotCardHolder",
     "NotRefundable",
     "NotReversible",
+    "NotSameHolder",
     "OrderNotFound",
     "OrderWrongState",
     "OrganizationExists",
     "OrganizationNotFound",
+    "OverFaceValue",
     "PaymentMismatch",
     "PermissionDenied",
     "ProductExists",
@@ -291,6 +293,25 @@ class NotReversible(DomainError):
         ErrorKind.FAILED_PRECONDITION,
         "NOT_REVERSIBLE",
         "not a redemption, or more than is left of it",
+    )
+
+
+class NotSameHolder(DomainError):
+    # A transfer between cards of two different holders (or from a bound card to a bearer
+    # card, or back): money moves between one holder's own cards only (docs/domain-api.md).
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "NOT_SAME_HOLDER",
+        "a balance moves only between cards of one holder",
+    )
+
+
+class OverFaceValue(DomainError):
+    # Metadata ``room``: what the target card can still take (face value minus balance).
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "OVER_FACE_VALUE",
+        "the target card cannot hold more than its face value",
     )
 
 
@@ -528,6 +549,8 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     CurrencyMismatch,
     TransactionNotFound,
     NotReversible,
+    NotSameHolder,
+    OverFaceValue,
     IdempotencyKeyReused,
     Contention,
     DeadlinePassed,

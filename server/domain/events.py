@@ -41,6 +41,7 @@ class EventKind(enum.StrEnum):
     CARDS_HANDED_OUT = "org.cards_bound"  # a bulk bind bound an organization's cards to recipients
     CARD_LOST = "card.lost"  # the holder reported a card lost: frozen, waiting for review
     CARD_REISSUED = "card.reissued"  # a loss report approved: the balance moved to a new card
+    BALANCE_TRANSFERRED = "card.transferred"  # part of a card's balance moved onto another card
     LOSS_REJECTED = "card.loss_rejected"  # a loss report rejected: the card stays frozen
     # The card shop (subject "order:<id>"; the detail names the account and counts, never a
     # code or serial): codes delivered to the buyer, a paid order parked for manual review,

@@ -313,6 +313,10 @@ class SqlTx(ABC):
     """
 
     FOR_UPDATE = ""
+    # The row lock an UPDATE that keeps the key takes (PostgreSQL: FOR NO KEY UPDATE), for
+    # reading rows about to be changed: unlike FOR UPDATE it does not wait for (nor block)
+    # transactions that merely insert rows referencing them (ledger rows: FOR KEY SHARE).
+    FOR_NO_KEY_UPDATE = ""
 
     def _claim(self, alias: str) -> str:
         """The clause that makes a SELECT claim rows like a work queue: PostgreSQL locks each
@@ -1013,7 +1017,11 @@ class SqlTx(ABC):
     def lock_account(self, account_id: int) -> None:
         """Hold the account's row until commit, so limit checks on it run one at a time
         (SQLite's single writer already serializes everything)."""
-        self._one(f"SELECT id FROM accounts WHERE id = ?{self.FOR_UPDATE}", (account_id,))
+        # FOR NO KEY UPDATE, not FOR UPDATE: every ledger row naming the account takes a
+        # FOR KEY SHARE lock on it (the foreign key), which FOR UPDATE would block. A
+        # transfer or reversal holding a card and writing its ledger row would then wait
+        # for a redemption holding the account and waiting for that card: a deadlock.
+        self._one(f"SELECT id FROM accounts WHERE id = ?{self.FOR_NO_KEY_UPDATE}", (account_id,))
 
     # -- compliance reports
     def add_report(
@@ -1132,6 +1140,85 @@ class SqlTx(ABC):
             reverses_id=redeem_entry_id,
         )
         return MoneyResult(MoneyOutcome.OK, int(row[0]), entry)
+
+    def lock_cards(self, *card_ids: int) -> dict[int, Card]:
+        """The cards named, each row locked until commit, taken in ascending id order.
+
+        One fixed order for every caller, so two transactions locking the same cards from
+        opposite ends (a transfer A->B against B->A) queue instead of deadlocking on
+        PostgreSQL; SQLite's single writer already runs them one at a time. Unknown ids are
+        simply absent from the answer."""
+        cards: dict[int, Card] = {}
+        for card_id in sorted(set(card_ids)):
+            row = self._one(f"SELECT {_CARD} FROM cards WHERE id = ?{self.FOR_NO_KEY_UPDATE}", (card_id,))
+            if row is not None:
+                cards[card_id] = self._card(row)
+        return cards
+
+    def transfer_balance(
+        self, from_card_id: int, to_card_id: int, amount: int, currency: str, request_id: str | None = None
+    ) -> tuple[LedgerEntry, LedgerEntry] | None:
+        """Move ``amount`` from one card onto another: two guarded UPDATEs and their linked
+        ledger rows (``transfer_out`` -amount on the source, ``transfer_in`` +amount on the
+        target, whose ``reverses_id`` names the source's entry), or None and nothing changed.
+
+        The guards hold the rules a move can never break, whatever the caller checked before:
+        both cards active, unexpired and of ``currency``, the source holding the amount, the
+        target staying within its face value. Call ``lock_cards`` on both first (PostgreSQL):
+        the rows are then the ones the caller judged, and the lock order is the fixed one.
+        """
+        _money(amount)
+        if from_card_id == to_card_id:
+            raise ValueError("a transfer needs two different cards")
+        now = self._ts(self.now())
+        out = self._one(
+            self._DEBIT + " RETURNING balance, account_id", (amount, from_card_id, currency, amount, now)
+        )
+        if out is None:
+            return None
+        into = self._one(
+            "UPDATE cards SET balance = balance + ? WHERE id = ? AND status = 'active' AND currency = ?"
+            " AND balance + ? <= face_value AND (expires_at IS NULL OR expires_at > ?)"
+            " RETURNING balance, account_id",
+            (amount, to_card_id, currency, amount, now),
+        )
+        if into is None:
+            # The debit above is undone by the caller's rollback: say so by failing the unit.
+            raise self._fail(StorageError("transfer target refused the amount after the source paid it"))
+        moved_out = self._ledger(
+            LedgerKind.TRANSFER_OUT,
+            currency,
+            -amount,
+            card_id=from_card_id,
+            account_id=out[1],
+            balance_after=out[0],
+            request_id=request_id,
+        )
+        moved_in = self._ledger(
+            LedgerKind.TRANSFER_IN,
+            currency,
+            amount,
+            card_id=to_card_id,
+            account_id=into[1],
+            balance_after=into[0],
+            request_id=request_id,
+            reverses_id=moved_out.id,
+        )
+        return moved_out, moved_in
+
+    def ledger_totals(self, card_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """Per card: (the sum of all its ledger amounts, what redemptions took net of
+        reversals), in one statement; cards without entries are absent."""
+        if not card_ids:
+            return {}
+        marks = ", ".join("?" * len(card_ids))
+        rows = self._all(
+            "SELECT card_id, COALESCE(SUM(amount), 0),"
+            " COALESCE(SUM(CASE WHEN kind IN ('redeem', 'reverse') THEN -amount ELSE 0 END), 0)"
+            f" FROM ledger_entries WHERE card_id IN ({marks}) GROUP BY card_id",
+            tuple(card_ids),
+        )
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
     def get_ledger_entry(self, entry_id: int) -> LedgerEntry | None:
         row = self._one(f"SELECT {_ENTRY} FROM ledger_entries WHERE id = ?", (entry_id,))

@@ -475,6 +475,51 @@ CREATE INDEX loss_reports_status ON loss_reports (status, id);
 CREATE INDEX loss_reports_account ON loss_reports (account_id, id);
 """
 
+# v13: card-to-card transfers (BalanceService.Transfer) write a linked pair of ledger rows,
+# transfer_out on the source card and transfer_in on the target. The kind CHECK of v1 gains
+# the two kinds: PostgreSQL swaps the constraint; SQLite cannot alter a CHECK, so the ledger
+# table is rebuilt (renamed aside, copied into the new definition, its indexes and
+# append-only triggers recreated; the rename rewrites the self-reference of reverses_id, so
+# the old table drops cleanly).
+_V13_SQLITE = """
+ALTER TABLE ledger_entries RENAME TO ledger_entries_v12;
+CREATE TABLE ledger_entries (
+    id INTEGER PRIMARY KEY,
+    card_id INTEGER REFERENCES cards (id),
+    account_id INTEGER REFERENCES accounts (id),
+    kind TEXT NOT NULL CHECK (kind IN ('redeem', 'reverse', 'bind', 'bind_transfer', 'unbind',
+        'freeze', 'unfreeze', 'void', 'refund', 'reissue_out', 'reissue_in', 'transfer_out',
+        'transfer_in')),
+    amount INTEGER NOT NULL,
+    balance_after INTEGER,
+    currency TEXT NOT NULL CHECK (length(currency) = 3),
+    request_id TEXT,
+    reverses_id INTEGER REFERENCES ledger_entries (id),
+    created_at INTEGER NOT NULL,
+    profile TEXT,
+    CHECK (card_id IS NOT NULL OR account_id IS NOT NULL)
+) STRICT;
+INSERT INTO ledger_entries (id, card_id, account_id, kind, amount, balance_after, currency, request_id,
+    reverses_id, created_at, profile)
+    SELECT id, card_id, account_id, kind, amount, balance_after, currency, request_id, reverses_id,
+        created_at, profile FROM ledger_entries_v12 ORDER BY id;
+DROP TABLE ledger_entries_v12;
+CREATE INDEX ledger_card ON ledger_entries (card_id, id);
+CREATE INDEX ledger_account ON ledger_entries (account_id, kind, created_at);
+CREATE INDEX ledger_account_id ON ledger_entries (account_id, id);
+CREATE INDEX ledger_reverses ON ledger_entries (reverses_id) WHERE reverses_id IS NOT NULL;
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger_entries
+BEGIN SELECT RAISE(ABORT, 'ledger_entries is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger_entries
+BEGIN SELECT RAISE(ABORT, 'ledger_entries is append-only'); END;
+"""
+_V13_POSTGRES = """
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_kind_check;
+ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_kind_check CHECK (kind IN ('redeem', 'reverse',
+    'bind', 'bind_transfer', 'unbind', 'freeze', 'unfreeze', 'void', 'refund', 'reissue_out', 'reissue_in',
+    'transfer_out', 'transfer_in'));
+"""
+
 # v17: idempotency keys expire (DomainConfig.idempotency_days, purged by the housekeeping
 # thread oldest first in short batches): an index on their age.
 _V17 = """
@@ -494,5 +539,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "loss reports", _V10),
     Migration(11, "order payment method", _V11),
     Migration(12, "journals", "", postgres=_V12_POSTGRES),
+    Migration(13, "card-to-card transfers", "", _V13_SQLITE, _V13_POSTGRES),
     Migration(17, "idempotency expiry", _V17),
 )

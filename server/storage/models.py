@@ -94,6 +94,9 @@ class LedgerKind(enum.StrEnum):
     REFUND = "refund"
     REISSUE_OUT = "reissue_out"
     REISSUE_IN = "reissue_in"
+    # A card-to-card transfer (migration 13): the pair is linked like a reissue's.
+    TRANSFER_OUT = "transfer_out"
+    TRANSFER_IN = "transfer_in"
 
 
 class Role(enum.StrEnum):

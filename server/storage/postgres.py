@@ -239,6 +239,7 @@ class _Sealer:
 
 class _PgTx(SqlTx):
     FOR_UPDATE = " FOR UPDATE"
+    FOR_NO_KEY_UPDATE = " FOR NO KEY UPDATE"
     CONCAT_TEXT = "string_agg({}, '')"
     CONCAT_BYTES = "string_agg({}, ''::bytea)"
     # Once statistics show a lot as a large share of the cards, PostgreSQL may look for its

@@ -21,7 +21,9 @@ from cardmint.client import (
     DailyLimitReached,
     IdempotencyKeyReused,
     InsufficientFunds,
+    OverFaceValue,
 )
+from cardmint.server.app import Running
 
 from .conftest import Report, Sizes, together
 
@@ -138,6 +140,117 @@ def test_bind_then_spend_race(
     assert len(winners) == 1
     assert spent[winners[0]] == balance and sum(spent) == balance
     assert ledger == -balance and lowest == 0
+
+
+def _deadlocks(server: Running) -> int:
+    """Deadlocks PostgreSQL detected in this test's database so far (0 on SQLite, which has
+    one writer). The server retries a transaction that lost one, so none would show as an
+    error: this counter is where a lock-order bug shows."""
+    if server.storage.backend != "postgres":
+        return 0
+    with server.storage.read() as tx:
+        tx._execute("SELECT pg_stat_clear_snapshot()")  # type: ignore[attr-defined]
+        row = tx._one(  # type: ignore[attr-defined]
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+    return int(row[0])
+
+
+def test_card_to_card_race(
+    server: Running, clients: Clients, token: Token, sizes: Sizes, seed: int, report: Report
+) -> None:
+    """Item 1, card-to-card moves (the Starbucks 2015 race). A ring of 4 cards of one holder,
+    each holding half its face value; every client moves 1 between two neighbours, half of
+    them one way round and half the other, all released together: opposite transfers
+    between the same two cards lock the pair in opposite orders unless the server fixes
+    the order. The attempts are sized so that none can be refused (a card gives at most
+    what it holds and takes at most its room), so every one must succeed: exactly
+    ``attempts``, and each card ends as it began. Then the double spend itself: on each
+    card, 16 clients at once move its whole balance onto an empty card of the same holder;
+    exactly one per card succeeds, the rest are a clean insufficient-balance refusal."""
+    admin_token = token("admin")
+    admin = clients(admin_token)[0]
+    ring_size, per_edge_clients = 4, sizes.clients // 8
+    per = sizes.race_attempts // sizes.clients
+    half = max(per * per_edge_clients * 2, 1)  # the most a card can give (and take) in phase one
+    face = 2 * half
+    holder = f"{seed}-ring"
+    ring = _lot(admin, "RING", face, ring_size)
+    empty = _lot(admin, "RING-EMPTY", face, ring_size)
+    for i, (serial, code) in enumerate(ring):
+        admin.bind_card(code, account=holder, challenge_passed=True)
+        admin.redeem(serial, half, "CNY", request_id=f"{seed}-halve-{i}")
+    for serial, code in empty:
+        admin.bind_card(code, account=holder, challenge_passed=True)
+        admin.redeem(serial, face, "CNY", request_id=f"{seed}-empty-{serial}")
+    pool = clients(admin_token)
+    rng = random.Random(seed)
+    edges = [(i, (i + 1) % ring_size) for i in range(ring_size)]
+    edges += [(b, a) for a, b in edges]  # both directions round the ring
+    order = list(range(len(pool)))
+    rng.shuffle(order)  # which client drives which edge (replayed by the seed)
+    outcomes: list[Counter[str]] = [Counter() for _ in pool]
+
+    def move(w: int) -> None:
+        src, dst = edges[order[w] % len(edges)]
+        for i in range(per):
+            try:
+                pool[w].transfer(ring[src][0], ring[dst][0], 1, "CNY", request_id=f"{seed}-ring-{w}-{i}")
+                outcomes[w]["ok"] += 1
+            except (InsufficientFunds, OverFaceValue) as e:
+                outcomes[w][e.reason] += 1
+            except CardmintError as e:
+                outcomes[w][f"other:{e.reason}"] += 1
+
+    deadlocks_before = _deadlocks(server)
+    seconds = together(len(pool), move, sizes.limit_s)
+    got = sum(outcomes, Counter())
+    after = [admin.balance(serial=s).balances[0].minor_units for s, _ in ring]
+
+    # Phase two: the double spend, 16 clients per card moving its whole balance at once.
+    spent: list[Counter[str]] = [Counter() for _ in pool]
+
+    def drain(w: int) -> None:
+        card = w % ring_size
+        try:
+            pool[w].transfer(ring[card][0], empty[card][0], half, "CNY", request_id=f"{seed}-drain-{w}")
+            spent[w]["ok"] += 1
+        except (InsufficientFunds, OverFaceValue) as e:
+            spent[w][e.reason] += 1
+        except CardmintError as e:
+            spent[w][f"other:{e.reason}"] += 1
+
+    together(len(pool), drain, sizes.limit_s)
+    time.sleep(1.0)  # PostgreSQL publishes its statistics within a second
+    deadlocks = _deadlocks(server) - deadlocks_before
+    drained = sum(spent, Counter())
+    final = [admin.balance(serial=s).balances[0].minor_units for s, _ in ring + empty]
+    ledgers = [_spent(admin, s) for s, _ in ring + empty]
+    report(
+        "1-transfer-race",
+        cards=ring_size,
+        attempts=per * len(pool),
+        succeeded=got["ok"],
+        refused=got["INSUFFICIENT_FUNDS"] + got["OVER_FACE_VALUE"],
+        other=sum(v for k, v in got.items() if k.startswith("other")),
+        deadlocks=deadlocks,
+        balances_after=",".join(map(str, after)),
+        drain_clients=len(pool),
+        drains_won=drained["ok"],
+        drains_refused=drained["INSUFFICIENT_FUNDS"],
+        drain_other=sum(v for k, v in drained.items() if k.startswith("other")),
+        total_before=ring_size * half,
+        total_after=sum(final),
+        lowest_balance_after=min(low for _, _, low in ledgers),
+        calls_per_s=round(per * len(pool) / seconds),
+    )
+    assert got == Counter({"ok": per * len(pool)}) and deadlocks == 0
+    assert after == [half] * ring_size
+    assert drained == Counter({"ok": ring_size, "INSUFFICIENT_FUNDS": len(pool) - ring_size})
+    assert final == [0] * ring_size + [half] * ring_size
+    # Every card's ledger sums to its balance (from its face value) and never went below 0.
+    assert [face + total for total, _, _ in ledgers] == final
+    assert min(low for _, _, low in ledgers) >= 0
 
 
 def test_idempotency_misuse(clients: Clients, token: Token, sizes: Sizes, seed: int, report: Report) -> None:

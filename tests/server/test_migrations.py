@@ -77,3 +77,48 @@ def test_newer_schema_is_refused(storage: Storage, storage_url: str, clock: Fake
 def test_open_refuses_what_is_not_a_database_url(url: str) -> None:
     with pytest.raises(StorageError):
         open_storage(url)
+
+
+def test_ledger_kinds_of_v13_upgrade_a_v12_ledger(
+    storage_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 13 widens the ledger's kind CHECK (SQLite: by rebuilding the table): rows
+    written at v12, their links included, survive it; the table stays append-only; the new
+    kinds go in and an unknown kind is still refused."""
+    from cardmint.server.storage import LedgerKind, postgres, sqlite
+
+    for module in (sqlite, postgres):
+        monkeypatch.setattr(module, "MIGRATIONS", MIGRATIONS[:12])
+    old = open_storage(storage_url, clock=clock)
+    assert old.schema_version() == 12
+    with old.transaction() as tx:
+        acct = tx.ensure_account("upgrader")
+        first = tx._ledger(LedgerKind.BIND, "CNY", 0, account_id=acct.id)  # type: ignore[attr-defined]
+        tx._ledger(LedgerKind.UNBIND, "CNY", 0, account_id=acct.id, reverses_id=first.id)  # type: ignore[attr-defined]
+    old.close()
+    monkeypatch.undo()
+
+    new = open_storage(storage_url, clock=clock)
+    try:
+        assert new.schema_version() == 13
+        with new.transaction() as tx:
+            before = tx.list_ledger(account_id=acct.id)
+            tx._ledger(LedgerKind.TRANSFER_OUT, "CNY", 0, account_id=acct.id)  # type: ignore[attr-defined]
+            tx._ledger(LedgerKind.TRANSFER_IN, "CNY", 0, account_id=acct.id)  # type: ignore[attr-defined]
+        assert [(e.kind, e.reverses_id) for e in before] == [
+            (LedgerKind.UNBIND, first.id),
+            (LedgerKind.BIND, None),
+        ]
+        with pytest.raises(StorageError), new.transaction() as tx:
+            tx._execute("UPDATE ledger_entries SET amount = 1")  # type: ignore[attr-defined]
+        with pytest.raises(StorageError), new.transaction() as tx:
+            tx._execute("DELETE FROM ledger_entries")  # type: ignore[attr-defined]
+        with pytest.raises(StorageError), new.transaction() as tx:
+            tx._execute(  # type: ignore[attr-defined]
+                "INSERT INTO ledger_entries (account_id, kind, amount, currency, created_at)"
+                " SELECT account_id, 'gift', 0, 'CNY', created_at FROM ledger_entries LIMIT 1"
+            )
+        with new.read() as tx:
+            assert len(tx.list_ledger(account_id=acct.id)) == 4
+    finally:
+        new.close()

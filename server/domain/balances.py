@@ -269,6 +269,18 @@ class BalanceService:
                 raise _refusal(res, card.currency)
             self._aml(tx, "redeem", card.serial, res.entry.id, amount, currency)
             receipt = MoneyReceipt(res.entry.id, card.serial, amount, currency, res.balance)
+            tx.append_audit(  # late: on SQLite the chain's head is held from here to commit
+                principal.actor,
+                "balance.redeem",
+                f"card:{card.id}",
+                detail(
+                    amount=amount,
+                    currency=currency,
+                    request_id=request_id,
+                    entry=res.entry.id,
+                    balance_after=res.balance,
+                ),
+            )
             tx.complete_idempotency("redeem", request_id, _encode(receipt))
             return receipt
 
@@ -339,6 +351,19 @@ class BalanceService:
                 raise _refusal(res, card.currency)
             self._aml(tx, "reverse", card.serial, res.entry.id, amount, card.currency)
             receipt = MoneyReceipt(res.entry.id, card.serial, amount, card.currency, res.balance)
+            tx.append_audit(
+                principal.actor,
+                "balance.reverse",
+                f"card:{card.id}",
+                detail(
+                    amount=amount,
+                    currency=card.currency,
+                    request_id=request_id,
+                    entry=res.entry.id,
+                    reverses=entry_id,
+                    balance_after=res.balance,
+                ),
+            )
             tx.complete_idempotency("reverse", request_id, _encode(receipt))
             return receipt
 

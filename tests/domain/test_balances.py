@@ -185,3 +185,31 @@ def test_money_is_conserved(
             balance += amount
             assert back.balance_after == balance <= 500
     assert domain.balances.card_balance(who.merchant, serial).balance.amount == balance
+
+
+def test_every_money_movement_is_audited_once(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot], storage: Storage
+) -> None:
+    """Redeem and reverse each chain one audit event (who, what, the ledger entry) in their
+    own transaction; a replay adds none, a refusal none; the chain verifies."""
+    from cardmint.server.domain.audit import verify_storage
+
+    serial, _ = make_lot(1).pairs[0]
+    card_id = storage.run(lambda tx: tx.get_card_by_serial(serial)).id  # type: ignore[union-attr]
+
+    def money_events() -> list[tuple[str, str, str]]:
+        with storage.read() as tx:
+            entries = tx.audit_entries(0, 10_000)
+        return [(e.actor, e.action, e.subject) for e in entries if e.action.startswith("balance.")]
+
+    spent = domain.balances.redeem(who.merchant, serial=serial, amount=120, currency="CNY", request_id="a1")
+    domain.balances.redeem(who.merchant, serial=serial, amount=120, currency="CNY", request_id="a1")  # replay
+    with pytest.raises(InsufficientFunds):
+        domain.balances.redeem(who.merchant, serial=serial, amount=10_000, currency="CNY", request_id="a2")
+    domain.balances.reverse(who.operator, entry_id=spent.entry_id, amount=20, request_id="a3")
+    domain.balances.reverse(who.operator, entry_id=spent.entry_id, amount=20, request_id="a3")  # replay
+    assert money_events() == [
+        (who.merchant.actor, "balance.redeem", f"card:{card_id}"),
+        (who.operator.actor, "balance.reverse", f"card:{card_id}"),
+    ]
+    assert verify_storage(storage).ok

@@ -475,6 +475,26 @@ CREATE INDEX loss_reports_status ON loss_reports (status, id);
 CREATE INDEX loss_reports_account ON loss_reports (account_id, id);
 """
 
+# v14: digest-key rotation (docs/operations.md, "Key rotation"). digest_keys records every
+# digest key a deployment has used, by id, with a fingerprint (a keyed hash, never the key)
+# so that a server started with a different key under the same id refuses to start, and the
+# key's state: pending (known, not used yet), current (new lots are digested with it; at
+# most one), previous (codes digested with it are still looked up) or retired. A lot records
+# the digest key it was minted under; a card records one only once ``keys rehash`` has
+# re-digested it (NULL: its lot's key), so minting writes no extra column per card.
+_V14 = """
+CREATE TABLE digest_keys (
+    id {int} PRIMARY KEY CHECK (id >= 1),
+    fingerprint {blob} NOT NULL CHECK (length(fingerprint) = 16),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'current', 'previous', 'retired')),
+    added_at {ts} NOT NULL,
+    changed_at {ts} NOT NULL
+){strict};
+CREATE UNIQUE INDEX digest_keys_one_current ON digest_keys (state) WHERE state = 'current';
+ALTER TABLE lots ADD COLUMN digest_key_id {int} NOT NULL DEFAULT 1 CHECK (digest_key_id >= 1);
+ALTER TABLE cards ADD COLUMN digest_key_id {int} CHECK (digest_key_id >= 1);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
@@ -488,4 +508,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "loss reports", _V10),
     Migration(11, "order payment method", _V11),
     Migration(12, "journals", "", postgres=_V12_POSTGRES),
+    Migration(14, "digest key rotation", _V14),
 )

@@ -48,6 +48,8 @@ install: venv
 	$(PY) -m pip install -q --no-build-isolation --no-deps . 2>&1 | { grep -v -e '^\s*$$' -e 'Running setup.py' || true; }
 	$(PY) -c "import cardmint.kernel as k; assert k.available_backends() == ['rust', 'cython', 'python'], k.available_backends(); print('kernel backends:', ', '.join(k.available_backends()))"
 
+# lint ends with mypy.stubtest: the native modules' stubs (kernel/_cy.pyi and
+# rust/cardmint-py/python/cardmint/kernel/_rust.pyi) against the installed binaries, no allowlist.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -55,6 +57,7 @@ lint: venv
 	$(PY) proto/generate.py --check
 	$(PY) proto/gendoc.py --check
 	cd /tmp && $(abspath $(PY)) -m mypy --config-file $(CURDIR)/pyproject.toml -p cardmint.kernel -p cardmint.cli -p cardmint.server -p cardmint.client
+	cd /tmp && $(abspath $(PY)) -m mypy.stubtest --mypy-config-file $(CURDIR)/pyproject.toml cardmint.kernel._rust cardmint.kernel._cy cardmint.server.storage._sqlite_audit
 
 rust-check:
 	cargo fmt --all --check

@@ -1,5 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, embedsignature=True
+# No pickling (the classes hold C state; Cython would only add stubs that raise) and no
+# __test__ dict: the module exposes exactly what kernel/_cy.pyi declares (stubtest).
+# cython: auto_pickle=False, autotestdict=False
 """Cython backend of the cardmint kernel (the contract is kernel/_protocol.py, the
 semantics docs/code-format.md).
 

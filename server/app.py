@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from cardmint.server import observe
 from cardmint.server.api import SERVICE_NAMES, add_services, interceptors
+from cardmint.server.config import ServeConfig, StorageOptions, default_config
 from cardmint.server.domain import Domain, DomainConfig, Keyring
 from cardmint.server.storage import AttemptKind, Storage, open_storage
 from cardmint.server.tls import TlsFiles, server_credentials
@@ -68,18 +69,24 @@ def open_domain(
     config: DomainConfig | None = None,
     *,
     tracer: Any = None,
+    keyring: Keyring | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> tuple[Storage, Domain]:
     """Storage (migrated) and the domain over it; creates the var directory and keys.
-    ``tracer`` (OpenTelemetry): the domain's storage traces every unit of work."""
+    ``tracer`` (OpenTelemetry): the domain's storage traces every unit of work.
+    ``keyring``: the keys (default: the files under ``var_dir/keys``, created on first
+    start); ``storage_options``: open_storage's pool and timeout settings."""
     var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    storage = open_storage(db_url or default_db_url(var_dir))
+    keys = keyring if keyring is not None else Keyring.load_or_create(var_dir)
+    url = db_url or default_db_url(var_dir)
+    storage = open_storage(url, **storage_options) if storage_options else open_storage(url)
     try:
         traced: Storage = storage
         if tracer is not None:
             from cardmint.server.tracing import TracedStorage
 
             traced = TracedStorage(storage, tracer)
-        domain = Domain(traced, Keyring.load_or_create(var_dir), config=config)
+        domain = Domain(traced, keys, config=config)
     except BaseException:
         storage.close()
         raise
@@ -132,15 +139,19 @@ def start(
     metrics: str | None = None,
     tracer_provider: Any = None,
     tls: TlsFiles | None = None,
+    keyring: Keyring | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> Running:
     """``metrics``: ``HOST:PORT`` to serve Prometheus metrics at (``:0``: a free port), or
     None for no metrics endpoint (and no RPC metrics kept). ``tracer_provider``: an
     OpenTelemetry ``TracerProvider`` to trace calls and storage with (cardmint.server.tracing),
     or None for no tracing. ``tls``: serve TLS (mutual TLS with a client CA) instead of
-    plaintext (cardmint.server.tls)."""
+    plaintext (cardmint.server.tls). ``keyring`` and ``storage_options``: as open_domain."""
     credentials = server_credentials(tls) if tls is not None else None  # bad files: before anything
     tracer = None if tracer_provider is None else tracer_provider.get_tracer("cardmint")
-    storage, domain = open_domain(db_url, var_dir, config, tracer=tracer)
+    storage, domain = open_domain(
+        db_url, var_dir, config, tracer=tracer, keyring=keyring, storage_options=storage_options
+    )
     metrics_http: Any = None
     try:
         # Lots left "minting" by a process that died are voided, so they never look alive.
@@ -200,32 +211,20 @@ def start(
     return Running(server, port, health_servicer, storage, domain, metrics_port, metrics_http)
 
 
-def serve(
-    db_url: str | None = None,
-    listen: str = DEFAULT_LISTEN,
-    var_dir: Path = DEFAULT_VAR,
-    *,
-    grace: float = DEFAULT_GRACE,
-    workers: int = DEFAULT_WORKERS,
-    profile: str = "platform",
-    metrics: str | None = None,
-    log_format: str = "auto",
-    log_level: str = "info",
-    trace: str | None = None,
-    tls: TlsFiles | None = None,
-    trusted_proxies: tuple[str, ...] = (),
-) -> int:
+def serve(settings: ServeConfig | None = None) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls for up to ``grace`` s; 0.
 
+    ``settings``: the effective configuration (server/config.py; default: the defaults).
     Logs go to stderr as JSON lines, or readable text (``log_format``; auto: text on a
     terminal); ``metrics`` serves Prometheus metrics at HOST:PORT; ``trace`` (console or
     otlp) exports OpenTelemetry spans (docs/operations.md)."""
-    observe.configure_logging(log_format, log_level.upper(), sys.stderr)
+    cfg = settings if settings is not None else default_config()
+    observe.configure_logging(cfg.log_format, cfg.log_level.upper(), sys.stderr)
     provider: Any = None
-    if trace is not None:
+    if cfg.trace is not None:
         from cardmint.server.tracing import tracer_provider
 
-        provider = tracer_provider(trace)
+        provider = tracer_provider(cfg.trace)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -234,18 +233,26 @@ def serve(
     # Installed before start, so a SIGTERM that arrives during start-up still drains.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if cfg.file is not None:
+        log.info("configuration from %s", cfg.file)
+    tls = cfg.tls_files()
+    var_dir = cfg.var_dir
+    var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     running = start(
-        db_url,
-        listen,
+        cfg.db,
+        cfg.listen,
         var_dir,
-        workers=workers,
-        config=DomainConfig(profile=profile, trusted_proxies=trusted_proxies),
-        metrics=metrics,
+        workers=cfg.workers,
+        config=cfg.domain_config(),
+        metrics=cfg.metrics,
         tracer_provider=provider,
         tls=tls,
+        keyring=Keyring.load(cfg.keys_path),
+        storage_options=cfg.storage_options(),
     )
+    listen: str = cfg.listen
     host = listen.rsplit(":", 1)[0]
-    where = redact(db_url) if db_url else default_db_url(var_dir)
+    where = redact(cfg.db_url)
     # Tests and scripts wait for this line; it names the bound port (``--listen …:0``).
     security = "plaintext" if tls is None else ("mutual TLS" if tls.client_ca is not None else "TLS")
     log.info(
@@ -256,12 +263,14 @@ def serve(
         where,
         running.domain.profile.tag,
     )
-    if metrics is not None:
-        log.info("metrics on http://%s:%d/metrics", observe.parse_address(metrics)[0], running.metrics_port)
+    if cfg.metrics is not None:
+        log.info(
+            "metrics on http://%s:%d/metrics", observe.parse_address(cfg.metrics)[0], running.metrics_port
+        )
     while not stopping.wait(0.5):  # wakes up so the main thread can run signal handlers
         pass
-    log.info("stopping; draining in-flight calls for up to %g s", grace)
-    running.stop(grace)
+    log.info("stopping; draining in-flight calls for up to %g s", cfg.grace)
+    running.stop(cfg.grace)
     if provider is not None:
         provider.shutdown()  # exports the spans still batched
     log.info("stopped")

@@ -33,8 +33,15 @@ def cardmint(
 
 
 def test_version() -> None:
+    from importlib.metadata import version
+
+    from cardmint.kernel import available_backends
+
     p = cardmint("--version")
-    assert p.returncode == 0 and p.stdout.startswith(b"cardmint 0.")
+    assert p.returncode == 0, p.stderr
+    backends = ", ".join(available_backends())
+    assert p.stdout.decode() == f"cardmint {version('cardmint')} (kernel backends: {backends})\n"
+    assert version("cardmint").startswith("0.")
 
 
 def test_generate_default_format(kernel: Kernel) -> None:

@@ -3,7 +3,9 @@
     cardmint keys generate -n N [--length L] [--group G] [--prefix P] [--out FILE]
     cardmint keys check [--issued FILE] [--length L] [FILE|-]
     cardmint bench [--quick] [--json FILE] [--server [--pg DSN]]
-    cardmint serve [--db URL] [--listen ADDR]
+    cardmint serve [--config FILE] [--db URL] [--listen ADDR] [...every setting]
+    cardmint config show [--config FILE] [...every setting]
+    cardmint keys new|status|rotate [--to ID]|rehash [--batch N]|retire --key ID [--config FILE]
     cardmint token create --role ROLE [--db URL]
     cardmint backup --out DIR [--db URL] [--var DIR] [--no-keys]
 
@@ -58,9 +60,38 @@ def _version() -> str:
         return "0+unknown"
 
 
+def version_line() -> str:
+    """``cardmint 0.1.0 (kernel backends: rust, cython, python)``: the installed package and
+    the kernel backends that load here (best first)."""
+    from cardmint.kernel import available_backends
+
+    return f"cardmint {_version()} (kernel backends: {', '.join(available_backends())})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: imports the kernel only when asked, so other commands start fast."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=str(kwargs.get("help"))
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cardmint", description="Gift-card codes: mint, check, benchmark.")
-    ap.add_argument("--version", action="version", version=f"cardmint {_version()}")
+    ap.add_argument(
+        "--version", action=_VersionAction, help="the package version and the kernel backends available"
+    )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     keys = sub.add_parser("keys", help="mint and check codes locally (no server)")
@@ -81,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--issued", help="file of issued codes: enables unknown/corrected")
     chk.add_argument("--length", type=int, default=16, help="symbols per code (default 16)")
 
+    from . import rotation
+
+    rotation.add_parsers(ksub)
+
     bench = sub.add_parser("bench", help="throughput of every kernel backend vs plain Python")
     bench.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     bench.add_argument("--json", help="also write the results as JSON to this file")
@@ -90,9 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--pg", metavar="DSN", help="with --server: also bench on this PostgreSQL database")
 
-    from . import admin, audit, backup, card, lot, order, product, serve
+    from . import admin, audit, backup, card, config, lot, order, product, serve
 
     serve.add_parser(sub)
+    config.add_parser(sub)
     admin.add_parser(sub)
     audit.add_parser(sub)
     backup.add_parser(sub)
@@ -129,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .keys import check
 
             return check(args)
+        if args.command == "keys":
+            from .rotation import run as run_rotation
+
+            return run_rotation(args)
         if args.command == "bench" and args.server:
             from .bench_server import run as run_bench_server
 
@@ -141,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .serve import run as run_serve
 
             return run_serve(args)
+        if args.command == "config":  # its one subcommand, show, is required by the parser
+            from .config import run as run_config
+
+            return run_config(args)
         if args.command == "token":  # its one subcommand, create, is required by the parser
             from .admin import run as run_token
 

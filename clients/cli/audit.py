@@ -8,11 +8,12 @@ import time
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .serve import add_store_flags
+
     audit = sub.add_parser("audit", help="the audit chain")
     asub = audit.add_subparsers(dest="audit_action", required=True, metavar="AUDIT_ACTION")
     verify = asub.add_parser("verify", help="check every event's hash and link; name the first broken one")
-    verify.add_argument("--db", help="database URL (default: ./var/cardmint.db, as cardmint serve)")
-    verify.add_argument("--var", default="var", help="directory of the SQLite file (default ./var)")
+    add_store_flags(verify)
     verify.add_argument(
         "--expect-events", type=int, help="an anchor: the chain had at least this many events"
     )
@@ -20,9 +21,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from cardmint.server.app import default_db_url
+    from cardmint.server.config import ConfigError, load_config
     from cardmint.server.domain.audit import verify_storage
     from cardmint.server.storage import open_storage
 
@@ -36,7 +35,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--expect-head: a hex hash") from None
         if len(head) != 32 or args.expect_events is None:
             raise UsageError("--expect-head: a 64-hex-digit hash, with --expect-events")
-    storage = open_storage(args.db or default_db_url(Path(args.var)))
+    try:  # the database cardmint serve uses with the same configuration
+        cfg = load_config(args.config, flags={"db": args.db, "var": args.var})
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    storage = open_storage(cfg.db_url, **cfg.storage_options())
     try:
         started = time.perf_counter()
         verdict = verify_storage(storage, expect_events=args.expect_events, expect_head=head)

@@ -26,6 +26,7 @@ from .errors import Contention, DeadlinePassed, IdempotencyKeyReused, InvalidArg
 from .issued_index import IssuedIndex
 from .keyring import Keyring
 from .profiles import Profile
+from .rekey import DigestKeys
 
 T = TypeVar("T")
 
@@ -97,6 +98,7 @@ class Context:
     config: DomainConfig
     index: IssuedIndex
     profile: Profile
+    rotation: DigestKeys  # which digest keys codes are looked up under; new lots' key
     wake: Wake = field(default_factory=Wake)
     closing: threading.Event = field(default_factory=threading.Event)  # set once shutting down
 

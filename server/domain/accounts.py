@@ -590,7 +590,7 @@ class AccountService:
             card = tx.get_card_by_serial(text)
             if card is not None:
                 return card
-        kernel, key = self._ctx.kernel, self._ctx.keyring.digest_key
+        kernel = self._ctx.kernel
         status, canon = Status.EMPTY, b""
         for length in lengths:
             try:
@@ -604,5 +604,5 @@ class AccountService:
             return "the code has a typo (check character)"
         if status.malformed:
             return "unknown card" if text.isdigit() else "malformed code"
-        card = tx.get_card_by_digest(kernel.digest_one(canon, key))
-        return "unknown card" if card is None else card
+        found = tx.cards_by_digests(self._ctx.rotation.digests_of(canon))
+        return found[0] if found else "unknown card"

@@ -416,10 +416,13 @@ class CardService:
         if status.malformed:
             return MalformedCode(violations=(FieldViolation("code", _MALFORMED.get(status, "malformed")),))
         if status is Status.BAD_CHECK:
-            corr = ctx.index.correct_many([code], ctx.keyring.digest_key, len(canon))[0]
+            keys = [k for _, k in ctx.rotation.lookup_keys()]
+            corr = ctx.index.correct_any([code], keys, len(canon))[0]
             one = corr.suggestion if corr.status is CorrectionStatus.CORRECTED else None
             return BadCheck(display(one) if one else None)
-        card = tx.get_card_by_digest(ctx.kernel.digest_one(canon, ctx.keyring.digest_key))
+        # Every key the code may be digested with (a digest-key rotation's window): one query.
+        found = tx.cards_by_digests(ctx.rotation.digests_of(canon))
+        card = found[0] if found else None
         if card is None or (serial is not None and card.serial != serial):
             return CardNotFound()
         return card

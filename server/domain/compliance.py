@@ -202,7 +202,14 @@ class ComplianceService:
             checked = ctx.kernel.check(codes, code_length_arg(length))
             ok = checked.status == Status.OK
             malformed = int(received - ok.sum())
-            rows = ctx.kernel.digest(checked.codes[ok], ctx.keyring.digest_key) if ok.any() else None
+            # Under every lookup key, newest first: during a digest-key rotation a code's card
+            # may be digested with a previous key.
+            per_key = (
+                [ctx.kernel.digest(checked.codes[ok], k) for _, k in ctx.rotation.lookup_keys()]
+                if ok.any()
+                else []
+            )
+            rows = per_key[0] if ok.any() else None
         else:
             arr = np.asarray(digests, dtype=np.uint8)
             if arr.ndim != 2 or arr.shape[1] != DIGEST_SIZE:
@@ -211,12 +218,24 @@ class ComplianceService:
             if received > ctx.config.max_check_batch:
                 raise InvalidArgument.of("digests", f"at most {ctx.config.max_check_batch} per call")
             rows = arr
+            per_key = [arr]
         unique = sorted({bytes(d) for d in rows}) if rows is not None else []
+        # Every digest a listed code may have; a code is recorded under the one that names a
+        # card, else under the newest key's.
+        candidates = sorted({bytes(d) for dg in per_key for d in dg}) if rows is not None else []
         why = f"blacklisted by {source.strip()}"
 
         def work(tx: UnitOfWork) -> tuple[int, int, int]:
-            cards = {c.digest: c for c in tx.cards_by_digests(unique)}
-            new = tx.add_to_blacklist([(d, cards[d].id if d in cards else None) for d in unique], source)
+            cards = {c.digest: c for c in tx.cards_by_digests(candidates)}
+            chosen = unique
+            if len(per_key) > 1 and cards:
+                chosen = sorted(
+                    {
+                        next((bytes(dg[i]) for dg in per_key if bytes(dg[i]) in cards), bytes(per_key[0][i]))
+                        for i in range(len(per_key[0]))
+                    }
+                )
+            new = tx.add_to_blacklist([(d, cards[d].id if d in cards else None) for d in chosen], source)
             frozen = 0
             for card in cards.values():
                 if tx.set_card_status(card.id, CardStatus.FROZEN, only_from=[CardStatus.ACTIVE]) is not None:
@@ -491,7 +510,9 @@ class ComplianceService:
             created_by=f"{principal.actor} (reissue of card {old.serial})",
             valid_for=old.expires_at - now if old.expires_at is not None else None,
         )
-        batch = ctx.kernel.minter(product.code_length).take(1, key=keys.digest_key)
+        digest_key_id, digest_key = ctx.rotation.current(tx)
+        tx.set_lot_digest_key(lot.id, digest_key_id)
+        batch = ctx.kernel.minter(product.code_length).take(1, key=digest_key)
         assert batch.digests is not None  # keyed take always digests
         digests = np.ascontiguousarray(batch.digests)
         sealed = ctx.kernel.seal(batch.codes, digests, keys.seal_key)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
-from cardmint.kernel import Correction, DigestIndex, Kernel
+from cardmint.kernel import Correction, CorrectionStatus, DigestIndex, Kernel
 from cardmint.server.storage import CardState, IssuedCards, Storage
 
 __all__ = ["DIGEST_SIZE", "IssuedIndex", "epoch_us"]
@@ -149,7 +149,10 @@ class IssuedIndex:
         for cards in adds:
             arrays = _put(arrays, index.insert(_digests(cards)), cards)
         for cards in changed:  # each row carries the card's state now: order is harmless
-            arrays = _put(arrays, index.lookup(_digests(cards)), cards)
+            # insert, not lookup: a card ``keys rehash`` re-digested arrives here with its new
+            # digest (a digest already indexed keeps its position). Its old digest stays in
+            # the index, stale, but lookups try the newest key first, which finds the card.
+            arrays = _put(arrays, index.insert(_digests(cards)), cards)
         with self._swap:
             self._arrays = arrays
             self._cursor, self._card_cursor = cursor, card_cursor
@@ -174,3 +177,31 @@ class IssuedIndex:
         with self._swap:
             index = self._index
         return self._kernel.correct_many(raws, index, key, length)
+
+    def states_any(
+        self, codes: npt.NDArray[np.bytes_], keys: list[bytes], now: datetime
+    ) -> npt.NDArray[np.uint8]:
+        """``states`` of canonical ``codes`` digested under several keys, newest key first:
+        each code's state under the first key that finds it (a digest-key rotation's
+        window). Only the codes not found yet are digested under the next key."""
+        out = self.states(self._kernel.digest(codes, keys[0]), now)
+        for key in keys[1:]:
+            missing = np.flatnonzero(out == CardState.MISSING)
+            if not len(missing):
+                break
+            out[missing] = self.states(self._kernel.digest(codes[missing], key), now)
+        return out
+
+    def correct_any(self, raws: list[str | bytes], keys: list[bytes], length: int) -> list[Correction]:
+        """``correct_many`` under several digest keys, newest first: a correction found
+        under any key counts (codes digested with a previous key are still corrected)."""
+        results = self.correct_many(raws, keys[0], length)
+        for key in keys[1:]:
+            todo = [i for i, c in enumerate(results) if c.status is not CorrectionStatus.CORRECTED]
+            if not todo:
+                break
+            again = self.correct_many([raws[i] for i in todo], key, length)
+            for i, c in zip(todo, again, strict=True):
+                if c.status is CorrectionStatus.CORRECTED:
+                    results[i] = c
+        return results

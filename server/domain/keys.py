@@ -147,8 +147,8 @@ class KeyService:
 
         ok = np.flatnonzero(verdict == Status.OK)
         if len(ok):
-            digests = ctx.kernel.digest(normalized[ok], ctx.keyring.digest_key)
-            status[ok] = _FROM_STATE[ctx.index.states(digests, ctx.storage.now())]
+            keys = [key for _, key in ctx.rotation.lookup_keys()]
+            status[ok] = _FROM_STATE[ctx.index.states_any(normalized[ok], keys, ctx.storage.now())]
 
         bad = np.flatnonzero(verdict == Status.BAD_CHECK)
         if len(bad):
@@ -156,7 +156,7 @@ class KeyService:
             data = memoryview(codes.data).cast("B")
             raws: list[str | bytes] = [bytes(data[offsets[i] : offsets[i + 1]]) for i in bad.tolist()]
             started = time.perf_counter()
-            corrections = ctx.index.correct_many(raws, ctx.keyring.digest_key, length)
+            corrections = ctx.index.correct_any(raws, [k for _, k in ctx.rotation.lookup_keys()], length)
             kernel_done("correct", len(raws), time.perf_counter() - started)
             for i, corr in zip(bad.tolist(), corrections, strict=True):
                 normalized[i] = corr.normalized.encode("ascii")

@@ -211,13 +211,17 @@ class LotService:
             )
             if owner is not None:
                 tx.set_lot_owner(lot.id, owner[0], owner[1])
+            key_id, _ = ctx.rotation.current(tx)  # the lot's codes are digested with it
+            tx.set_lot_digest_key(lot.id, key_id)
+            lot_keys[lot.id] = key_id
             return lot
 
+        lot_keys: dict[int, int] = {}
         # Step 1 commits on its own: the lot is visibly "minting" while it fills, and a
         # process killed midway leaves a minting lot with no cards for the sweep to void.
         lot = ctx.run(open_lot)
         try:
-            done = self._fill(principal, product, lot, progress)
+            done = self._fill(principal, product, lot, progress, ctx.keyring.digest_keys[lot_keys[lot.id]])
         except BaseException as e:
             self._discard(lot.id)
             if isinstance(e, ConflictError):
@@ -228,11 +232,13 @@ class LotService:
         ctx.index.refresh()
         return done
 
-    def _fill(self, principal: Principal, product: Product, lot: Lot, progress: Progress | None) -> Lot:
+    def _fill(
+        self, principal: Principal, product: Product, lot: Lot, progress: Progress | None, digest_key: bytes
+    ) -> Lot:
         ctx = self._ctx
         with ctx.storage.transaction() as tx:
             stored = 0
-            for batch in _prefetched(self._minted(product, lot)):
+            for batch in _prefetched(self._minted(product, lot, digest_key)):
                 tx.add_cards(lot, batch, lot.expires_at)
                 stored += len(batch)
                 if progress is not None:
@@ -249,7 +255,7 @@ class LotService:
             tx.append_audit(principal.actor, "lot.create", f"lot:{lot.id}", detail(**facts))
         return completed
 
-    def _minted(self, product: Product, lot: Lot) -> Iterator[CardBatch]:
+    def _minted(self, product: Product, lot: Lot, digest_key: bytes) -> Iterator[CardBatch]:
         """The lot's cards chunk by chunk: minted, sealed, numbered. Only serials, digests and
         sealed records leave here; the plaintext codes do not."""
         kernel, keys = self._ctx.kernel, self._ctx.keyring
@@ -257,7 +263,7 @@ class LotService:
         minter = kernel.minter(product.code_length)
         start = lot.serial_start
         started = time.perf_counter()
-        for batch in minter.chunks(lot.count, self._ctx.config.lot_chunk, key=keys.digest_key):
+        for batch in minter.chunks(lot.count, self._ctx.config.lot_chunk, key=digest_key):
             assert batch.digests is not None  # keyed take always digests
             # Numbered in digest order, so that storing a chunk fills the digest index in
             # order instead of at random (~2x faster on SQLite at 10^6 cards). The order of

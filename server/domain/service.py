@@ -24,6 +24,7 @@ from .keys import KeyService
 from .lots import LotService
 from .orders import OrderService
 from .profiles import load_profile
+from .rekey import DigestKeys
 
 __all__ = ["Domain", "Housekeeping"]
 
@@ -62,7 +63,10 @@ class Domain:
         self.config = config or DomainConfig()
         self.index = IssuedIndex(storage, k)
         self.profile = load_profile(self.config.profile)
-        ctx = self._ctx = Context(storage, keyring, k, self.config, self.index, self.profile)
+        self.digest_keys = DigestKeys(storage, keyring, k)
+        ctx = self._ctx = Context(
+            storage, keyring, k, self.config, self.index, self.profile, self.digest_keys
+        )
         self.auth = AuthService(storage, cache_seconds=self.config.auth_cache_seconds)
         self.keys = KeyService(ctx)
         self.catalog = CatalogService(ctx)

@@ -35,6 +35,7 @@ from .models import (
     CardStatus,
     Delivery,
     Department,
+    DigestKeyRecord,
     Event,
     Gauges,
     IdempotencyClaim,
@@ -58,6 +59,7 @@ from .models import (
     PoolCardState,
     PoolStock,
     Product,
+    RehashRow,
     Report,
     Role,
     Token,
@@ -83,6 +85,7 @@ __all__ = [
     "ConflictError",
     "Delivery",
     "Department",
+    "DigestKeyRecord",
     "Event",
     "Gauges",
     "IdempotencyClaim",
@@ -110,6 +113,7 @@ __all__ = [
     "PoolCardState",
     "PoolStock",
     "Product",
+    "RehashRow",
     "Report",
     "Role",
     "SQLiteStorage",
@@ -125,23 +129,31 @@ __all__ = [
 ]
 
 
-def open_storage(url: str, *, clock: Clock = utcnow) -> Storage:
+def open_storage(
+    url: str,
+    *,
+    clock: Clock = utcnow,
+    pool_min_size: int = 1,
+    pool_max_size: int = 32,
+    busy_timeout_ms: int = 30_000,
+) -> Storage:
     """``postgresql://…`` (or ``postgres://…``) → PostgreSQL; ``sqlite:///path`` or a path → SQLite.
 
-    Opening applies any pending schema migrations.
+    Opening applies any pending schema migrations. ``pool_*``: the PostgreSQL connection
+    pool's size; ``busy_timeout_ms``: how long SQLite waits for another process's lock.
     """
     if url.startswith(("postgresql://", "postgres://")):
         # Imported here so the embedded SQLite server starts without psycopg installed.
         from .postgres import PostgresStorage
 
-        return PostgresStorage(url, clock=clock)
+        return PostgresStorage(url, clock=clock, min_size=pool_min_size, max_size=pool_max_size)
     path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
     if not path or path == ":memory:":
         raise StorageError("SQLite storage needs a file path (readers use their own connections)")
     if "://" in path or "=" in path:
         # A libpq keyword DSN or another scheme would otherwise become a stray SQLite file.
         raise StorageError(f"not a database URL: {url!r} (use postgresql://... or sqlite:///path)")
-    return SQLiteStorage(Path(path), clock=clock)
+    return SQLiteStorage(Path(path), clock=clock, busy_timeout_ms=busy_timeout_ms)
 
 
 if TYPE_CHECKING:

@@ -39,6 +39,7 @@ from .models import (
     CardStatus,
     Delivery,
     Department,
+    DigestKeyRecord,
     Event,
     Gauges,
     IdempotencyClaim,
@@ -64,6 +65,7 @@ from .models import (
     PoolCardState,
     PoolStock,
     Product,
+    RehashRow,
     Reissue,
     Report,
     Role,
@@ -1567,6 +1569,74 @@ class SqlTx(ABC):
         """The newest card_changes seq; read it in the same snapshot as ``issued_cards``."""
         return int(self._one("SELECT COALESCE(MAX(seq), 0) FROM card_changes")[0])
 
+    # -- digest keys (rotation)
+    def digest_keys(self) -> list[DigestKeyRecord]:
+        rows = self._all("SELECT id, fingerprint, state FROM digest_keys ORDER BY id")
+        return [DigestKeyRecord(int(r[0]), bytes(r[1]), str(r[2])) for r in rows]
+
+    def add_digest_key(self, key_id: int, fingerprint: bytes, state: str) -> bool:
+        """Record a digest key unless its id is known already; True if recorded."""
+        now = self._ts(self.now())
+        return (
+            self._execute(
+                "INSERT INTO digest_keys (id, fingerprint, state, added_at, changed_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (key_id, fingerprint, state, now, now),
+            ).rowcount
+            == 1
+        )
+
+    def set_digest_key_state(self, key_id: int, state: str) -> None:
+        self._execute(
+            "UPDATE digest_keys SET state = ?, changed_at = ? WHERE id = ?",
+            (state, self._ts(self.now()), key_id),
+        )
+
+    def set_lot_digest_key(self, lot_id: int, key_id: int) -> None:
+        self._execute("UPDATE lots SET digest_key_id = ? WHERE id = ?", (key_id, lot_id))
+
+    def rehash_candidates(self, current: int, after_id: int, limit: int) -> list[RehashRow]:
+        """Up to ``limit`` cards after ``after_id`` (id order) whose digest was made under
+        another key than ``current``; cards of lots still minting are left for later."""
+        rows = self._all(
+            "SELECT c.id, c.digest, c.sealed, c.key_id, COALESCE(c.digest_key_id, l.digest_key_id),"
+            " l.status FROM cards c JOIN lots l ON l.id = c.lot_id"
+            " WHERE c.id > ? AND l.status <> 'minting' AND COALESCE(c.digest_key_id, l.digest_key_id) <> ?"
+            " ORDER BY c.id LIMIT ?",
+            (after_id, current, limit),
+        )
+        return [
+            RehashRow(int(r[0]), bytes(r[1]), bytes(r[2]), int(r[3]), int(r[4]), r[5] == "complete")
+            for r in rows
+        ]
+
+    def rekey_cards(
+        self, rows: Sequence[tuple[RehashRow, bytes, bytes]], seal_key_id: int, digest_key_id: int
+    ) -> int:
+        """Give each card (row, new digest, new sealed copy) its new digest and sealed copy,
+        unless its digest changed since it was read; the issued-codes index of every server
+        learns the new digests of complete lots' cards. The number of cards changed."""
+        changed = 0
+        for row, digest, sealed in rows:
+            done = self._execute(
+                "UPDATE cards SET digest = ?, sealed = ?, key_id = ?, digest_key_id = ?"
+                " WHERE id = ? AND digest = ?",
+                (digest, sealed, seal_key_id, digest_key_id, row.card_id, row.digest),
+            ).rowcount
+            if done == 1:
+                changed += 1
+                if row.announce:
+                    self._card_change(row.card_id)
+        return changed
+
+    def digest_key_usage(self) -> dict[int, int]:
+        """Digest key id -> how many cards were digested under it (lots still minting too)."""
+        rows = self._all(
+            "SELECT COALESCE(c.digest_key_id, l.digest_key_id), COUNT(*) FROM cards c"
+            " JOIN lots l ON l.id = c.lot_id GROUP BY COALESCE(c.digest_key_id, l.digest_key_id)"
+        )
+        return {int(r[0]): int(r[1]) for r in rows}
+
     @abstractmethod
     def _epoch_us(self, column: str) -> str:
         """SQL for ``column`` (a timestamp, maybe NULL) in microseconds since the epoch, 0 if NULL."""
@@ -1608,11 +1678,13 @@ class SqlTx(ABC):
             after = rows[-1][0]
 
     def card_changes(self, since_seq: int, limit: int = 10_000) -> IssuedCards:
-        """Cards whose state changed after ``since_seq``, with their state now (oldest first;
-        a card changed twice appears twice, both rows showing its current state)."""
+        """Cards of complete lots whose state or digest changed after ``since_seq``, with their
+        digest and state now (oldest first; a card changed twice appears twice, both rows
+        showing its current state). A digest changes when ``keys rehash`` re-digests a card."""
         rows = self._all(
             f"SELECT cc.seq, c.digest, {self._state_sql('c')} FROM card_changes cc"
-            " JOIN cards c ON c.id = cc.card_id WHERE cc.seq > ? ORDER BY cc.seq LIMIT ?",
+            " JOIN cards c ON c.id = cc.card_id JOIN lots l ON l.id = c.lot_id"
+            " WHERE cc.seq > ? AND l.status = 'complete' ORDER BY cc.seq LIMIT ?",
             (since_seq, limit),
         )
         return self._issued(rows, 1, rows[-1][0] if rows else since_seq)

@@ -1,4 +1,4 @@
-# cython: boundscheck=False, wraparound=False, cdivision=True
+# cython: boundscheck=False, wraparound=False, cdivision=True, auto_pickle=False, autotestdict=False
 """A page of the audit chain read straight from the SQLite file, for the verifier.
 
 ``read_page(path, after_id, upto_id)`` opens its own read-only connection (libsqlite3, the

@@ -520,6 +520,26 @@ ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_kind_check CHECK (kind 
     'transfer_out', 'transfer_in'));
 """
 
+# v14: digest-key rotation (docs/operations.md, "Key rotation"). digest_keys records every
+# digest key a deployment has used, by id, with a fingerprint (a keyed hash, never the key)
+# so that a server started with a different key under the same id refuses to start, and the
+# key's state: pending (known, not used yet), current (new lots are digested with it; at
+# most one), previous (codes digested with it are still looked up) or retired. A lot records
+# the digest key it was minted under; a card records one only once ``keys rehash`` has
+# re-digested it (NULL: its lot's key), so minting writes no extra column per card.
+_V14 = """
+CREATE TABLE digest_keys (
+    id {int} PRIMARY KEY CHECK (id >= 1),
+    fingerprint {blob} NOT NULL CHECK (length(fingerprint) = 16),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'current', 'previous', 'retired')),
+    added_at {ts} NOT NULL,
+    changed_at {ts} NOT NULL
+){strict};
+CREATE UNIQUE INDEX digest_keys_one_current ON digest_keys (state) WHERE state = 'current';
+ALTER TABLE lots ADD COLUMN digest_key_id {int} NOT NULL DEFAULT 1 CHECK (digest_key_id >= 1);
+ALTER TABLE cards ADD COLUMN digest_key_id {int} CHECK (digest_key_id >= 1);
+"""
+
 # v17: idempotency keys expire (DomainConfig.idempotency_days, purged by the housekeeping
 # thread oldest first in short batches): an index on their age.
 _V17 = """
@@ -540,5 +560,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "order payment method", _V11),
     Migration(12, "journals", "", postgres=_V12_POSTGRES),
     Migration(13, "card-to-card transfers", "", _V13_SQLITE, _V13_POSTGRES),
+    Migration(14, "digest key rotation", _V14),
     Migration(17, "idempotency expiry", _V17),
 )

@@ -21,6 +21,7 @@ __all__ = [
     "CardStatus",
     "Delivery",
     "Department",
+    "DigestKeyRecord",
     "Gauges",
     "IdempotencyClaim",
     "IndexChange",
@@ -44,6 +45,7 @@ __all__ = [
     "PoolCardState",
     "PoolStock",
     "Product",
+    "RehashRow",
     "Reissue",
     "Role",
     "Token",
@@ -368,6 +370,29 @@ class IssuedCards:
 
     def __len__(self) -> int:
         return len(self.states)
+
+
+@dataclass(frozen=True)
+class DigestKeyRecord:
+    """A digest key the database knows (never the key: a fingerprint of it) and its state:
+    ``pending``, ``current`` (new lots), ``previous`` (still looked up) or ``retired``."""
+
+    key_id: int
+    fingerprint: bytes
+    state: str
+
+
+@dataclass(frozen=True)
+class RehashRow:
+    """A card digested under a key that is not the current one, as ``keys rehash`` needs it.
+    ``announce``: its lot is complete, so the issued-codes index must learn the new digest."""
+
+    card_id: int
+    digest: bytes
+    sealed: bytes
+    seal_key_id: int
+    digest_key_id: int
+    announce: bool
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Behind a load balancer every connection comes from the balancer: the per-address limits
 must count the client it forwards (``x-forwarded-for``), and only when the connection
 really comes from a trusted proxy (``DomainConfig.trusted_proxies``, ``cardmint serve
---trusted-proxy``). A client cannot pick its own address by sending the header itself."""
+--trusted-proxies``). A client cannot pick its own address by sending the header itself."""
 
 from __future__ import annotations
 

@@ -231,7 +231,7 @@ def test_serve_and_the_cli_over_mutual_tls(pki: Pki, tmp_path: Path, bindir: Pat
         ["cardmint", "serve", "--listen", "127.0.0.1:0", "--tls-cert", str(pki.server_cert)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False,
     )  # fmt: skip
-    assert bad.returncode == 2 and "--tls-key" in bad.stderr
+    assert bad.returncode == 2 and "tls_key" in bad.stderr
     mismatched = subprocess.run(
         ["cardmint", "serve", "--listen", "127.0.0.1:0",
          "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.client_key)],

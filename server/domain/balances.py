@@ -43,6 +43,7 @@ from .errors import (
     TransactionNotFound,
 )
 from .events import EventKind, emit
+from .profiles import Profile
 
 __all__ = [
     "AccountBalance",
@@ -197,6 +198,27 @@ def _refusal(res: MoneyResult, currency: str) -> DomainError:
             return CardVoid()
 
 
+def aml_reportable(profile: Profile, amount: int, currency: str) -> bool:
+    """Whether a movement of ``amount`` crosses the profile's AML reporting threshold."""
+    threshold = profile.aml_above.minor(currency)
+    return threshold is not None and amount > threshold
+
+
+def file_aml_report(
+    profile: Profile, tx: UnitOfWork, what: str, serial: str, entry_id: int, amount: int, currency: str
+) -> bool:
+    """A movement above the profile's AML threshold leaves a report record and an
+    ``aml.report`` event, in the moving transaction; whether it did. Every movement of
+    money between holders or out of the system goes through here: redeem, reverse,
+    transfer, a lost card's reissue."""
+    if not aml_reportable(profile, amount, currency):
+        return False
+    subject = f"card:{serial}"
+    tx.add_report("aml", subject, detail(movement=what, transaction=entry_id), amount=amount, currency=currency)
+    emit(tx, EventKind.AML_REPORT, subject, movement=what, transaction=entry_id, amount=amount, currency=currency)
+    return True
+
+
 class BalanceService:
     def __init__(self, ctx: Context, cards: CardService) -> None:
         self._ctx = ctx
@@ -309,25 +331,10 @@ class BalanceService:
             )
 
     def _reportable(self, amount: int, currency: str) -> bool:
-        threshold = self._ctx.profile.aml_above.minor(currency)
-        return threshold is not None and amount > threshold
+        return aml_reportable(self._ctx.profile, amount, currency)
 
     def _aml(self, tx: UnitOfWork, what: str, serial: str, entry_id: int, amount: int, currency: str) -> None:
-        """A movement above the profile's AML threshold leaves a report record (and an event)."""
-        if self._reportable(amount, currency):
-            subject = f"card:{serial}"
-            tx.add_report(
-                "aml", subject, detail(movement=what, transaction=entry_id), amount=amount, currency=currency
-            )
-            emit(
-                tx,
-                EventKind.AML_REPORT,
-                subject,
-                movement=what,
-                transaction=entry_id,
-                amount=amount,
-                currency=currency,
-            )
+        file_aml_report(self._ctx.profile, tx, what, serial, entry_id, amount, currency)
 
     def reverse(self, principal: Principal, *, entry_id: int, amount: int, request_id: str) -> MoneyReceipt:
         require(principal, _REVERSERS)

@@ -26,6 +26,7 @@ from cardmint.server.storage.models import LossReport, LossStatus
 
 from ._context import STAFF, Context, detail, int_arg, request_id_arg, require, resolve_account
 from .audit import AuditVerdict, verify_storage
+from .balances import file_aml_report
 from .auth import Permission, Principal, may
 from .cards import CardService, CardView
 from .errors import (
@@ -461,6 +462,8 @@ class ComplianceService:
         if moved is None:  # spent meanwhile (a concurrent redemption took the rest)
             raise CardSpent()
         amount = moved.moved_in.amount
+        # A reissue moves money to a new card: above the threshold it is reported like any move.
+        file_aml_report(self._ctx.profile, tx, "reissue", card.serial, moved.moved_out.id, amount, card.currency)
         decided = tx.decide_loss_report(
             report.id, LossStatus.APPROVED, principal.actor, note, new_card_id=new.id, amount=amount
         )

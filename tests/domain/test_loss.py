@@ -95,3 +95,30 @@ def test_the_audit_trail_names_both_cards(
     assert reissue["new_card"] == new.id and reissue["amount"] == 500 and reissue["report"] == report.id
     assert code.replace("-", "") not in json.dumps(trail)  # never a plaintext code
     assert domain.compliance.verify_audit(who.admin).ok
+
+
+def test_a_reissue_above_the_aml_threshold_is_reported(
+    domain: Domain, who: Callers, storage: Storage
+) -> None:
+    """A reissue moves money to a new card: above the profile's AML threshold (50,000 CNY on
+    the platform profile) it files a report like a redemption or a transfer does."""
+    yuan = 100
+    domain.catalog.create_product(
+        who.operator, sku="BIG", name="big", currency="CNY", amount_range=(yuan, 10**6 * yuan)
+    )
+    reported = []
+    for face in (40_000 * yuan, 60_000 * yuan):
+        lot = domain.lots.create_lot(who.operator, sku="BIG", count=1, face_value=face)
+        chunk = next(iter(domain.lots.stream_lot(who.operator, lot.id)))
+        serial, code = chunk.serials[0], chunk.codes[0]
+        domain.cards.bind(who.alice, code)
+        report = domain.compliance.report_loss(who.alice, serial, reason="lost", request_id=f"aml-l-{face}")
+        domain.compliance.review_loss(
+            who.operator, report.id, approve=True, note="checked", request_id=f"aml-v-{face}"
+        )
+        with storage.read() as tx:
+            reported.append(
+                [(r.subject, r.amount, json.loads(r.detail)["movement"]) for r in tx.list_reports()]
+            )
+    assert reported[0] == []  # 40,000: under the threshold
+    assert reported[1] == [(f"card:{serial}", 60_000 * yuan, "reissue")]

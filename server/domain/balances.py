@@ -214,8 +214,18 @@ def file_aml_report(
     if not aml_reportable(profile, amount, currency):
         return False
     subject = f"card:{serial}"
-    tx.add_report("aml", subject, detail(movement=what, transaction=entry_id), amount=amount, currency=currency)
-    emit(tx, EventKind.AML_REPORT, subject, movement=what, transaction=entry_id, amount=amount, currency=currency)
+    tx.add_report(
+        "aml", subject, detail(movement=what, transaction=entry_id), amount=amount, currency=currency
+    )
+    emit(
+        tx,
+        EventKind.AML_REPORT,
+        subject,
+        movement=what,
+        transaction=entry_id,
+        amount=amount,
+        currency=currency,
+    )
     return True
 
 

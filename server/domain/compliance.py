@@ -26,8 +26,8 @@ from cardmint.server.storage.models import LossReport, LossStatus
 
 from ._context import STAFF, Context, detail, int_arg, request_id_arg, require, resolve_account
 from .audit import AuditVerdict, verify_storage
-from .balances import file_aml_report
 from .auth import Permission, Principal, may
+from .balances import file_aml_report
 from .cards import CardService, CardView
 from .errors import (
     CardExpired,
@@ -463,7 +463,9 @@ class ComplianceService:
             raise CardSpent()
         amount = moved.moved_in.amount
         # A reissue moves money to a new card: above the threshold it is reported like any move.
-        file_aml_report(self._ctx.profile, tx, "reissue", card.serial, moved.moved_out.id, amount, card.currency)
+        file_aml_report(
+            self._ctx.profile, tx, "reissue", card.serial, moved.moved_out.id, amount, card.currency
+        )
         decided = tx.decide_loss_report(
             report.id, LossStatus.APPROVED, principal.actor, note, new_card_id=new.id, amount=amount
         )

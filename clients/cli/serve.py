@@ -25,6 +25,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--workers", type=int, default=32, help="threads handling calls (default 32)")
     p.add_argument(
+        "--max-in-flight",
+        type=int,
+        help="calls queued or running before new ones are refused at once with RESOURCE_EXHAUSTED "
+        "(OVERLOADED, RetryInfo); 0 = no limit (default 256)",
+    )
+    p.add_argument(
         "--profile",
         default="platform",
         help="compliance profile: platform (default), cn-prepaid, or a profile .toml file",
@@ -55,12 +61,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from cardmint.server.app import serve
+    from cardmint.server.app import DEFAULT_MAX_IN_FLIGHT, serve
 
     from . import UsageError
 
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
+    if args.max_in_flight is not None and args.max_in_flight < 0:
+        raise UsageError("--max-in-flight must not be negative")
     if args.grace < 0:
         raise UsageError("--grace must not be negative")
     from cardmint.server.domain.profiles import ProfileError, load_profile
@@ -96,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         log_level=args.log_level,
         trace=args.trace,
+        max_in_flight=DEFAULT_MAX_IN_FLIGHT if args.max_in_flight is None else args.max_in_flight,
     )
 
 

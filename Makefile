@@ -13,14 +13,14 @@ export CARDMINT_REQUIRE_NATIVE := 1
 # the storage tests start a throwaway PostgreSQL cluster from the postgresql package.
 DEBS := gcc libc6-dev libssl-dev libsqlite3-dev pkg-config postgresql
 
-.PHONY: run test setup system-deps venv install lint rust-check pytest bench-smoke bench bench-full vectors clean
+.PHONY: run test setup system-deps venv install lint rust-check pytest bench-smoke bench-ci bench-baseline bench bench-full vectors clean
 
 ## run: set up, then run the main job: the gRPC server on SQLite under ./var, 127.0.0.1:50051
 run: setup
 	$(VENV)/bin/cardmint serve
 
 ## test: set up, then run every check and test
-test: setup lint rust-check pytest bench-smoke
+test: setup lint rust-check pytest bench-smoke bench-ci
 
 setup: system-deps install
 
@@ -70,6 +70,21 @@ pytest: install
 # Every benchmark once, at toy sizes, so none of them can rot.
 bench-smoke: install
 	CARDMINT_BENCH_SIZE=tiny CARDMINT_REQUIRE_BACKENDS=rust,cython,python $(PY) -m pytest benches -q --benchmark-disable -p no:randomly
+
+# The quick benchmark table (kernel vs plain Python, server vs echo, one run, about a minute)
+# and its ratios against benches/baseline.json: regressions beyond 25% are printed loudly;
+# only a ratio below a tenth of its baseline fails (docs/operations.md, "Benchmarks").
+BENCH_JSON ?= build/bench-ci.json
+bench-ci: install
+	@mkdir -p $(dir $(BENCH_JSON))
+	$(VENV)/bin/cardmint bench --ci --json $(BENCH_JSON)
+	$(PY) benches/compare.py $(BENCH_JSON) --baseline benches/baseline.json
+
+## bench-baseline: measure the quick benchmarks three times; their median ratios become the baseline (commit it)
+bench-baseline: install
+	@mkdir -p build
+	for i in 1 2 3; do $(VENV)/bin/cardmint bench --ci --json build/bench-baseline-$$i.json; done
+	$(PY) benches/compare.py --merge benches/baseline.json build/bench-baseline-1.json build/bench-baseline-2.json build/bench-baseline-3.json
 
 ## bench: the real benchmarks (pytest-benchmark groups) and the cardmint bench table
 bench: setup

@@ -16,7 +16,6 @@ import re
 import signal
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -25,6 +24,7 @@ from typing import Any
 import grpc
 from cardmint.server import observe
 from cardmint.server.api import SERVICE_NAMES, add_services, interceptors
+from cardmint.server.api.admission import AdmissionExecutor, AdmissionInterceptor
 from cardmint.server.config import ServeConfig, StorageOptions, default_config
 from cardmint.server.domain import Domain, DomainConfig, Keyring
 from cardmint.server.storage import AttemptKind, Storage, open_storage
@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 __all__ = [
     "DEFAULT_GRACE",
     "DEFAULT_LISTEN",
+    "DEFAULT_MAX_IN_FLIGHT",
     "DEFAULT_VAR",
     "MAX_MESSAGE_BYTES",
     "Running",
@@ -50,6 +51,11 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAR = Path("var")
 DEFAULT_GRACE = 30.0
 DEFAULT_WORKERS = 32
+# Calls in flight (queued for a worker or running) before new ones are refused OVERLOADED
+# (server/api/admission.py). Above any fleet of clients a test or a shop front runs at once
+# (64 to a few hundred), low enough that the queue ahead of a call is a fraction of a second
+# at the few hundred to thousand calls/s a 2-core server answers.
+DEFAULT_MAX_IN_FLIGHT = 256
 # Bulk Check chunks are up to 32 MiB of codes; grpc's 4 MiB default would refuse them.
 MAX_MESSAGE_BYTES = 64 << 20
 
@@ -116,6 +122,8 @@ class Running:
     domain: Domain
     metrics_port: int | None = None
     metrics_http: Any = None
+    admission: AdmissionInterceptor | None = None
+    pool: AdmissionExecutor | None = None  # the workers; ended by stop()
 
     def stop(self, grace: float = DEFAULT_GRACE) -> None:
         """Refuse new calls, let in-flight ones finish for up to ``grace`` s, close storage."""
@@ -123,6 +131,8 @@ class Running:
         self.health.enter_graceful_shutdown()
         self.domain.close()  # event subscriptions end instead of holding the drain open
         self.server.stop(grace).wait()
+        if self.pool is not None:  # its idle workers would otherwise wait for calls forever
+            self.pool.shutdown(wait=False)
         if self.metrics_http is not None:  # scrapes read the storage: stop them before closing it
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
@@ -141,12 +151,15 @@ def start(
     tls: TlsFiles | None = None,
     keyring: Keyring | None = None,
     storage_options: StorageOptions | None = None,
+    max_in_flight: int | None = DEFAULT_MAX_IN_FLIGHT,
 ) -> Running:
     """``metrics``: ``HOST:PORT`` to serve Prometheus metrics at (``:0``: a free port), or
     None for no metrics endpoint (and no RPC metrics kept). ``tracer_provider``: an
     OpenTelemetry ``TracerProvider`` to trace calls and storage with (cardmint.server.tracing),
     or None for no tracing. ``tls``: serve TLS (mutual TLS with a client CA) instead of
-    plaintext (cardmint.server.tls). ``keyring`` and ``storage_options``: as open_domain."""
+    plaintext (cardmint.server.tls). ``keyring`` and ``storage_options``: as open_domain.
+    ``max_in_flight``: calls in flight before new ones are refused ``OVERLOADED``
+    (server/api/admission.py); None or 0: no limit (calls queue unbounded)."""
     credentials = server_credentials(tls) if tls is not None else None  # bad files: before anything
     tracer = None if tracer_provider is None else tracer_provider.get_tracer("cardmint")
     storage, domain = open_domain(
@@ -167,10 +180,15 @@ def start(
         rpc_metrics: observe.RpcMetrics | None = None
         if metrics is not None:
             registry, rpc_metrics = observe.metrics_registry(storage, lambda: attempt_tiers(domain))
+        pool = AdmissionExecutor(workers, thread_name_prefix="cardmint-rpc")
+        admission = AdmissionInterceptor(pool, max_in_flight) if max_in_flight else None
         server = grpc.server(
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cardmint-rpc"),
-            interceptors=interceptors(domain, rpc_metrics, tracer),
+            pool,  # type: ignore[arg-type]  # grpc only calls submit(); its stub names ThreadPoolExecutor
+            interceptors=interceptors(domain, rpc_metrics, tracer, admission),
             options=options,
+            # grpc's own limit, refusing in its serving thread without running any Python of
+            # ours: the backstop once as many refusals as there are workers are queued.
+            maximum_concurrent_rpcs=max_in_flight + workers if max_in_flight else None,
         )
         add_services(server, domain)
         health_servicer = health.HealthServicer()
@@ -208,7 +226,9 @@ def start(
             metrics_http.server_close()
         storage.close()
         raise
-    return Running(server, port, health_servicer, storage, domain, metrics_port, metrics_http)
+    return Running(
+        server, port, health_servicer, storage, domain, metrics_port, metrics_http, admission, pool
+    )
 
 
 def serve(settings: ServeConfig | None = None) -> int:
@@ -249,6 +269,7 @@ def serve(settings: ServeConfig | None = None) -> int:
         tls=tls,
         keyring=Keyring.load(cfg.keys_path),
         storage_options=cfg.storage_options(),
+        max_in_flight=cfg.max_in_flight,
     )
     listen: str = cfg.listen
     host = listen.rsplit(":", 1)[0]

@@ -177,6 +177,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grace", "float", 30.0, "seconds to let in-flight calls finish on SIGTERM", minimum=0),
     Setting("workers", "int", 32, "threads handling calls", minimum=1),
     Setting(
+        "max_in_flight",
+        "int",
+        256,
+        "calls queued or running before new ones are refused at once with RESOURCE_EXHAUSTED "
+        "(OVERLOADED, RetryInfo); 0: no limit",
+        minimum=0,
+    ),
+    Setting(
         "profile",
         "str",
         "platform",

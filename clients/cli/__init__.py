@@ -2,7 +2,7 @@
 
     cardmint keys generate -n N [--length L] [--group G] [--prefix P] [--out FILE]
     cardmint keys check [--issued FILE] [--length L] [FILE|-]
-    cardmint bench [--quick] [--json FILE] [--server [--pg DSN]]
+    cardmint bench [--quick] [--json FILE] [--server [--pg DSN]] | --ci [--json FILE]
     cardmint serve [--config FILE] [--db URL] [--listen ADDR] [...every setting]
     cardmint config show [--config FILE] [...every setting]
     cardmint keys new|status|rotate [--to ID]|rehash [--batch N]|retire --key ID [--config FILE]
@@ -34,6 +34,8 @@ Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
     cardmint order list [--account A] [--status S] [--limit N]
     cardmint order cancel|refund --order ID      (refund: [--reason R])
     cardmint order review --order ID (--approve | --reject) [--reason R]
+    cardmint load [--rate R --duration S | --search] [--mix balance=4,redeem=3,bind=2,order=1]
+                  [--deadline S] [--json FILE]      (open-loop load; an admin token)
 
 Errors are one line on stderr naming the problem, exit status 2; never a traceback. A call
 the server refused on business grounds (not found, already bound, insufficient funds,
@@ -124,8 +126,13 @@ def _parser() -> argparse.ArgumentParser:
         "--server", action="store_true", help="the gRPC server vs a bare echo server (in-process, 127.0.0.1)"
     )
     bench.add_argument("--pg", metavar="DSN", help="with --server: also bench on this PostgreSQL database")
+    bench.add_argument(
+        "--ci",
+        action="store_true",
+        help="the quick table CI prints: kernel vs plain Python and server calls vs echo, one run",
+    )
 
-    from . import admin, audit, backup, card, config, lot, order, product, serve
+    from . import admin, audit, backup, card, config, load, lot, order, product, serve
 
     serve.add_parser(sub)
     config.add_parser(sub)
@@ -136,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     lot.add_parser(sub)
     card.add_parser(sub)
     order.add_parser(sub)
+    load.add_parser(sub)
     return ap
 
 
@@ -169,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .rotation import run as run_rotation
 
             return run_rotation(args)
+        if args.command == "bench" and args.ci:
+            from .bench_ci import run as run_bench_ci
+
+            return run_bench_ci(args)
         if args.command == "bench" and args.server:
             from .bench_server import run as run_bench_server
 
@@ -209,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .order import run as run_order
 
             return run_order(args)
+        if args.command == "load":
+            from .load import run as run_load
+
+            return run_load(args)
         if args.command in ("card", "balance", "redeem", "reverse", "transfer"):
             from .card import run as run_card
 

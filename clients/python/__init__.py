@@ -113,6 +113,7 @@ __all__ = [
     "OrganizationExists",
     "OrganizationNotFound",
     "OverFaceValue",
+    "Overloaded",
     "PaymentMismatch",
     "PermissionDenied",
     "ProductExists",
@@ -440,6 +441,14 @@ class Contention(CardmintError):  # noqa: N818 - named after the status, like th
     reason = "CONTENTION"
 
 
+class Overloaded(CardmintError):  # noqa: N818 - named after the reason, like the server's
+    """The server had its limit of calls in flight and refused this one before doing
+    anything; ``retry_after`` (seconds, from RetryInfo) says when to try again. Also raised
+    for a RESOURCE_EXHAUSTED without details: grpc's own concurrency backstop."""
+
+    reason = "OVERLOADED"
+
+
 class InternalError(CardmintError):
     reason = "INTERNAL"
 
@@ -491,6 +500,7 @@ ERRORS: dict[str, type[CardmintError]] = {
         OverFaceValue,
         IdempotencyKeyReused,
         Contention,
+        Overloaded,
         OrderNotFound,
         SoldOut,
         ReservationLimit,
@@ -556,6 +566,8 @@ def error_from(exc: grpc.RpcError) -> CardmintError:
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
             retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    if not reason and code == grpc.StatusCode.RESOURCE_EXHAUSTED and message == GRPC_CONCURRENCY_LIMIT:
+        reason = Overloaded.reason  # grpc's own backstop refused it (no details), not a lock
     cls = ERRORS.get(reason) or _BY_CODE.get(code, CardmintError)
     return cls(
         message, code=code, reason=reason, metadata=metadata, violations=violations, retry_after=retry_after
@@ -657,6 +669,8 @@ class CheckBatch:
         return (self.result(i) for i in range(len(self)))
 
 
+# What grpcio's server answers (RESOURCE_EXHAUSTED, no details) past maximum_concurrent_rpcs.
+GRPC_CONCURRENCY_LIMIT = "Concurrent RPC limit exceeded!"
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
 
 

@@ -36,6 +36,7 @@ from cardmint.v1 import (
 )
 
 from .accounts import AccountServicer
+from .admission import AdmissionInterceptor
 from .auth import OPEN_SERVICES, AuthInterceptor, current_principal
 from .balances import BalanceServicer
 from .cards import CardServicer
@@ -51,6 +52,7 @@ from .orders import OrderServicer
 __all__ = [
     "OPEN_SERVICES",
     "SERVICE_NAMES",
+    "AdmissionInterceptor",
     "AuthInterceptor",
     "ErrorInterceptor",
     "ObserveInterceptor",
@@ -79,17 +81,19 @@ SERVICE_NAMES: tuple[str, ...] = tuple(
 
 
 def interceptors(
-    domain: Domain, metrics: RpcMetrics | None = None, tracer: Any = None
+    domain: Domain,
+    metrics: RpcMetrics | None = None,
+    tracer: Any = None,
+    admission: AdmissionInterceptor | None = None,
 ) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
     """Observation outermost (it sees every call's final status, errors included), then
-    error mapping, so a refused token is answered like every other error, then
+    error mapping, so a refused token is answered like every other error, then admission
+    control (when given: an overloaded server refuses before looking at the token), then
     authentication, then the tap that tells the access log who called."""
-    return [
-        ObserveInterceptor(metrics, tracer),
-        ErrorInterceptor(),
-        AuthInterceptor(domain.auth.authenticate),
-        PrincipalTap(current_principal),
-    ]
+    chain: list[grpc.ServerInterceptor] = [ObserveInterceptor(metrics, tracer), ErrorInterceptor()]  # type: ignore[type-arg]
+    if admission is not None:
+        chain.append(admission)
+    return [*chain, AuthInterceptor(domain.auth.authenticate), PrincipalTap(current_principal)]
 
 
 def add_services(server: grpc.Server, domain: Domain) -> None:

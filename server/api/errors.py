@@ -78,9 +78,14 @@ def status_of(exc: BaseException) -> status_pb2.Status:
         )
         details.append(_pack(bad))
     if exc.retry_after is not None:
-        # Rounded up: a client that waits exactly this long must find the lock gone.
-        wait = max(0, math.ceil(exc.retry_after))
-        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=wait))))
+        # Rounded up: a client that waits exactly this long must find the lock gone. Whole
+        # seconds from one second up (locks); milliseconds below (an overloaded server).
+        ms = max(0, math.ceil(exc.retry_after * 1000))
+        if ms >= 1000:
+            delay = duration_pb2.Duration(seconds=math.ceil(exc.retry_after))
+        else:
+            delay = duration_pb2.Duration(nanos=ms * 1_000_000)
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=_code_number(code), message=exc.message, details=details)
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "OrganizationExists",
     "OrganizationNotFound",
     "OverFaceValue",
+    "Overloaded",
     "PaymentMismatch",
     "PermissionDenied",
     "ProductExists",
@@ -331,6 +332,17 @@ class Contention(DomainError):
     )
 
 
+class Overloaded(DomainError):
+    """The server has as many calls in flight as it admits: this one was refused before it
+    did anything (server/api/admission.py); retry after ``retry_after``."""
+
+    kind, reason, default_message = (
+        ErrorKind.RESOURCE_EXHAUSTED,
+        "OVERLOADED",
+        "the server is at its limit of calls in flight; retry shortly",
+    )
+
+
 class DeadlinePassed(DomainError):
     kind, reason, default_message = (
         ErrorKind.DEADLINE_EXCEEDED,
@@ -554,6 +566,7 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     IdempotencyKeyReused,
     Contention,
     DeadlinePassed,
+    Overloaded,
     OrderNotFound,
     SoldOut,
     ReservationLimit,

@@ -1,0 +1,196 @@
+"""Admission control: a bounded number of calls in flight, the rest refused at once.
+
+A grpcio server hands every call it accepts to its thread pool, whose queue has no bound:
+offered more calls than it can answer, a server would queue them until every caller's
+deadline had passed, answering nobody in time. Instead, at most ``limit`` calls are in
+flight (queued for a worker or running) per server process; a call that arrives while
+``limit`` are in flight is refused straight away with RESOURCE_EXHAUSTED, reason
+``OVERLOADED``, and a ``RetryInfo`` (``Overloaded`` in the domain's error table). It has
+done nothing, so any call may be retried after the delay, on this or another server.
+
+The count is kept by ``AdmissionExecutor``, the server's thread pool: +1 when grpc submits
+a call, -1 when the call's work item ends, however it ends (answered, refused, or cancelled
+before a worker took it), so it cannot drift. ``AdmissionInterceptor`` reads it when a call
+arrives, in grpc's serving thread, before the call is queued. Health and reflection calls
+are counted but never refused: a load balancer must see an overloaded server as alive.
+Long-lived streams (event subscriptions) hold a worker, and are counted like any call.
+
+Refusals are answered by a worker too (grpcio answers only from its pool), but from a queue
+of their own, served in turn with the admitted calls: a refusal waits for about the next free
+worker, not behind the whole queue, and takes a fraction of a millisecond. Refusals cost the
+server work all the same (the access log, metrics, a status with details); so that a flood
+of them cannot take the workers from admitted calls, ``grpc.server(maximum_concurrent_rpcs=
+limit + workers)`` is the backstop (``app.start``): past it grpc refuses in its serving
+thread itself, cheaply (RESOURCE_EXHAUSTED without details, which the client also maps to
+``Overloaded``, with no retry delay).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
+
+import grpc
+from cardmint.server.domain.errors import Overloaded
+
+from .auth import OPEN_SERVICES
+from .errors import Behavior, rewrap
+
+__all__ = ["DEFAULT_RETRY_AFTER", "AdmissionExecutor", "AdmissionInterceptor"]
+
+T = TypeVar("T")
+_Item = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+# What a refused caller is told to wait (RetryInfo): long enough for the calls in flight to
+# finish at a normal pace, short enough not to idle a server that has recovered.
+DEFAULT_RETRY_AFTER = 0.1
+
+
+class AdmissionExecutor(Executor):
+    """The server's thread pool: ``workers`` threads, a count of the work items not yet
+    finished (queued or running), and a second, first-served queue for refusals.
+
+    grpcio submits each call's work right after running the interceptors for it, in the
+    same (serving) thread: ``AdmissionInterceptor`` marks a refused call there (``urgent``),
+    and this pool serves marked items and admitted ones in turn, so a refusal is answered
+    about when a worker next becomes free, not after every call queued ahead of it."""
+
+    def __init__(self, workers: int, thread_name_prefix: str = "cardmint-rpc") -> None:
+        if workers < 1:
+            raise ValueError("at least one worker")
+        self._workers = workers
+        self._prefix = thread_name_prefix
+        self._cond = threading.Condition()
+        self._urgent: deque[_Item] = deque()
+        self._normal: deque[_Item] = deque()
+        self._threads: list[threading.Thread] = []
+        self._shutdown = False
+        self._in_flight = 0
+        self._urgent_turn = True
+        self._mark = threading.local()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def mark_urgent(self, urgent: bool) -> None:
+        """Whether the next item this thread submits is served first (a refusal)."""
+        self._mark.urgent = urgent
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        urgent = getattr(self._mark, "urgent", False)
+        self._mark.urgent = False
+        with self._cond:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            self._in_flight += 1
+            (self._urgent if urgent else self._normal).append((future, fn, args, kwargs))
+            if len(self._threads) < self._workers:
+                t = threading.Thread(
+                    target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(t)
+                t.start()
+            self._cond.notify()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._urgent and not self._normal and not self._shutdown:
+                    self._cond.wait()
+                # Refusals and admitted calls take turns: a refusal waits for a free worker,
+                # never behind the whole queue, and a flood of them cannot starve the calls
+                # already admitted.
+                if self._urgent and (self._urgent_turn or not self._normal):
+                    item = self._urgent.popleft()
+                    self._urgent_turn = False
+                elif self._normal:
+                    item = self._normal.popleft()
+                    self._urgent_turn = True
+                else:
+                    return  # shut down and nothing left
+            future, fn, args, kwargs = item
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(*args, **kwargs))
+                    except BaseException as e:  # the future carries it, as ThreadPoolExecutor does
+                        future.set_exception(e)
+            finally:
+                with self._cond:
+                    self._in_flight -= 1
+            del item, future, fn, args, kwargs
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._cond:
+            self._shutdown = True
+            if cancel_futures:
+                for queue in (self._urgent, self._normal):
+                    while queue:
+                        future, *_ = queue.popleft()
+                        future.cancel()
+                        self._in_flight -= 1
+            self._cond.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for t in threads:
+                t.join()
+
+
+class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Refuses a call (``Overloaded``) when ``in_flight()`` is at ``limit`` as it arrives.
+
+    Placed inside ``ErrorInterceptor`` (which turns the refusal into its status and
+    details) and outside authentication (a refused call costs no token lookup)."""
+
+    def __init__(self, pool: AdmissionExecutor, limit: int, retry_after: float = DEFAULT_RETRY_AFTER) -> None:
+        if limit < 1:
+            raise ValueError("the in-flight limit must be at least 1")
+        self._pool = pool
+        self.limit = limit
+        self.retry_after = retry_after
+        self._refused_lock = threading.Lock()
+        self.refused = 0  # calls refused since start, for tests and figures
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        refuse = (
+            handler is not None
+            and not handler_call_details.method.startswith(OPEN_SERVICES)
+            # Not under a lock: grpcio calls interceptors from its one serving thread, and
+            # a count read a moment early or late moves the limit by a call, never more.
+            and self._pool.in_flight >= self.limit
+        )
+        self._pool.mark_urgent(refuse)  # set for every call: a stale mark never lingers
+        if handler is None or not refuse:
+            return handler
+        with self._refused_lock:
+            self.refused += 1
+        error = Overloaded(
+            f"the server has {self.limit} calls in flight; retry after {self.retry_after:g} s",
+            retry_after=self.retry_after,
+        )
+
+        def unary(_behavior: Behavior) -> Behavior:
+            def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+                raise error
+
+            return refuse
+
+        def streaming(_behavior: Behavior) -> Behavior:
+            def refuse(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                # Raised when called, inside ErrorInterceptor's streaming guard: the same status.
+                raise error
+
+            return refuse
+
+        return rewrap(handler, unary, streaming)

@@ -1,0 +1,179 @@
+"""Admission control (server/api/admission.py): at most ``limit`` calls in flight, the next
+refused at once with RESOURCE_EXHAUSTED / OVERLOADED / RetryInfo, health never refused,
+the count back to zero however calls end; grpc's backstop refusal read as ``Overloaded``.
+
+The servers here are bare grpcio servers with handlers that wait on an event, so "in
+flight" is under the test's control: nothing depends on timing but bounded waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+
+import grpc
+import pytest
+from cardmint import client
+from cardmint.server.api import ErrorInterceptor
+from cardmint.server.api.admission import AdmissionExecutor, AdmissionInterceptor
+from cardmint.server.api.errors import status_of
+from cardmint.server.domain import Overloaded
+from google.rpc import error_details_pb2
+
+WAIT = "/test.Slow/Wait"
+HEALTH = "/grpc.health.v1.Health/Check"
+
+
+class Slow:
+    """Handlers that block until ``release`` is set; ``started`` counts the ones running."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = 0
+        self.lock = threading.Lock()
+
+    def wait(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        with self.lock:
+            self.started += 1
+        self.release.wait(timeout=30)
+        return request
+
+    def until_started(self, n: int) -> None:
+        deadline = time.monotonic() + 30
+        while self.started < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert self.started >= n
+
+
+def _server(
+    slow: Slow, limit: int, workers: int
+) -> tuple[grpc.Server, AdmissionExecutor, AdmissionInterceptor, int]:
+    pool = AdmissionExecutor(workers)
+    admission = AdmissionInterceptor(pool, limit)
+    server = grpc.server(
+        pool, interceptors=[ErrorInterceptor(), admission], maximum_concurrent_rpcs=limit + workers
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Slow", {"Wait": grpc.unary_unary_rpc_method_handler(slow.wait)}
+            ),
+            grpc.method_handlers_generic_handler(
+                "grpc.health.v1.Health",
+                {"Check": grpc.unary_unary_rpc_method_handler(lambda r, c: b"SERVING")},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, pool, admission, port
+
+
+@pytest.fixture
+def slow() -> Iterator[Slow]:
+    s = Slow()
+    yield s
+    s.release.set()
+
+
+def test_the_call_past_the_limit_is_refused_with_retry_info(slow: Slow) -> None:
+    server, pool, admission, port = _server(slow, limit=2, workers=4)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            wait = ch.unary_unary(WAIT)
+            held = [wait.future(b"held", timeout=30) for _ in range(2)]
+            slow.until_started(2)
+            assert pool.in_flight == 2
+            with pytest.raises(grpc.RpcError) as info:
+                wait(b"one too many", timeout=30)
+            err = client.error_from(info.value)
+            assert isinstance(err, client.Overloaded)
+            assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.reason == "OVERLOADED"
+            assert err.retry_after == pytest.approx(0.1)
+            assert slow.started == 2  # the refused call never reached the handler
+            # Health is counted but never refused: a balancer must see the server alive.
+            assert ch.unary_unary(HEALTH)(b"", timeout=30) == b"SERVING"
+            assert admission.refused == 1
+            slow.release.set()
+            assert [f.result(timeout=30) for f in held] == [b"held", b"held"]
+            deadline = time.monotonic() + 30
+            while pool.in_flight and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pool.in_flight == 0
+            assert wait(b"again", timeout=30) == b"again"  # admitted again once below the limit
+    finally:
+        server.stop(0).wait()
+        pool.shutdown()
+
+
+def test_grpc_backstop_refusal_reads_as_overloaded(slow: Slow) -> None:
+    """Past ``limit + workers``, grpc refuses by itself (no details): still ``Overloaded``."""
+    pool = AdmissionExecutor(1)
+    server = grpc.server(pool, maximum_concurrent_rpcs=1)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Slow", {"Wait": grpc.unary_unary_rpc_method_handler(slow.wait)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            held = ch.unary_unary(WAIT).future(b"held", timeout=30)
+            slow.until_started(1)
+            with pytest.raises(grpc.RpcError) as info:
+                ch.unary_unary(WAIT)(b"x", timeout=30)
+            err = client.error_from(info.value)
+            assert isinstance(err, client.Overloaded) and err.retry_after is None
+            slow.release.set()
+            assert held.result(timeout=30) == b"held"
+    finally:
+        server.stop(0).wait()
+        pool.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("after", "sent"),
+    [(0.1, (0, 100_000_000)), (0.0001, (0, 1_000_000)), (0.9999, (1, 0)), (1.5, (2, 0)), (-1.0, (0, 0))],
+)
+def test_a_retry_delay_is_rounded_up_to_milliseconds_below_a_second(
+    after: float, sent: tuple[int, int]
+) -> None:
+    [_, retry] = status_of(Overloaded(retry_after=after)).details
+    info = error_details_pb2.RetryInfo()
+    assert retry.Unpack(info)
+    assert (info.retry_delay.seconds, info.retry_delay.nanos) == sent
+
+
+def test_executor_counts_every_ending_and_serves_refusals_in_turn() -> None:
+    pool = AdmissionExecutor(1)
+    gate = threading.Event()
+    order: list[str] = []
+    try:
+        blocker = pool.submit(gate.wait, 30)
+        normal = [pool.submit(order.append, name) for name in ("a", "b")]
+        pool.mark_urgent(True)
+        urgent = pool.submit(order.append, "refusal")
+        failing = pool.submit(lambda: 1 // 0)
+        cancelled: Future[None] = pool.submit(order.append, "never")
+        assert cancelled.cancel()
+        assert pool.in_flight == 6
+        gate.set()
+        for f in (blocker, *normal, urgent):
+            f.result(timeout=30)
+        with pytest.raises(ZeroDivisionError):
+            failing.result(timeout=30)
+        deadline = time.monotonic() + 30
+        while pool.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pool.in_flight == 0
+        # The refusal, submitted after "a" and "b", is served as soon as the worker is free.
+        assert order == ["refusal", "a", "b"]
+    finally:
+        gate.set()
+        pool.shutdown()
+    with pytest.raises(RuntimeError):
+        pool.submit(order.append, "late")

@@ -26,8 +26,9 @@ import grpc
 from cardmint.server import observe
 from cardmint.server.api import SERVICE_NAMES, add_services, interceptors
 from cardmint.server.domain import Domain, DomainConfig, Keyring
-from cardmint.server.storage import AttemptKind, Storage, open_storage
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from cardmint.server.health import StorageHealth
+from cardmint.server.storage import AttemptKind, Clock, Storage, open_storage, utcnow
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 __all__ = [
@@ -48,6 +49,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAR = Path("var")
 DEFAULT_GRACE = 30.0
 DEFAULT_WORKERS = 32
+DEFAULT_HEALTH_PROBE = 2.0  # s between storage health probes (server/health.py)
 # Bulk Check chunks are up to 32 MiB of codes; grpc's 4 MiB default would refuse them.
 MAX_MESSAGE_BYTES = 64 << 20
 
@@ -67,11 +69,14 @@ def open_domain(
     config: DomainConfig | None = None,
     *,
     tracer: Any = None,
+    clock: Clock = utcnow,
 ) -> tuple[Storage, Domain]:
     """Storage (migrated) and the domain over it; creates the var directory and keys.
-    ``tracer`` (OpenTelemetry): the domain's storage traces every unit of work."""
+    ``tracer`` (OpenTelemetry): the domain's storage traces every unit of work. ``clock``:
+    the time every rule is judged by (reservation and card expiry, limits' windows): the
+    storage's clock, which the domain reads through ``tx.now()``; tests pass a manual one."""
     var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    storage = open_storage(db_url or default_db_url(var_dir))
+    storage = open_storage(db_url or default_db_url(var_dir), clock=clock)
     try:
         traced: Storage = storage
         if tracer is not None:
@@ -108,6 +113,7 @@ class Running:
     domain: Domain
     metrics_port: int | None = None
     metrics_http: Any = None
+    storage_health: StorageHealth | None = None
 
     def stop(self, grace: float = DEFAULT_GRACE) -> None:
         """Refuse new calls, let in-flight ones finish for up to ``grace`` s, close storage."""
@@ -115,6 +121,8 @@ class Running:
         self.health.enter_graceful_shutdown()
         self.domain.close()  # event subscriptions end instead of holding the drain open
         self.server.stop(grace).wait()
+        if self.storage_health is not None:
+            self.storage_health.stop()
         if self.metrics_http is not None:  # scrapes read the storage: stop them before closing it
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
@@ -130,13 +138,17 @@ def start(
     config: DomainConfig | None = None,
     metrics: str | None = None,
     tracer_provider: Any = None,
+    clock: Clock = utcnow,
+    health_probe_seconds: float = DEFAULT_HEALTH_PROBE,
 ) -> Running:
     """``metrics``: ``HOST:PORT`` to serve Prometheus metrics at (``:0``: a free port), or
     None for no metrics endpoint (and no RPC metrics kept). ``tracer_provider``: an
     OpenTelemetry ``TracerProvider`` to trace calls and storage with (cardmint.server.tracing),
-    or None for no tracing."""
+    or None for no tracing. ``clock``: what time it is for the rules (``open_domain``).
+    ``health_probe_seconds``: how often the storage health probe writes (server/health.py;
+    0: once, at start)."""
     tracer = None if tracer_provider is None else tracer_provider.get_tracer("cardmint")
-    storage, domain = open_domain(db_url, var_dir, config, tracer=tracer)
+    storage, domain = open_domain(db_url, var_dir, config, tracer=tracer, clock=clock)
     metrics_http: Any = None
     try:
         # Lots left "minting" by a process that died are voided, so they never look alive.
@@ -152,16 +164,17 @@ def start(
         rpc_metrics: observe.RpcMetrics | None = None
         if metrics is not None:
             registry, rpc_metrics = observe.metrics_registry(storage, lambda: attempt_tiers(domain))
+        health_servicer = health.HealthServicer()
+        # SERVING while the storage takes writes, NOT_SERVING while it fails.
+        storage_health = StorageHealth(health_servicer, storage, SERVICE_NAMES, health_probe_seconds)
         server = grpc.server(
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cardmint-rpc"),
-            interceptors=interceptors(domain, rpc_metrics, tracer),
+            interceptors=interceptors(domain, rpc_metrics, tracer, on_storage_failure=storage_health.failed),
             options=options,
         )
         add_services(server, domain)
-        health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for name in ("", *SERVICE_NAMES):  # "" is the whole server
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        storage_health.start()
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
@@ -188,7 +201,7 @@ def start(
             metrics_http.server_close()
         storage.close()
         raise
-    return Running(server, port, health_servicer, storage, domain, metrics_port, metrics_http)
+    return Running(server, port, health_servicer, storage, domain, metrics_port, metrics_http, storage_health)
 
 
 def serve(
@@ -203,6 +216,7 @@ def serve(
     log_format: str = "auto",
     log_level: str = "info",
     trace: str | None = None,
+    health_probe: float = DEFAULT_HEALTH_PROBE,
 ) -> int:
     """Run until SIGTERM or SIGINT, then drain in-flight calls for up to ``grace`` s; 0.
 
@@ -231,6 +245,7 @@ def serve(
         config=DomainConfig(profile=profile),
         metrics=metrics,
         tracer_provider=provider,
+        health_probe_seconds=health_probe,
     )
     host = listen.rsplit(":", 1)[0]
     where = redact(db_url) if db_url else default_db_url(var_dir)

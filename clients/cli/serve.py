@@ -25,6 +25,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--workers", type=int, default=32, help="threads handling calls (default 32)")
     p.add_argument(
+        "--health-probe",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often a probe write checks the database; health is NOT_SERVING while it fails (default 2)",
+    )
+    p.add_argument(
         "--profile",
         default="platform",
         help="compliance profile: platform (default), cn-prepaid, or a profile .toml file",
@@ -63,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.grace < 0:
         raise UsageError("--grace must not be negative")
+    if args.health_probe < 0:
+        raise UsageError("--health-probe must not be negative")
     from cardmint.server.domain.profiles import ProfileError, load_profile
 
     try:
@@ -96,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         log_level=args.log_level,
         trace=args.trace,
+        health_probe=args.health_probe,
     )
 
 

@@ -9,6 +9,7 @@ the process around them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -79,14 +80,17 @@ SERVICE_NAMES: tuple[str, ...] = tuple(
 
 
 def interceptors(
-    domain: Domain, metrics: RpcMetrics | None = None, tracer: Any = None
+    domain: Domain,
+    metrics: RpcMetrics | None = None,
+    tracer: Any = None,
+    on_storage_failure: Callable[[], None] | None = None,
 ) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
     """Observation outermost (it sees every call's final status, errors included), then
     error mapping, so a refused token is answered like every other error, then
     authentication, then the tap that tells the access log who called."""
     return [
         ObserveInterceptor(metrics, tracer),
-        ErrorInterceptor(),
+        ErrorInterceptor(on_storage_failure),
         AuthInterceptor(domain.auth.authenticate),
         PrincipalTap(current_principal),
     ]

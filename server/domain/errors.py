@@ -68,6 +68,7 @@ __all__ = [
     "ReservationLimit",
     "RevealLimit",
     "SoldOut",
+    "StorageUnavailable",
     "TransactionNotFound",
     "TransferLimitReached",
     "Unauthenticated",
@@ -86,6 +87,7 @@ class ErrorKind(enum.StrEnum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     ABORTED = "ABORTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
 
@@ -310,6 +312,17 @@ class Contention(DomainError):
     )
 
 
+class StorageUnavailable(DomainError):
+    # The database failed (I/O error, disk full, connection lost). Nothing half-applied: a
+    # unit of work commits whole or not at all; a commit that failed midway may still have
+    # reached the disk, so retry with the same request id (it answers the first outcome).
+    kind, reason, default_message = (
+        ErrorKind.UNAVAILABLE,
+        "STORAGE_UNAVAILABLE",
+        "the database cannot be written or read right now; retry with the same request id",
+    )
+
+
 class DeadlinePassed(DomainError):
     kind, reason, default_message = (
         ErrorKind.DEADLINE_EXCEEDED,
@@ -530,6 +543,7 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     NotReversible,
     IdempotencyKeyReused,
     Contention,
+    StorageUnavailable,
     DeadlinePassed,
     OrderNotFound,
     SoldOut,

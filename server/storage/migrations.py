@@ -475,6 +475,15 @@ CREATE INDEX loss_reports_status ON loss_reports (status, id);
 CREATE INDEX loss_reports_account ON loss_reports (account_id, id);
 """
 
+# v15: one row the storage health probe rewrites (server/health.py): a write that reaches the
+# disk (a commit, an fsync on SQLite), so a failing disk shows before a customer's call fails.
+_V15 = """
+CREATE TABLE storage_probe (
+    id {int} PRIMARY KEY CHECK (id = 1),
+    probed_at {ts} NOT NULL
+){strict};
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
@@ -488,4 +497,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "loss reports", _V10),
     Migration(11, "order payment method", _V11),
     Migration(12, "journals", "", postgres=_V12_POSTGRES),
+    Migration(15, "storage probe", _V15),
 )

@@ -27,9 +27,10 @@ from cardmint.server.api import SERVICE_NAMES, add_services, interceptors
 from cardmint.server.api.admission import AdmissionExecutor, AdmissionInterceptor
 from cardmint.server.config import ServeConfig, StorageOptions, default_config
 from cardmint.server.domain import Domain, DomainConfig, Keyring
-from cardmint.server.storage import AttemptKind, Storage, open_storage
+from cardmint.server.health import StorageHealth
+from cardmint.server.storage import AttemptKind, Clock, Storage, open_storage, utcnow
 from cardmint.server.tls import TlsFiles, server_credentials
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 __all__ = [
@@ -56,6 +57,7 @@ DEFAULT_WORKERS = 32
 # (64 to a few hundred), low enough that the queue ahead of a call is a fraction of a second
 # at the few hundred to thousand calls/s a 2-core server answers.
 DEFAULT_MAX_IN_FLIGHT = 256
+DEFAULT_HEALTH_PROBE = 2.0  # s between storage health probes (server/health.py)
 # Bulk Check chunks are up to 32 MiB of codes; grpc's 4 MiB default would refuse them.
 MAX_MESSAGE_BYTES = 64 << 20
 
@@ -77,15 +79,22 @@ def open_domain(
     tracer: Any = None,
     keyring: Keyring | None = None,
     storage_options: StorageOptions | None = None,
+    clock: Clock = utcnow,
 ) -> tuple[Storage, Domain]:
     """Storage (migrated) and the domain over it; creates the var directory and keys.
     ``tracer`` (OpenTelemetry): the domain's storage traces every unit of work.
     ``keyring``: the keys (default: the files under ``var_dir/keys``, created on first
-    start); ``storage_options``: open_storage's pool and timeout settings."""
+    start); ``storage_options``: open_storage's pool and timeout settings. ``clock``: the
+    time every rule is judged by (reservation and card expiry, limits' windows): the
+    storage's clock, which the domain reads through ``tx.now()``; tests pass a manual one."""
     var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = keyring if keyring is not None else Keyring.load_or_create(var_dir)
     url = db_url or default_db_url(var_dir)
-    storage = open_storage(url, **storage_options) if storage_options else open_storage(url)
+    storage = (
+        open_storage(url, clock=clock, **storage_options)
+        if storage_options
+        else open_storage(url, clock=clock)
+    )
     try:
         traced: Storage = storage
         if tracer is not None:
@@ -124,6 +133,7 @@ class Running:
     metrics_http: Any = None
     admission: AdmissionInterceptor | None = None
     pool: AdmissionExecutor | None = None  # the workers; ended by stop()
+    storage_health: StorageHealth | None = None
 
     def stop(self, grace: float = DEFAULT_GRACE) -> None:
         """Refuse new calls, let in-flight ones finish for up to ``grace`` s, close storage."""
@@ -133,6 +143,8 @@ class Running:
         self.server.stop(grace).wait()
         if self.pool is not None:  # its idle workers would otherwise wait for calls forever
             self.pool.shutdown(wait=False)
+        if self.storage_health is not None:
+            self.storage_health.stop()
         if self.metrics_http is not None:  # scrapes read the storage: stop them before closing it
             self.metrics_http.shutdown()
             self.metrics_http.server_close()
@@ -152,6 +164,8 @@ def start(
     keyring: Keyring | None = None,
     storage_options: StorageOptions | None = None,
     max_in_flight: int | None = DEFAULT_MAX_IN_FLIGHT,
+    clock: Clock = utcnow,
+    health_probe_seconds: float = DEFAULT_HEALTH_PROBE,
 ) -> Running:
     """``metrics``: ``HOST:PORT`` to serve Prometheus metrics at (``:0``: a free port), or
     None for no metrics endpoint (and no RPC metrics kept). ``tracer_provider``: an
@@ -159,11 +173,19 @@ def start(
     or None for no tracing. ``tls``: serve TLS (mutual TLS with a client CA) instead of
     plaintext (cardmint.server.tls). ``keyring`` and ``storage_options``: as open_domain.
     ``max_in_flight``: calls in flight before new ones are refused ``OVERLOADED``
-    (server/api/admission.py); None or 0: no limit (calls queue unbounded)."""
+    (server/api/admission.py); None or 0: no limit (calls queue unbounded). ``clock``: what
+    time it is for the rules (``open_domain``). ``health_probe_seconds``: how often the
+    storage health probe writes (server/health.py; 0: once, at start)."""
     credentials = server_credentials(tls) if tls is not None else None  # bad files: before anything
     tracer = None if tracer_provider is None else tracer_provider.get_tracer("cardmint")
     storage, domain = open_domain(
-        db_url, var_dir, config, tracer=tracer, keyring=keyring, storage_options=storage_options
+        db_url,
+        var_dir,
+        config,
+        tracer=tracer,
+        keyring=keyring,
+        storage_options=storage_options,
+        clock=clock,
     )
     metrics_http: Any = None
     try:
@@ -182,19 +204,22 @@ def start(
             registry, rpc_metrics = observe.metrics_registry(storage, lambda: attempt_tiers(domain))
         pool = AdmissionExecutor(workers, thread_name_prefix="cardmint-rpc")
         admission = AdmissionInterceptor(pool, max_in_flight) if max_in_flight else None
+        health_servicer = health.HealthServicer()
+        # SERVING while the storage takes writes, NOT_SERVING while it fails.
+        storage_health = StorageHealth(health_servicer, storage, SERVICE_NAMES, health_probe_seconds)
         server = grpc.server(
             pool,  # type: ignore[arg-type]  # grpc only calls submit(); its stub names ThreadPoolExecutor
-            interceptors=interceptors(domain, rpc_metrics, tracer, admission),
+            interceptors=interceptors(
+                domain, rpc_metrics, tracer, admission, on_storage_failure=storage_health.failed
+            ),
             options=options,
             # grpc's own limit, refusing in its serving thread without running any Python of
             # ours: the backstop once as many refusals as there are workers are queued.
             maximum_concurrent_rpcs=max_in_flight + workers if max_in_flight else None,
         )
         add_services(server, domain)
-        health_servicer = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for name in ("", *SERVICE_NAMES):  # "" is the whole server
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        storage_health.start()
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
@@ -227,7 +252,16 @@ def start(
         storage.close()
         raise
     return Running(
-        server, port, health_servicer, storage, domain, metrics_port, metrics_http, admission, pool
+        server,
+        port,
+        health_servicer,
+        storage,
+        domain,
+        metrics_port,
+        metrics_http,
+        admission,
+        pool,
+        storage_health,
     )
 
 
@@ -270,6 +304,7 @@ def serve(settings: ServeConfig | None = None) -> int:
         keyring=Keyring.load(cfg.keys_path),
         storage_options=cfg.storage_options(),
         max_in_flight=cfg.max_in_flight,
+        health_probe_seconds=cfg.health_probe,
     )
     listen: str = cfg.listen
     host = listen.rsplit(":", 1)[0]

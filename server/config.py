@@ -177,6 +177,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grace", "float", 30.0, "seconds to let in-flight calls finish on SIGTERM", minimum=0),
     Setting("workers", "int", 32, "threads handling calls", minimum=1),
     Setting(
+        "health_probe",
+        "float",
+        2.0,
+        "seconds between storage health probes: health is NOT_SERVING while a probe write fails "
+        "(0: one probe, at start)",
+        minimum=0,
+    ),
+    Setting(
         "max_in_flight",
         "int",
         256,

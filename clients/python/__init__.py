@@ -122,6 +122,7 @@ __all__ = [
     "ReservationLimit",
     "RevealLimit",
     "SoldOut",
+    "StorageUnavailable",
     "TransactionNotFound",
     "TransferLimitReached",
     "Unauthenticated",
@@ -467,6 +468,13 @@ class Unavailable(CardmintError):  # noqa: N818 - named after the status, like t
     reason = "UNAVAILABLE"
 
 
+class StorageUnavailable(Unavailable):
+    """The server's database failed (I/O error, disk full, connection lost). Nothing was
+    half-applied; retry with the same request id (it answers the first outcome)."""
+
+    reason = "STORAGE_UNAVAILABLE"
+
+
 ERRORS: dict[str, type[CardmintError]] = {
     cls.reason: cls
     for cls in (
@@ -526,6 +534,7 @@ ERRORS: dict[str, type[CardmintError]] = {
         LossReportNotFound,
         DeadlineExceeded,
         InternalError,
+        StorageUnavailable,
     )
 }
 # A reason this client does not know yet (a newer server) still gets the right family.
@@ -928,10 +937,20 @@ class Client:
     # -- lots -----------------------------------------------------------------------------
 
     def create_lot(
-        self, sku: str, count: int, face_value: int, *, progress: Callable[[int, int], None] | None = None
+        self,
+        sku: str,
+        count: int,
+        face_value: int,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        request_id: str = "",
     ) -> lot_pb2.Lot:
-        """Mint a lot; ``progress(done, total)`` is called as the server reports it. Not retried."""
-        request = lot_pb2.CreateLotRequest(sku=sku, count=count, face_value_minor_units=face_value)
+        """Mint a lot; ``progress(done, total)`` is called as the server reports it. Not
+        retried here; with a ``request_id``, calling again after a failure (even the server's
+        death midway) completes the lot exactly once."""
+        request = lot_pb2.CreateLotRequest(
+            sku=sku, count=count, face_value_minor_units=face_value, request_id=request_id
+        )
         call = self.lots.CreateLot(request, timeout=self.bulk_timeout, metadata=self._metadata)
         for event in self._stream(call):
             if progress is not None:

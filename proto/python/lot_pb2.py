@@ -26,33 +26,33 @@ from cardmint.v1 import common_pb2 as cardmint_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61rdmint/v1/lot.proto\x12\x0b\x63\x61rdmint.v1\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x03\n\x03Lot\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\nproduct_id\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12&\n\nface_value\x18\x04 \x01(\x0b\x32\x12.cardmint.v1.Money\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.cardmint.v1.LotStatus\x12\x15\n\rserial_prefix\x18\x06 \x01(\t\x12\x14\n\x0cserial_start\x18\x07 \x01(\x03\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\t \x01(\t\x12\x30\n\x0c\x63ompleted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tvoided_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12plaintext_exported\x18\x0c \x01(\x08\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x10\x43reateLotRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x1e\n\x16\x66\x61\x63\x65_value_minor_units\x18\x03 \x01(\x03\"O\n\x11\x43reateLotProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x1d\n\x03lot\x18\x03 \x01(\x0b\x32\x10.cardmint.v1.Lot\"\x1f\n\rGetLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\"\"\n\x10StreamLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\"b\n\x08LotChunk\x12+\n\x07serials\x18\x01 \x01(\x0b\x32\x1a.cardmint.v1.PackedStrings\x12)\n\x05\x63odes\x18\x02 \x01(\x0b\x32\x1a.cardmint.v1.PackedStrings\" \n\x0eVoidLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\"F\n\x0fListLotsRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"[\n\x10ListLotsResponse\x12\x1e\n\x04lots\x18\x01 \x03(\x0b\x32\x10.cardmint.v1.Lot\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse*m\n\tLotStatus\x12\x1a\n\x16LOT_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12LOT_STATUS_MINTING\x10\x01\x12\x17\n\x13LOT_STATUS_COMPLETE\x10\x02\x12\x13\n\x0fLOT_STATUS_VOID\x10\x03\x32\xda\x02\n\nLotService\x12L\n\tCreateLot\x12\x1d.cardmint.v1.CreateLotRequest\x1a\x1e.cardmint.v1.CreateLotProgress0\x01\x12\x36\n\x06GetLot\x12\x1a.cardmint.v1.GetLotRequest\x1a\x10.cardmint.v1.Lot\x12\x43\n\tStreamLot\x12\x1d.cardmint.v1.StreamLotRequest\x1a\x15.cardmint.v1.LotChunk0\x01\x12\x38\n\x07VoidLot\x12\x1b.cardmint.v1.VoidLotRequest\x1a\x10.cardmint.v1.Lot\x12G\n\x08ListLots\x12\x1c.cardmint.v1.ListLotsRequest\x1a\x1d.cardmint.v1.ListLotsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63\x61rdmint/v1/lot.proto\x12\x0b\x63\x61rdmint.v1\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x03\n\x03Lot\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x12\n\nproduct_id\x18\x02 \x01(\x03\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12&\n\nface_value\x18\x04 \x01(\x0b\x32\x12.cardmint.v1.Money\x12&\n\x06status\x18\x05 \x01(\x0e\x32\x16.cardmint.v1.LotStatus\x12\x15\n\rserial_prefix\x18\x06 \x01(\t\x12\x14\n\x0cserial_start\x18\x07 \x01(\x03\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\t \x01(\t\x12\x30\n\x0c\x63ompleted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tvoided_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12plaintext_exported\x18\x0c \x01(\x08\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"b\n\x10\x43reateLotRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x1e\n\x16\x66\x61\x63\x65_value_minor_units\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"O\n\x11\x43reateLotProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x1d\n\x03lot\x18\x03 \x01(\x0b\x32\x10.cardmint.v1.Lot\"\x1f\n\rGetLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\"\"\n\x10StreamLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\"b\n\x08LotChunk\x12+\n\x07serials\x18\x01 \x01(\x0b\x32\x1a.cardmint.v1.PackedStrings\x12)\n\x05\x63odes\x18\x02 \x01(\x0b\x32\x1a.cardmint.v1.PackedStrings\" \n\x0eVoidLotRequest\x12\x0e\n\x06lot_id\x18\x01 \x01(\x03\"F\n\x0fListLotsRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12&\n\x04page\x18\x02 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"[\n\x10ListLotsResponse\x12\x1e\n\x04lots\x18\x01 \x03(\x0b\x32\x10.cardmint.v1.Lot\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse*m\n\tLotStatus\x12\x1a\n\x16LOT_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12LOT_STATUS_MINTING\x10\x01\x12\x17\n\x13LOT_STATUS_COMPLETE\x10\x02\x12\x13\n\x0fLOT_STATUS_VOID\x10\x03\x32\xda\x02\n\nLotService\x12L\n\tCreateLot\x12\x1d.cardmint.v1.CreateLotRequest\x1a\x1e.cardmint.v1.CreateLotProgress0\x01\x12\x36\n\x06GetLot\x12\x1a.cardmint.v1.GetLotRequest\x1a\x10.cardmint.v1.Lot\x12\x43\n\tStreamLot\x12\x1d.cardmint.v1.StreamLotRequest\x1a\x15.cardmint.v1.LotChunk0\x01\x12\x38\n\x07VoidLot\x12\x1b.cardmint.v1.VoidLotRequest\x1a\x10.cardmint.v1.Lot\x12G\n\x08ListLots\x12\x1c.cardmint.v1.ListLotsRequest\x1a\x1d.cardmint.v1.ListLotsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cardmint.v1.lot_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOTSTATUS']._serialized_start=1047
-  _globals['_LOTSTATUS']._serialized_end=1156
+  _globals['_LOTSTATUS']._serialized_start=1067
+  _globals['_LOTSTATUS']._serialized_end=1176
   _globals['_LOT']._serialized_start=98
   _globals['_LOT']._serialized_end=516
   _globals['_CREATELOTREQUEST']._serialized_start=518
-  _globals['_CREATELOTREQUEST']._serialized_end=596
-  _globals['_CREATELOTPROGRESS']._serialized_start=598
-  _globals['_CREATELOTPROGRESS']._serialized_end=677
-  _globals['_GETLOTREQUEST']._serialized_start=679
-  _globals['_GETLOTREQUEST']._serialized_end=710
-  _globals['_STREAMLOTREQUEST']._serialized_start=712
-  _globals['_STREAMLOTREQUEST']._serialized_end=746
-  _globals['_LOTCHUNK']._serialized_start=748
-  _globals['_LOTCHUNK']._serialized_end=846
-  _globals['_VOIDLOTREQUEST']._serialized_start=848
-  _globals['_VOIDLOTREQUEST']._serialized_end=880
-  _globals['_LISTLOTSREQUEST']._serialized_start=882
-  _globals['_LISTLOTSREQUEST']._serialized_end=952
-  _globals['_LISTLOTSRESPONSE']._serialized_start=954
-  _globals['_LISTLOTSRESPONSE']._serialized_end=1045
-  _globals['_LOTSERVICE']._serialized_start=1159
-  _globals['_LOTSERVICE']._serialized_end=1505
+  _globals['_CREATELOTREQUEST']._serialized_end=616
+  _globals['_CREATELOTPROGRESS']._serialized_start=618
+  _globals['_CREATELOTPROGRESS']._serialized_end=697
+  _globals['_GETLOTREQUEST']._serialized_start=699
+  _globals['_GETLOTREQUEST']._serialized_end=730
+  _globals['_STREAMLOTREQUEST']._serialized_start=732
+  _globals['_STREAMLOTREQUEST']._serialized_end=766
+  _globals['_LOTCHUNK']._serialized_start=768
+  _globals['_LOTCHUNK']._serialized_end=866
+  _globals['_VOIDLOTREQUEST']._serialized_start=868
+  _globals['_VOIDLOTREQUEST']._serialized_end=900
+  _globals['_LISTLOTSREQUEST']._serialized_start=902
+  _globals['_LISTLOTSREQUEST']._serialized_end=972
+  _globals['_LISTLOTSRESPONSE']._serialized_start=974
+  _globals['_LISTLOTSRESPONSE']._serialized_end=1065
+  _globals['_LOTSERVICE']._serialized_start=1179
+  _globals['_LOTSERVICE']._serialized_end=1525
 # @@protoc_insertion_point(module_scope)

@@ -142,6 +142,7 @@ class CreateLotRequest(_message.Message):
     SKU_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     FACE_VALUE_MINOR_UNITS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     """SKU of the product."""
     count: _builtins.int
@@ -150,16 +151,24 @@ class CreateLotRequest(_message.Message):
     """Face value of each card in minor units of the product's currency: one of the
     product's denominations, or within its amount range.
     """
+    request_id: _builtins.str
+    """Optional idempotency key (1-128 printable ASCII characters; empty: none). A repeat of
+    a call that completed answers its lot and mints nothing; a repeat of one that never
+    completed (the server died while minting) voids that lot and mints it anew, so the
+    request completes exactly once. The same key with other parameters is refused
+    (IDEMPOTENCY_KEY_REUSED); a repeat while the first is still minting is LOT_NOT_READY.
+    """
     def __init__(
         self,
         *,
         sku: _builtins.str = ...,
         count: _builtins.int = ...,
         face_value_minor_units: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "face_value_minor_units", b"face_value_minor_units", "sku", b"sku"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "face_value_minor_units", b"face_value_minor_units", "request_id", b"request_id", "sku", b"sku"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ the process around them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -85,12 +86,16 @@ def interceptors(
     metrics: RpcMetrics | None = None,
     tracer: Any = None,
     admission: AdmissionInterceptor | None = None,
+    on_storage_failure: Callable[[], None] | None = None,
 ) -> list[grpc.ServerInterceptor]:  # type: ignore[type-arg]
     """Observation outermost (it sees every call's final status, errors included), then
     error mapping, so a refused token is answered like every other error, then admission
     control (when given: an overloaded server refuses before looking at the token), then
     authentication, then the tap that tells the access log who called."""
-    chain: list[grpc.ServerInterceptor] = [ObserveInterceptor(metrics, tracer), ErrorInterceptor()]  # type: ignore[type-arg]
+    chain: list[grpc.ServerInterceptor] = [  # type: ignore[type-arg]
+        ObserveInterceptor(metrics, tracer),
+        ErrorInterceptor(on_storage_failure),
+    ]
     if admission is not None:
         chain.append(admission)
     return [*chain, AuthInterceptor(domain.auth.authenticate), PrincipalTap(current_principal)]

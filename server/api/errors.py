@@ -21,7 +21,8 @@ from typing import Any, NoReturn
 
 import grpc
 from cardmint.server.domain._context import CALL_DEADLINE
-from cardmint.server.domain.errors import DomainError, ErrorKind
+from cardmint.server.domain.errors import DomainError, ErrorKind, StorageUnavailable
+from cardmint.server.storage import storage_failure
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
@@ -44,6 +45,7 @@ KIND_TO_CODE: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ErrorKind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.ABORTED: grpc.StatusCode.ABORTED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -89,7 +91,15 @@ def status_of(exc: BaseException) -> status_pb2.Status:
     return status_pb2.Status(code=_code_number(code), message=exc.message, details=details)
 
 
-def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+def _abort(
+    context: grpc.ServicerContext, exc: Exception, on_storage_failure: Callable[[], None] | None = None
+) -> NoReturn:
+    if not isinstance(exc, DomainError) and storage_failure(exc):
+        # The database failed, not the code: UNAVAILABLE (retry), and health hears of it.
+        log.warning("storage failure in a handler: %s", exc)
+        if on_storage_failure is not None:
+            on_storage_failure()
+        exc = StorageUnavailable()
     if not isinstance(exc, DomainError):
         log.exception("internal error in a handler", exc_info=exc)
     context.abort_with_status(rpc_status.to_status(status_of(exc)))
@@ -120,8 +130,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     Handlers (and the interceptors inside this one) signal failure by raising, never by
     calling ``context.abort`` themselves: grpcio's abort raises a bare ``Exception`` that
-    would be indistinguishable here from a bug.
+    would be indistinguishable here from a bug. A failure of the database itself (I/O
+    error, disk full, connection lost) is ``STORAGE_UNAVAILABLE`` (UNAVAILABLE), reported to
+    ``on_storage_failure`` (the storage health probe, which turns health NOT_SERVING).
     """
+
+    def __init__(self, on_storage_failure: Callable[[], None] | None = None) -> None:
+        self._failed = on_storage_failure
 
     def intercept_service(
         self,
@@ -131,10 +146,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return None
-        return rewrap(handler, _guard_unary, _guard_streaming)
+        failed = self._failed
+        return rewrap(handler, lambda b: _guard_unary(b, failed), lambda b: _guard_streaming(b, failed))
 
 
-def _guard_unary(behavior: Behavior) -> Behavior:
+def _guard_unary(behavior: Behavior, failed: Callable[[], None] | None = None) -> Behavior:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         # The caller's deadline, for the domain: a change whose transaction ends after it
         # is rolled back instead of committed (the caller has given up on the answer).
@@ -143,20 +159,20 @@ def _guard_unary(behavior: Behavior) -> Behavior:
         try:
             return behavior(request, context)
         except Exception as exc:
-            _abort(context, exc)
+            _abort(context, exc, failed)
         finally:
             CALL_DEADLINE.reset(mark)
 
     return call
 
 
-def _guard_streaming(behavior: Behavior) -> Behavior:
+def _guard_streaming(behavior: Behavior, failed: Callable[[], None] | None = None) -> Behavior:
     def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         # Errors can come at any point of a stream, after messages were sent: the status
         # then ends the stream that far.
         try:
             yield from behavior(request, context)
         except Exception as exc:
-            _abort(context, exc)
+            _abort(context, exc, failed)
 
     return call

@@ -78,6 +78,7 @@ class LotServicer(lot_pb2_grpc.LotServiceServicer):
                     count=request.count,
                     face_value=request.face_value_minor_units,
                     progress=lambda done, total: events.put((done, total)),
+                    request_id=request.request_id or None,
                 )
             except Exception as exc:  # handed to the handler thread, mapped there
                 events.put(exc)

@@ -71,6 +71,7 @@ __all__ = [
     "ReservationLimit",
     "RevealLimit",
     "SoldOut",
+    "StorageUnavailable",
     "TransactionNotFound",
     "TransferLimitReached",
     "Unauthenticated",
@@ -89,6 +90,7 @@ class ErrorKind(enum.StrEnum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     ABORTED = "ABORTED"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    UNAVAILABLE = "UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
 
@@ -343,6 +345,17 @@ class Overloaded(DomainError):
     )
 
 
+class StorageUnavailable(DomainError):
+    # The database failed (I/O error, disk full, connection lost). Nothing half-applied: a
+    # unit of work commits whole or not at all; a commit that failed midway may still have
+    # reached the disk, so retry with the same request id (it answers the first outcome).
+    kind, reason, default_message = (
+        ErrorKind.UNAVAILABLE,
+        "STORAGE_UNAVAILABLE",
+        "the database cannot be written or read right now; retry with the same request id",
+    )
+
+
 class DeadlinePassed(DomainError):
     kind, reason, default_message = (
         ErrorKind.DEADLINE_EXCEEDED,
@@ -565,6 +578,7 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     OverFaceValue,
     IdempotencyKeyReused,
     Contention,
+    StorageUnavailable,
     DeadlinePassed,
     Overloaded,
     OrderNotFound,

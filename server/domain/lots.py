@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import threading
 import time
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
+import blake3
 import numpy as np
 import numpy.typing as npt
 from cardmint.kernel import DEFAULT_GROUP
@@ -27,7 +29,7 @@ from cardmint.server.storage import (
     UnitOfWork,
 )
 
-from ._context import MAX_AMOUNT, STAFF, Context, detail, int_arg, require
+from ._context import MAX_AMOUNT, STAFF, Context, detail, int_arg, request_id_arg, require
 from .auth import Permission, Principal, may
 from .errors import (
     Contention,
@@ -123,6 +125,10 @@ def _prefetched(items: Iterator[T], depth: int = 1) -> Iterator[T]:
         worker.join()
 
 
+def _lot_response(lot_id: int) -> bytes:
+    return json.dumps({"lot_id": lot_id}).encode()
+
+
 def serial_prefix(product: Product) -> str:
     # One counter per product. Prefixes of different length give card numbers of different
     # length, so two products' numbers can never coincide.
@@ -139,9 +145,16 @@ def _check_face_value(product: Product, face_value: object) -> int:
     return value
 
 
+_LOT_SCOPE = "lot.create"
+
+
 class LotService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        # Request ids whose CreateLot this process is handling right now: a repeat arriving
+        # meanwhile is told to retry instead of voiding the lot being filled.
+        self._minting: set[str] = set()
+        self._minting_lock = threading.Lock()
 
     def _lot(self, lot_id: int) -> Lot:
         with self._ctx.storage.read() as tx:
@@ -172,11 +185,48 @@ class LotService:
         return lot
 
     def create_lot(
-        self, principal: Principal, *, sku: str, count: int, face_value: int, progress: Progress | None = None
+        self,
+        principal: Principal,
+        *,
+        sku: str,
+        count: int,
+        face_value: int,
+        progress: Progress | None = None,
+        request_id: str | None = None,
     ) -> Lot:
         """Staff mint lots for the platform; an organization member with MINT mints lots
         that belong to its organization and to its department (none when it is
-        organization-wide)."""
+        organization-wide).
+
+        ``request_id`` (optional) makes the call idempotent: a repeat of a call that
+        completed answers its lot and mints nothing; a repeat of one that never completed
+        (the server was killed while minting, the fill failed) voids that lot if it is still
+        ``minting`` and mints the lot anew, so the request completes exactly once. The same
+        id with other parameters is ``IdempotencyKeyReused``; a repeat while this process
+        is still minting the first is ``LotNotReady`` (retry later).
+        """
+        if request_id is None:
+            return self._create_lot(principal, sku, count, face_value, progress, None)
+        request_id = request_id_arg(request_id)
+        with self._minting_lock:
+            if request_id in self._minting:
+                raise LotNotReady("a lot for this request id is being minted; retry when it is done")
+            self._minting.add(request_id)
+        try:
+            return self._create_lot(principal, sku, count, face_value, progress, request_id)
+        finally:
+            with self._minting_lock:
+                self._minting.discard(request_id)
+
+    def _create_lot(
+        self,
+        principal: Principal,
+        sku: str,
+        count: int,
+        face_value: int,
+        progress: Progress | None,
+        request_id: str | None,
+    ) -> Lot:
         self._allow(principal, Permission.MINT)
         owner = (
             (principal.organization_id, principal.department_id)
@@ -193,8 +243,9 @@ class LotService:
         prefix = serial_prefix(product)
         if len(prefix) + SERIAL_WIDTH + 1 > 64:
             raise InvalidArgument.of("sku", "product id too large for card numbers")
+        fingerprint = blake3.blake3(json.dumps([_LOT_SCOPE, sku, count, value, owner]).encode()).digest()
 
-        def open_lot(tx: UnitOfWork) -> Lot:
+        def new_lot(tx: UnitOfWork) -> Lot:
             start = tx.reserve_serials(prefix, count)
             if start + count > 10**SERIAL_WIDTH:
                 raise InvalidArgument.of("count", "this product has run out of card numbers")
@@ -217,9 +268,40 @@ class LotService:
             return lot
 
         lot_keys: dict[int, int] = {}
+
+        def open_lot(tx: UnitOfWork) -> tuple[Lot, bool]:
+            """The lot to fill, or (a repeat of a completed request) the lot it made: done."""
+            if request_id is None:
+                return new_lot(tx), False
+            claim = tx.claim_idempotency(_LOT_SCOPE, request_id, fingerprint)
+            if claim.replay is None:
+                lot = new_lot(tx)
+                tx.complete_idempotency(_LOT_SCOPE, request_id, _lot_response(lot.id))
+                return lot, False
+            earlier = tx.get_lot(int(json.loads(claim.replay)["lot_id"]))
+            assert earlier is not None  # lots are never deleted
+            if earlier.completed_at is not None:  # complete (or voided by staff since): answered
+                return earlier, True
+            if earlier.status is LotStatus.MINTING:
+                # Not being minted by this process (``_minting``): its minter died. Voiding
+                # it is safe even if another process were still filling it: that fill's
+                # ``complete_lot`` would fail and roll back.
+                tx.void_lot(earlier.id)
+            lot = new_lot(tx)
+            tx.replace_idempotency(_LOT_SCOPE, request_id, _lot_response(lot.id))
+            tx.append_audit(
+                principal.actor,
+                "lot.retry",
+                f"lot:{lot.id}",
+                detail(request_id=request_id, replaces=earlier.id, sku=product.sku, count=count),
+            )
+            return lot, False
+
         # Step 1 commits on its own: the lot is visibly "minting" while it fills, and a
         # process killed midway leaves a minting lot with no cards for the sweep to void.
-        lot = ctx.run(open_lot)
+        lot, done_before = ctx.run(open_lot)
+        if done_before:
+            return lot
         try:
             done = self._fill(principal, product, lot, progress, ctx.keyring.digest_keys[lot_keys[lot.id]])
         except BaseException as e:

@@ -7,10 +7,11 @@ picks one from a URL. docs/storage.md describes the schema and the locking choic
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._sql import GENESIS_HASH, audit_hash, audit_hash_us, utcnow
+from ._sql import GENESIS_HASH, Clock, audit_hash, audit_hash_us, utcnow
 from .errors import (
     ConflictError,
     IdempotencyConflictError,
@@ -18,6 +19,7 @@ from .errors import (
     MigrationError,
     NotFoundError,
     StorageError,
+    StorageUnavailableError,
     TransientError,
 )
 from .interface import Storage, UnitOfWork
@@ -64,10 +66,7 @@ from .models import (
     Role,
     Token,
 )
-from .sqlite import SQLiteStorage
-
-if TYPE_CHECKING:
-    from ._sql import Clock
+from .sqlite import SQLiteStorage, sqlite3_failed
 
 __all__ = [
     "GENESIS_HASH",
@@ -82,6 +81,7 @@ __all__ = [
     "CardBatch",
     "CardState",
     "CardStatus",
+    "Clock",
     "ConflictError",
     "Delivery",
     "Department",
@@ -119,14 +119,31 @@ __all__ = [
     "SQLiteStorage",
     "Storage",
     "StorageError",
+    "StorageUnavailableError",
     "Token",
     "TransientError",
     "UnitOfWork",
     "audit_hash",
     "audit_hash_us",
     "open_storage",
+    "storage_failure",
     "utcnow",
 ]
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database itself failed (I/O error, disk full, connection or
+    server lost), as opposed to a bug or a rule: the call is answered UNAVAILABLE, and the
+    server's health turns NOT_SERVING until its probe writes again (server/health.py)."""
+    if isinstance(exc, StorageUnavailableError):
+        return True
+    if sqlite3_failed(exc):
+        return True
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    pool = sys.modules.get("psycopg_pool")
+    return pool is not None and isinstance(exc, pool.PoolTimeout)
 
 
 def open_storage(
@@ -148,12 +165,21 @@ def open_storage(
 
         return PostgresStorage(url, clock=clock, min_size=pool_min_size, max_size=pool_max_size)
     path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
+    synchronous = "full"
+    if url.startswith("sqlite://") and "?" in path:
+        # The one option: ``?synchronous=full|normal|off`` (full, the default, survives a
+        # power loss; the others do not: docs/RELIABILITY.md).
+        path, _, query = path.partition("?")
+        options = dict(part.partition("=")[::2] for part in query.split("&"))
+        synchronous = options.pop("synchronous", "full").lower()
+        if options:
+            raise StorageError(f"unknown SQLite option(s) {sorted(options)} in {url!r} (known: synchronous)")
     if not path or path == ":memory:":
         raise StorageError("SQLite storage needs a file path (readers use their own connections)")
     if "://" in path or "=" in path:
         # A libpq keyword DSN or another scheme would otherwise become a stray SQLite file.
         raise StorageError(f"not a database URL: {url!r} (use postgresql://... or sqlite:///path)")
-    return SQLiteStorage(Path(path), clock=clock, busy_timeout_ms=busy_timeout_ms)
+    return SQLiteStorage(Path(path), clock=clock, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous)
 
 
 if TYPE_CHECKING:

@@ -1280,6 +1280,24 @@ class SqlTx(ABC):
         if cur.rowcount != 1:
             raise NotFoundError(f"no open idempotency claim {key!r} for {scope}")
 
+    def probe(self) -> None:
+        """Rewrite the health probe's row: a small write that has to reach the disk."""
+        self._execute(
+            "INSERT INTO storage_probe (id, probed_at) VALUES (1, ?)"
+            " ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+            (self._ts(self.now()),),
+        )
+
+    def replace_idempotency(self, scope: str, key: str, response: bytes) -> None:
+        """Point a completed claim at a new answer: a request whose first outcome was never
+        finished (a lot whose minting died) and which was done again under the same key."""
+        cur = self._execute(
+            "UPDATE idempotency_keys SET response = ? WHERE scope = ? AND key = ? AND response IS NOT NULL",
+            (bytes(response), scope, key),
+        )
+        if cur.rowcount != 1:
+            raise NotFoundError(f"no completed idempotency claim {key!r} for {scope}")
+
     def purge_idempotency(self, before: datetime, limit: int | None = None) -> int:
         """Forget request ids recorded before ``before`` (past the idempotency window): at
         most ``limit`` of them, oldest first (None: all), so a purge runs in short

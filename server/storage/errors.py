@@ -42,5 +42,10 @@ class TransientError(StorageError):
     """Lost a race the database resolves by aborting (deadlock, busy); retrying may succeed."""
 
 
+class StorageUnavailableError(StorageError):
+    """The database could not be read or written (I/O error, disk full, connection lost):
+    the unit of work did not commit, or (a failed commit) its outcome is unknown."""
+
+
 class MigrationError(StorageError):
     """The database schema is newer than this code, or an applied migration was edited."""

@@ -540,6 +540,15 @@ ALTER TABLE lots ADD COLUMN digest_key_id {int} NOT NULL DEFAULT 1 CHECK (digest
 ALTER TABLE cards ADD COLUMN digest_key_id {int} CHECK (digest_key_id >= 1);
 """
 
+# v15: one row the storage health probe rewrites (server/health.py): a write that reaches the
+# disk (a commit, an fsync on SQLite), so a failing disk shows before a customer's call fails.
+_V15 = """
+CREATE TABLE storage_probe (
+    id {int} PRIMARY KEY CHECK (id = 1),
+    probed_at {ts} NOT NULL
+){strict};
+"""
+
 # v17: idempotency keys expire (DomainConfig.idempotency_days, purged by the housekeeping
 # thread oldest first in short batches): an index on their age.
 _V17 = """
@@ -561,5 +570,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(12, "journals", "", postgres=_V12_POSTGRES),
     Migration(13, "card-to-card transfers", "", _V13_SQLITE, _V13_POSTGRES),
     Migration(14, "digest key rotation", _V14),
+    Migration(15, "storage probe", _V15),
     Migration(17, "idempotency expiry", _V17),
 )

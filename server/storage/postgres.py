@@ -48,7 +48,14 @@ from ._sql import (
     run_retrying,
     utcnow,
 )
-from .errors import ConflictError, MigrationError, NotFoundError, StorageError, TransientError
+from .errors import (
+    ConflictError,
+    MigrationError,
+    NotFoundError,
+    StorageError,
+    StorageUnavailableError,
+    TransientError,
+)
 from .migrations import MIGRATIONS
 from .models import (
     AuditColumns,
@@ -168,6 +175,9 @@ def _translate(exc: psycopg.Error) -> StorageError:
         return TransientError(str(exc))
     if isinstance(exc, psycopg.errors.IntegrityError):
         return ConflictError(str(exc))
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        # The connection or the server failed (killed backend, server down, disk full).
+        return StorageUnavailableError(f"{type(exc).__name__}: {exc}")
     return StorageError(f"{type(exc).__name__}: {exc}")
 
 
@@ -701,6 +711,16 @@ class PostgresStorage:
                     )
                     txs.append(_PgTx(conn, self._clock))
             yield txs
+
+    def probe(self, timeout: float) -> None:
+        """The health probe's write (``storage_probe``), waiting at most ``timeout`` s for a
+        connection: a database refusing connections fails the probe now, not after the
+        pool's 30 s."""
+        try:
+            with self._pool.connection(timeout=timeout) as conn, conn.transaction():
+                _PgTx(conn, self._clock).probe()
+        except psycopg.Error as e:
+            raise _translate(e) from e
 
     def run(self, work: Callable[[_PgTx], T], attempts: int = 5) -> T:
         """``work`` in a write transaction, retried on deadlock or serialization failure."""

@@ -30,7 +30,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from ._sql import CARD_COLUMNS, CardRows, Clock, SqlTx, utcnow
-from .errors import ConflictError, MigrationError, StorageError, TransientError
+from .errors import ConflictError, MigrationError, StorageError, StorageUnavailableError, TransientError
 from .migrations import MIGRATIONS
 from .models import AuditColumns
 
@@ -55,7 +55,27 @@ def _translate(exc: sqlite3.Error) -> StorageError:
         return ConflictError(str(exc))
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
         return TransientError(str(exc))
+    if sqlite3_failed(exc):
+        return StorageUnavailableError(f"{type(exc).__name__}: {exc}")
     return StorageError(f"{type(exc).__name__}: {exc}")
+
+
+# The result codes of a failing file (I/O error, disk full, cannot open, read-only, corrupt),
+# as ``sqlite_errorcode`` gives them (primary code: low byte).
+_FILE_FAILURES = {
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_NOTADB,
+}
+
+
+def sqlite3_failed(exc: BaseException) -> bool:
+    """Whether an sqlite3 error says the database file failed (not a rule or a bug)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _FILE_FAILURES
 
 
 @dataclass(eq=False)
@@ -197,6 +217,10 @@ def _fill_statement(rows: int, serial_w: int, digest_w: int, sealed_w: int) -> s
     return f"INSERT INTO cards ({CARD_COLUMNS}) VALUES " + ",".join(values)  # noqa: S608
 
 
+# ``sqlite:///path?synchronous=...``: when a commit reaches the disk (docs/storage.md).
+SYNCHRONOUS = ("full", "normal", "off")
+
+
 class SQLiteStorage:
     """Storage on one SQLite file; safe to share between threads and between processes."""
 
@@ -207,12 +231,24 @@ class SQLiteStorage:
     # allocates next to nothing per row and releases the GIL: two threads, two cores.
     read_parallelism = 2 if _native_audit is not None else 1
 
-    def __init__(self, path: str | Path, *, clock: Clock = utcnow, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Clock = utcnow,
+        busy_timeout_ms: int = 30_000,
+        synchronous: str = "full",
+    ) -> None:
         if sqlite3.sqlite_version_info < _MIN_VERSION:
             raise StorageError(f"SQLite {sqlite3.sqlite_version} is too old; cardmint needs 3.37 or newer")
         self.path = Path(path)
         self._clock = clock
         self._busy_ms = busy_timeout_ms
+        if synchronous not in SYNCHRONOUS:
+            raise StorageError(f"synchronous={synchronous!r}: one of {', '.join(SYNCHRONOUS)}")
+        # FULL (the default) is what makes an answered write survive a power loss; NORMAL
+        # and OFF trade that away (docs/RELIABILITY.md): for throwaway databases only.
+        self.synchronous = synchronous
         self._write_lock = threading.Lock()
         self._queue: list[_Unit] = []  # units waiting for the next group commit
         self._queue_lock = threading.Lock()
@@ -244,7 +280,7 @@ class SQLiteStorage:
         else:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout={int(self._busy_ms)}")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
         conn.execute("PRAGMA foreign_keys=ON")
         if not readonly:
             # A lot fill touches every page of the digest index; with the default 2 MiB
@@ -363,6 +399,11 @@ class SQLiteStorage:
                         tx._one("SELECT count(*) FROM sqlite_schema")  # starts the snapshot
                         txs.append(tx)
             yield txs
+
+    def probe(self, timeout: float) -> None:
+        """The health probe's write (``storage_probe``): committed and fsynced, or it raises.
+        ``timeout`` is the busy timeout's business here (another process writing)."""
+        self.run(lambda tx: tx.probe(), attempts=1)
 
     def run(self, work: Callable[[_SQLiteTx], T], attempts: int = 5) -> T:
         """``work`` in a write transaction, retried when the database reports a lost race.

@@ -53,13 +53,27 @@ class Server:
     the server. Each start appends to the log, and reads only what it appended.
     """
 
-    def __init__(self, bindir: Path, url: str, var: Path, log: Path) -> None:
+    def __init__(
+        self,
+        bindir: Path,
+        url: str,
+        var: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        start_timeout: float = START_TIMEOUT,
+    ) -> None:
+        """``env``, ``args``: extra environment variables and options for the server
+        (tests/reliability: the fault shim, a faster health probe); ``start_timeout``: how
+        long to wait for it to listen (a database of millions of cards takes longer)."""
+        self._start_timeout = start_timeout
         self.log = log
         self._from = log.stat().st_size if log.exists() else 0
         with log.open("ab") as err:
             self.proc = subprocess.Popen(
-                ["cardmint", "serve", "--db", url, "--var", str(var), "--listen", "127.0.0.1:0", "--grace", "0"],
-                cwd=var.parent, env=cli_env(bindir), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                ["cardmint", "serve", "--db", url, "--var", str(var), "--listen", "127.0.0.1:0", "--grace", "0", *args],
+                cwd=var.parent, env={**cli_env(bindir), **(env or {})}, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
                 stderr=err,
             )  # fmt: skip
         self.port = self._wait_for_port()
@@ -71,7 +85,7 @@ class Server:
             return f.read().decode(errors="replace")
 
     def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:
             m = re.search(r"serving on 127\.0\.0\.1:(\d+)", self.output())
             if m:
@@ -80,7 +94,9 @@ class Server:
                 break
             time.sleep(0.05)
         self.stop()
-        raise AssertionError(f"cardmint serve did not start within {START_TIMEOUT:g} s:\n{self.output()}")
+        raise AssertionError(
+            f"cardmint serve did not start within {self._start_timeout:g} s:\n{self.output()}"
+        )
 
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)

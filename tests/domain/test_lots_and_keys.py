@@ -16,8 +16,10 @@ from cardmint.server.domain import (
     CheckStatus,
     Domain,
     ExportNeedsAdmin,
+    IdempotencyKeyReused,
     InvalidArgument,
     LotNotFound,
+    LotNotReady,
     LotStatus,
     LotVoid,
     PermissionDenied,
@@ -343,3 +345,62 @@ def test_check_packed_is_the_same_check_as_arrays(
         domain.keys.check_packed(who.alice, packed)
     with pytest.raises(InvalidArgument):
         domain.keys.check_packed(who.merchant, packed, length=3)
+
+
+def test_create_lot_with_a_request_id_completes_once(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot]
+) -> None:
+    """A repeat of a completed request answers its lot; a repeat after a failed fill (a
+    dead minter leaves a ``minting`` lot) voids that lot and mints anew; the same id with
+    other parameters is refused; a repeat while the first still mints is told to retry."""
+    make_lot(1)
+    first = domain.lots.create_lot(who.operator, sku="GC-500", count=9, face_value=100, request_id="r-1")
+    again = domain.lots.create_lot(who.operator, sku="GC-500", count=9, face_value=100, request_id="r-1")
+    assert again == first and first.status is LotStatus.COMPLETE
+    with pytest.raises(IdempotencyKeyReused):
+        domain.lots.create_lot(who.operator, sku="GC-500", count=8, face_value=100, request_id="r-1")
+
+    def boom(done: int, total: int) -> None:
+        raise RuntimeError("the minter died")
+
+    with pytest.raises(RuntimeError):
+        domain.lots.create_lot(
+            who.operator, sku="GC-500", count=9, face_value=100, progress=boom, request_id="r-2"
+        )
+    failed = domain.lots.list_lots(who.admin, sku="GC-500")[-1]
+    assert failed.status is LotStatus.VOID
+    # A dead process leaves its lot minting (nobody voided it): put it back that way.
+    domain.storage.run(
+        lambda tx: tx._execute("UPDATE lots SET status = 'minting' WHERE id = ?", (failed.id,))
+    )
+    redone = domain.lots.create_lot(who.operator, sku="GC-500", count=9, face_value=100, request_id="r-2")
+    assert redone.id != failed.id and redone.status is LotStatus.COMPLETE
+    assert domain.lots.get_lot(who.admin, failed.id).status is LotStatus.VOID
+    assert (
+        domain.lots.create_lot(who.operator, sku="GC-500", count=9, face_value=100, request_id="r-2")
+        == redone
+    )
+
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(done: int, total: int) -> None:
+        entered.set()
+        release.wait(30)
+
+    minting = threading.Thread(
+        target=domain.lots.create_lot,
+        args=(who.operator,),
+        kwargs={"sku": "GC-500", "count": 9, "face_value": 100, "progress": slow, "request_id": "r-3"},
+    )
+    minting.start()
+    try:
+        assert entered.wait(30)
+        with pytest.raises(LotNotReady):
+            domain.lots.create_lot(who.operator, sku="GC-500", count=9, face_value=100, request_id="r-3")
+    finally:
+        release.set()
+        minting.join(30)
+    done = domain.lots.create_lot(who.operator, sku="GC-500", count=9, face_value=100, request_id="r-3")
+    assert done.status is LotStatus.COMPLETE
+    with domain.storage.read() as tx:
+        assert tx.count_lot_cards(done.id) == 9

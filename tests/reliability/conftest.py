@@ -10,20 +10,27 @@ in count and time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from cardmint.client import Client
 from cardmint.server.app import Running, start
 
+from tests.cli_server.conftest import bindir
 from tests.conftest import RELIABILITY
+
+__all__ = ["bindir"]  # the `cardmint` shim for tests that run `cardmint serve`
 
 
 @dataclass(frozen=True)
@@ -34,12 +41,37 @@ class Sizes:
     race_balance: int = 1_000
     race_attempts: int = 10_000
     limit_s: float = 120.0  # no phase of a test runs longer than this
+    # item 5: codes in the pool, orders placed on them (more than the codes), in rounds
+    pool_codes: int = 1_000
+    pool_orders: int = 1_200
+    pool_rounds: int = 4
+    # item 6: kill -9 during a lot of this many codes, this many times
+    kill_lot: int = 50_000
+    kills: int = 3
+    # item 7: kill -9 under load from this many client threads, this many times
+    kills_load: int = 5
+    load_threads: int = 8
+    power_cuts: int = 3  # item 7: simulated power losses on SQLite
+    fault_rounds: int = 1  # item 8: rounds of EIO then ENOSPC
 
 
 @pytest.fixture(scope="session")
 def sizes(request: pytest.FixtureRequest) -> Sizes:
     if request.config.getoption("--soak"):
-        return Sizes(True, race_balance=5_000, race_attempts=50_000, limit_s=600.0)
+        return Sizes(
+            True,
+            race_balance=5_000,
+            race_attempts=50_000,
+            limit_s=600.0,
+            pool_codes=10_000,
+            pool_orders=12_000,
+            pool_rounds=8,
+            kill_lot=200_000,
+            kills=10,
+            kills_load=50,
+            power_cuts=10,
+            fault_rounds=5,
+        )
     return Sizes(False)
 
 
@@ -136,3 +168,12 @@ def together(workers: int, work: Callable[[int], None], limit_s: float) -> float
     if errors:
         raise errors[0]
     return time.perf_counter() - started
+
+
+def db_query(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """Straight in the database (``?`` placeholders), not through cardmint: what is stored."""
+    if url.startswith("sqlite://"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite://"), timeout=30)) as conn:
+            return conn.execute(sql, params).fetchall()
+    with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
+        return conn.execute(sql.replace("?", "%s"), params).fetchall()  # type: ignore[arg-type]

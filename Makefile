@@ -13,7 +13,7 @@ export CARDMINT_REQUIRE_NATIVE := 1
 # the storage tests start a throwaway PostgreSQL cluster from the postgresql package.
 DEBS := gcc libc6-dev libssl-dev libsqlite3-dev pkg-config postgresql
 
-.PHONY: run test setup system-deps venv install lint rust-check pytest bench-smoke bench-ci bench-baseline bench bench-full vectors clean
+.PHONY: run test setup system-deps venv install lint rust-check pytest bench-smoke bench-ci bench-baseline bench bench-full vectors fuzz clean
 
 ## run: set up, then run the main job: the gRPC server on SQLite under ./var, 127.0.0.1:50051
 run: setup
@@ -90,6 +90,23 @@ bench-baseline: install
 bench: setup
 	$(PY) -m pytest benches --benchmark-enable --benchmark-group-by=group --benchmark-columns=min,median,ops,rounds -q
 	$(VENV)/bin/cardmint bench
+
+## fuzz: libFuzzer on the Rust core (rust/fuzz: normalize, check, correct), FUZZ_SECONDS each.
+# Needs the nightly toolchain and cargo-fuzz (`rustup toolchain install nightly`,
+# `cargo install cargo-fuzz --locked`); not part of `make test` (see docs/RELIABILITY.md).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := normalize check correct
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "cargo-fuzz not found: cargo install cargo-fuzz --locked"; exit 1; }
+	@rustup toolchain list | grep -q '^nightly' || { echo "no nightly toolchain: rustup toolchain install nightly"; exit 1; }
+	@mkdir -p rust/fuzz/logs; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p rust/fuzz/corpus/$$t; \
+	  cargo +nightly fuzz run --fuzz-dir rust/fuzz $$t rust/fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) \
+	    -max_len=4096 -print_final_stats=1 >rust/fuzz/logs/$$t.log 2>&1 || { tail -40 rust/fuzz/logs/$$t.log; exit 1; }; \
+	  runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' rust/fuzz/logs/$$t.log); \
+	  rate=$$(sed -n 's/^stat::average_exec_per_sec: *//p' rust/fuzz/logs/$$t.log); \
+	  echo "fuzz $$t: runs=$$runs execs_per_s=$$rate seconds=$(FUZZ_SECONDS) crashes=0"; \
+	done
 
 vectors: install
 	$(PY) -m cardmint.kernel.tools.gen_vectors tests/vectors

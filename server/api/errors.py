@@ -9,6 +9,13 @@ there are violations) and ``RetryInfo`` (when a lock lifts at a known time), sen
 Anything else that escapes a handler is a server fault: logged with its traceback here and
 answered INTERNAL with no detail of its own, so a bug never leaks internals to a caller and
 no handler ever ends in grpc's default UNKNOWN.
+
+A request that does not parse (corrupt wire format, invalid UTF-8 in a string field) is the
+caller's fault, not ours: grpc would answer it INTERNAL before any handler runs, so the
+request deserializer is wrapped to hand the handler an ``Undecodable`` marker instead, which
+the guard answers INVALID_ARGUMENT with a ``BadRequest`` field violation. So is a string
+field holding a NUL character, refused here for every method at once: no identifier, name or
+note means anything with one, and PostgreSQL's text type cannot store it.
 """
 
 from __future__ import annotations
@@ -21,13 +28,13 @@ from typing import Any, NoReturn
 
 import grpc
 from cardmint.server.domain._context import CALL_DEADLINE
-from cardmint.server.domain.errors import DomainError, ErrorKind, StorageUnavailable
+from cardmint.server.domain.errors import DomainError, ErrorKind, InvalidArgument, StorageUnavailable
 from cardmint.server.storage import storage_failure
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
-__all__ = ["DOMAIN", "KIND_TO_CODE", "ErrorInterceptor", "rewrap", "status_of"]
+__all__ = ["DOMAIN", "KIND_TO_CODE", "ErrorInterceptor", "Undecodable", "rewrap", "status_of"]
 
 log = logging.getLogger("cardmint.server.api")
 
@@ -110,10 +117,12 @@ def rewrap(
     handler: grpc.RpcMethodHandler[Any, Any],
     unary: Callable[[Behavior], Behavior],
     streaming: Callable[[Behavior], Behavior],
+    deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """``handler`` with its behavior wrapped: by ``unary`` when it answers one message, by
-    ``streaming`` when it answers a stream (then the wrapper must return an iterator)."""
-    des, ser = handler.request_deserializer, handler.response_serializer
+    ``streaming`` when it answers a stream (then the wrapper must return an iterator);
+    ``deserializer`` replaces its request deserializer when given."""
+    des, ser = deserializer or handler.request_deserializer, handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), des, ser)
     if handler.stream_unary is not None:
@@ -146,18 +155,88 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return None
+        des = handler.request_deserializer
+        streamed = bool(handler.request_streaming)
         failed = self._failed
-        return rewrap(handler, lambda b: _guard_unary(b, failed), lambda b: _guard_streaming(b, failed))
+        return rewrap(
+            handler,
+            lambda behavior: _guard_unary(behavior, streamed, failed),
+            lambda behavior: _guard_streaming(behavior, streamed, failed),
+            None if des is None else _tolerant(des),
+        )
 
 
-def _guard_unary(behavior: Behavior, failed: Callable[[], None] | None = None) -> Behavior:
+class Undecodable:
+    """A request message that did not parse, or holds a NUL in a string field: what the
+    wrapped deserializer hands on instead of the message."""
+
+    __slots__ = ("field", "problem")
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument.of(self.field, self.problem)
+
+
+def _nul_field(message: Any, prefix: str = "") -> str | None:
+    """The path of the first string field of ``message`` holding a NUL, else None."""
+    for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        name = prefix + field.name
+        items = value if field.is_repeated else (value,)
+        for i, item in enumerate(items):
+            where = f"{name}[{i}]" if field.is_repeated else name
+            if field.type == field.TYPE_STRING and "\x00" in item:
+                return where
+            if field.type == field.TYPE_MESSAGE and (found := _nul_field(item, where + ".")):
+                return found
+    return None
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    # The generated deserializer is the request class's FromString.
+    owner = getattr(deserialize, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", "request")
+
+    def parse(data: bytes) -> Any:
+        try:
+            message = deserialize(data)
+        except Exception as exc:  # google.protobuf.message.DecodeError, in practice
+            # The parser's own words, without the type name it repeats ("Error parsing
+            # message with type 'x': String field had bad UTF-8").
+            why = str(exc).rsplit(": ", 1)[-1] if ": " in str(exc) else "wire format was corrupt"
+            return Undecodable("request", f"not a valid {name} message: {why}")
+        nul = _nul_field(message)
+        if nul is not None:
+            return Undecodable(nul, "must not contain a NUL character")
+        return message
+
+    return parse
+
+
+def _checked(requests: Iterator[Any]) -> Iterator[Any]:
+    for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.error()
+        yield request
+
+
+def _guard_unary(
+    behavior: Behavior, streamed: bool = False, failed: Callable[[], None] | None = None
+) -> Behavior:
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         # The caller's deadline, for the domain: a change whose transaction ends after it
         # is rolled back instead of committed (the caller has given up on the answer).
         remaining = context.time_remaining()
         mark = CALL_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
         try:
-            return behavior(request, context)
+            if isinstance(request, Undecodable):
+                raise request.error()
+            return behavior(_checked(request) if streamed else request, context)
         except Exception as exc:
             _abort(context, exc, failed)
         finally:
@@ -166,12 +245,16 @@ def _guard_unary(behavior: Behavior, failed: Callable[[], None] | None = None) -
     return call
 
 
-def _guard_streaming(behavior: Behavior, failed: Callable[[], None] | None = None) -> Behavior:
+def _guard_streaming(
+    behavior: Behavior, streamed: bool = False, failed: Callable[[], None] | None = None
+) -> Behavior:
     def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         # Errors can come at any point of a stream, after messages were sent: the status
         # then ends the stream that far.
         try:
-            yield from behavior(request, context)
+            if isinstance(request, Undecodable):
+                raise request.error()
+            yield from behavior(_checked(request) if streamed else request, context)
         except Exception as exc:
             _abort(context, exc, failed)
 

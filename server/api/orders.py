@@ -148,6 +148,9 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     def ListOrders(  # noqa: N802 - grpc's generated method names
         self, request: order_pb2.ListOrdersRequest, context: grpc.ServicerContext
     ) -> order_pb2.ListOrdersResponse:
+        # An unknown status (a newer client's, or garbage) must not quietly mean "all".
+        if request.status and request.status not in _STATUS_IN:
+            raise InvalidArgument.of("status", "an OrderStatus value")
         page = self._orders.list_orders(
             current_principal(),
             account=request.account or None,

@@ -17,7 +17,6 @@ import grpc
 import pytest
 from cardmint import client
 from cardmint.client import Client
-from cardmint.server import app
 from cardmint.server.app import Running, start
 from cardmint.server.domain import DomainConfig
 from cardmint.v1 import card_pb2, order_pb2
@@ -64,10 +63,8 @@ def _open_shop(
     storage_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: DomainConfig
 ) -> Iterator[Shop]:
     clock = FakeClock()
-    real = app.open_storage
     # The server keeps time by its storage's clock: hand it the test's fake one.
-    monkeypatch.setattr(app, "open_storage", lambda url: real(url, clock=clock))
-    running = start(storage_url, "127.0.0.1:0", tmp_path / "var", workers=32, config=config)
+    running = start(storage_url, "127.0.0.1:0", tmp_path / "var", workers=32, config=config, clock=clock)
     clients: list[Client] = []
 
     def connect(role: str, account: str | None = None) -> Client:

@@ -1,0 +1,105 @@
+"""Requests that do not parse, strings with NUL and undeclared enum values: INVALID_ARGUMENT
+with a field violation, never INTERNAL (docs/api.md, "Malformed requests"). The wide sweep
+over every method is tests/reliability/test_hostile_grpc.py; these pin the answers down."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from cardmint.server.app import Running
+from cardmint.v1 import (
+    common_pb2,
+    event_pb2,
+    event_pb2_grpc,
+    keys_pb2,
+    order_pb2,
+    order_pb2_grpc,
+)
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+def _violations(err: grpc.RpcError) -> list[tuple[str, str]]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    out = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return out
+
+
+@pytest.fixture
+def bearer(server: Running) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {server.domain.auth.create_token('admin').token}")]
+
+
+@pytest.mark.parametrize("authorized", [True, False])
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (b"\x12\x02\xff\xfe", "bad UTF-8"),  # RedeemRequest.serial, not UTF-8
+        (b"\x80", "corrupt"),  # a tag cut short
+        (b"\x12\x10abc", "corrupt"),  # a length past the end
+    ],
+)
+def test_a_request_that_does_not_parse_is_invalid_argument(
+    channel: grpc.Channel, bearer: list[tuple[str, str]], payload: bytes, why: str, authorized: bool
+) -> None:
+    redeem = channel.unary_unary("/cardmint.v1.BalanceService/Redeem")
+    with pytest.raises(grpc.RpcError) as err:
+        redeem(payload, metadata=bearer if authorized else None, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    [(field, description)] = _violations(err.value)
+    assert field == "request"
+    assert "cardmint.v1.RedeemRequest" in description and why in description
+
+
+def test_a_bad_chunk_in_a_stream_ends_it_with_invalid_argument(
+    channel: grpc.Channel, bearer: list[tuple[str, str]]
+) -> None:
+    good = keys_pb2.CheckRequest(codes=common_pb2.PackedStrings(data=b"ABCD" * 4, width=16), length=16)
+    check = channel.stream_stream("/cardmint.v1.KeyService/Check")
+    call = check(iter([good.SerializeToString(), b"\x0a\x05\xff"]), metadata=bearer, timeout=10)
+    answers: list[bytes] = []
+    with pytest.raises(grpc.RpcError) as err:
+        answers.extend(call)  # keeps what arrived before the error
+    assert [len(keys_pb2.CheckResponse.FromString(a).status) for a in answers] == [1]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert [f for f, _ in _violations(err.value)] == ["request"]
+
+
+def test_nul_in_a_string_names_the_field(channel: grpc.Channel, bearer: list[tuple[str, str]]) -> None:
+    orders = order_pb2_grpc.OrderServiceStub(channel)
+    request = order_pb2.CreateOrderRequest(
+        request_id="nul-1",
+        account="buyer",
+        items=[order_pb2.OrderItem(sku="SKU", quantity=1), order_pb2.OrderItem(sku="S\x00KU", quantity=1)],
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        orders.CreateOrder(request, metadata=bearer, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert _violations(err.value) == [("items[1].sku", "must not contain a NUL character")]
+    events = event_pb2_grpc.EventServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        list(
+            events.Subscribe(
+                event_pb2.SubscribeRequest(kinds=["card.locked", "\x00"]), metadata=bearer, timeout=10
+            )
+        )
+    assert _violations(err.value) == [("kinds[1]", "must not contain a NUL character")]
+
+
+def test_an_undeclared_order_status_is_refused(channel: grpc.Channel, bearer: list[tuple[str, str]]) -> None:
+    orders = order_pb2_grpc.OrderServiceStub(channel)
+    for status in (7, 2**31 - 1, -1):
+        with pytest.raises(grpc.RpcError) as err:
+            orders.ListOrders(order_pb2.ListOrdersRequest(status=status), metadata=bearer, timeout=10)  # type: ignore[arg-type]
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert [f for f, _ in _violations(err.value)] == ["status"]
+    listed = orders.ListOrders(
+        order_pb2.ListOrdersRequest(status=order_pb2.ORDER_STATUS_DELIVERED), metadata=bearer, timeout=10
+    )
+    assert list(listed.orders) == []

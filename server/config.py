@@ -71,6 +71,8 @@ def _db(value: str) -> None:
     if value.startswith(("postgresql://", "postgres://")):
         return
     path = value.removeprefix("sqlite://") if value.startswith("sqlite://") else value
+    if value.startswith("sqlite://"):
+        path = path.partition("?")[0]  # ?synchronous=full|normal|off: checked by open_storage
     if not path or path == ":memory:" or "://" in path or "=" in path:
         raise ValueError(
             f"not a database URL: {mask_url(value)!r} (postgresql://user@host/db or sqlite:///path)"

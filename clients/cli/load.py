@@ -159,6 +159,21 @@ class Workload:
         # name) with key the redeem's "serial request-id", the bind's serial, and the
         # serials a paid order delivered (space-separated; the order id when unpaid).
         self.log: list[tuple[str, str, str]] = []
+        # Calls in flight. grpc cancels a call whose future is garbage-collected before it
+        # ends ("Cancelled upon garbage collection"): an open-loop generator must hold them.
+        self.in_flight: set[grpc.Future[Any]] = set()
+
+    def send(self, future: grpc.Future[Any], then: Callable[[grpc.Future[Any]], None]) -> None:
+        """Hold ``future`` until it ends, then run ``then`` with it (on grpc's thread)."""
+        with self.lock:
+            self.in_flight.add(future)
+
+        def ended(f: grpc.Future[Any]) -> None:
+            with self.lock:
+                self.in_flight.discard(f)
+            then(f)
+
+        future.add_done_callback(ended)
 
     def close(self) -> None:
         for ch in self.channels:
@@ -224,7 +239,7 @@ def _start(w: Workload, op: str, i: int, deadline: float, done: Done) -> None:
         f = w.balances[ch].GetBalance.future(
             balance_pb2.GetBalanceRequest(serial=serial), timeout=deadline, metadata=md
         )
-        f.add_done_callback(lambda f: done(_code(f)))
+        w.send(f, lambda f: done(_code(f)))
     elif op == "redeem":
         serial = w.redeem_serials[i % len(w.redeem_serials)]
         req = balance_pb2.RedeemRequest(
@@ -238,7 +253,7 @@ def _start(w: Workload, op: str, i: int, deadline: float, done: Done) -> None:
             w.log.append(("redeem", key, status))
             done(status)
 
-        w.balances[ch].Redeem.future(req, timeout=deadline, metadata=md).add_done_callback(redeemed)
+        w.send(w.balances[ch].Redeem.future(req, timeout=deadline, metadata=md), redeemed)
     elif op == "bind":
         with w.lock:
             serial, code = w.bind_codes[w.bind_used]
@@ -250,7 +265,7 @@ def _start(w: Workload, op: str, i: int, deadline: float, done: Done) -> None:
             done(status)
 
         req_b = card_pb2.BindCardRequest(code=code, account=f"{w.tag}-a{n}")
-        w.cards[ch].BindCard.future(req_b, timeout=deadline, metadata=md).add_done_callback(bound)
+        w.send(w.cards[ch].BindCard.future(req_b, timeout=deadline, metadata=md), bound)
     else:
         with w.lock:
             w.pool_used += 1
@@ -288,11 +303,12 @@ def _start(w: Workload, op: str, i: int, deadline: float, done: Done) -> None:
                 amount=common_pb2.Money(minor_units=ORDER_FACE, currency=CURRENCY),
                 payment_method=order_pb2.PAYMENT_METHOD_ONLINE,
             )
-            w.orders[ch].ConfirmPayment.future(req_p, timeout=left, metadata=md).add_done_callback(
-                lambda f: paid(f, order.id)
+            w.send(
+                w.orders[ch].ConfirmPayment.future(req_p, timeout=left, metadata=md),
+                lambda f: paid(f, order.id),
             )
 
-        w.orders[ch].CreateOrder.future(req_o, timeout=deadline, metadata=md).add_done_callback(created)
+        w.send(w.orders[ch].CreateOrder.future(req_o, timeout=deadline, metadata=md), created)
 
 
 def run_phase(

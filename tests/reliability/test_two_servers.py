@@ -1,6 +1,7 @@
-"""Two server processes on one PostgreSQL (issue 5, "several server processes"): the
-redeem race (item 1) and brute force (item 9) again, with every client channel spreading
-its calls round-robin over two real ``cardmint serve`` processes. Locks and rate limits
+"""Two servers on one PostgreSQL (issue 5, "several server processes"): the redeem race
+(item 1) and brute force (item 9) again, with every client channel spreading its calls
+round-robin over two real ``cardmint serve`` processes; and the pool (item 5) over two
+servers that share the test's clock (see the note above that test). Locks and rate limits
 live in the database, so they must hold across processes exactly as within one.
 
 Each server writes its access log (JSON) to a file; the counts per process show both
@@ -19,9 +20,13 @@ from pathlib import Path
 import grpc
 import pytest
 from cardmint.client import Client
-from cardmint.server.app import open_domain
+from cardmint.server.app import Running, open_domain, start
+from cardmint.server.domain import DomainConfig
+
+from tests.conftest import FakeClock
 
 from . import test_brute_force as brute
+from . import test_pool as pool
 from . import test_races as races
 from .conftest import Report, Sizes
 
@@ -154,3 +159,66 @@ def test_brute_force_across_two_servers(pair: Pair, sizes: Sizes, seed: int, rep
     brute.brute_force(pair.client, pair.token, sizes, seed, _two(report, pair, "CardService/BindCard"))
     per = pair.served("CardService/BindCard")
     assert min(per) > 0  # both processes judged guesses
+
+
+# -- item 5 on two servers -----------------------------------------------------------------
+#
+# The pool test drives time: reservations expire when it moves the clock. Two server
+# processes cannot share a clock the test moves, so here the two servers run in this
+# process, each its own server (its own gRPC port, thread pool, connection pool, domain,
+# sweeper thread and caches) on the one database, both reading the test's clock. Locks
+# and limits live in PostgreSQL, so a second process would change nothing they depend on.
+
+
+@pytest.fixture
+def pool_pair(storage_url: str, tmp_path: Path, clock: FakeClock) -> Iterator[list[Running]]:
+    config = DomainConfig(
+        order_ttl_seconds=pool.TTL, held_codes_per_account=pool.CAP, order_sweep_seconds=0.2
+    )
+    running: list[Running] = []
+    try:
+        for _ in range(2):  # one var dir: the second server reads the keys the first made
+            running.append(
+                start(storage_url, "127.0.0.1:0", tmp_path / "var", workers=32, config=config, clock=clock)
+            )
+        yield running
+    finally:
+        for r in running:
+            r.stop(grace=0)
+
+
+def test_pool_never_sells_twice_across_two_servers(
+    pool_pair: list[Running],
+    sizes: Sizes,
+    seed: int,
+    report: Report,
+    storage_url: str,
+    clock: FakeClock,
+) -> None:
+    """Item 5 with every client's calls spread round-robin over two servers, each with its
+    own reservation sweeper: no code sold twice, the cap held, every late payment refunded."""
+    target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in pool_pair)
+    opened: list[grpc.Channel] = []
+
+    def clients(bearer: str) -> list[Client]:
+        chans = []
+        for _ in range(sizes.channels):
+            ch = grpc.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
+            grpc.channel_ready_future(ch).result(timeout=10)
+            chans.append(ch)
+        opened.extend(chans)
+        return [
+            Client(target, bearer, timeout=30.0, channel=chans[i % len(chans)]) for i in range(sizes.clients)
+        ]
+
+    def token(role: str = "admin", account: str | None = None) -> str:
+        return pool_pair[0].domain.auth.create_token(role, account=account).token
+
+    def line(test_id: str, **figures: object) -> str:
+        return report(f"{test_id}-2-servers", **figures)
+
+    try:
+        pool.test_pool_never_sells_twice(clients, token, sizes, seed, line, storage_url, clock)
+    finally:
+        for ch in opened:
+            ch.close()

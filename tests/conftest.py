@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -293,6 +294,35 @@ def opener(storage_url: str, clock: FakeClock) -> Iterator[Callable[[], Storage]
 @pytest.fixture
 def storage(opener: Callable[[], Storage]) -> Storage:
     return opener()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (the Makefile runs two workers): the reliability suite runs on one
+    # worker, one test at a time, as it would alone (its concurrency is its own), while
+    # the other worker takes the rest of the suite.
+    for item in items:
+        if "tests/reliability/" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("reliability"))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # An xdist worker hands its summary lines to the controller (pytest_testnodedown).
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["cardmint_summary"] = {
+            "reliability": list(RELIABILITY),
+            "timings": list(TIMINGS),
+            "clusters": [(str(path), seconds) for path, seconds in PG_CLUSTERS],
+        }
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    summary = getattr(node, "workeroutput", {}).get("cardmint_summary")
+    if summary:
+        RELIABILITY.extend(summary["reliability"])
+        TIMINGS.extend(summary["timings"])
+        PG_CLUSTERS.extend((Path(path), seconds) for path, seconds in summary["clusters"])
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -1261,6 +1261,11 @@ class SqlTx(ABC):
         )
         if cur.rowcount == 1:
             return IdempotencyClaim(scope, key, None)
+        return self._earlier_claim(scope, key, fingerprint)
+
+    def _earlier_claim(self, scope: str, key: str, fingerprint: bytes) -> IdempotencyClaim:
+        """The answer stored for a key claimed before: its replay, or IdempotencyConflictError
+        when it was claimed with other parameters."""
         row = self._one(
             "SELECT fingerprint, response FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)
         )
@@ -1911,14 +1916,7 @@ class SqlTx(ABC):
         )
         if cur.rowcount == 1:
             return IdempotencyClaim(scope, key, None)
-        row = self._one(
-            "SELECT fingerprint, response FROM idempotency_keys WHERE scope = ? AND key = ?", (scope, key)
-        )
-        if bytes(row[0]) != bytes(fingerprint):
-            raise IdempotencyConflictError(scope, key)
-        if row[1] is None:
-            raise StorageError(f"idempotency key {key!r} for {scope} was claimed but never completed")
-        return IdempotencyClaim(scope, key, bytes(row[1]))
+        return self._earlier_claim(scope, key, fingerprint)
 
     def sell_order_cards(self, order_id: int, count: int) -> list[PoolCard] | None:
         """Move the order's ``count`` reserved cards to ``sold`` if it holds exactly that many

@@ -64,11 +64,13 @@ rust-check:
 	cargo clippy --workspace --all-targets --locked -q -- -D warnings
 	cargo test --workspace --locked -q 2>&1 | grep -E "^(test result|failures|---- )" || { echo "cargo test failed"; exit 1; }
 
-# Two pytest-xdist workers: tests/reliability on one (its tests one at a time, as alone),
-# everything else on the other; the summary (reliability lines, figures) is gathered at
-# the end. About half the wall time of one process on 2 cores.
+# Two pytest-xdist workers: tests/reliability on one (its tests one at a time), everything
+# else on the other; the summary (reliability lines, figures) is gathered at the end. About
+# half the wall time of one process on 2 cores. Then the tests marked `alone` (the load and
+# overload test: it measures a server), with nothing running beside them.
 pytest: install
-	CARDMINT_REQUIRE_BACKENDS=rust,cython,python $(PY) -m pytest tests -n 2 --dist loadgroup --durations=15
+	CARDMINT_REQUIRE_BACKENDS=rust,cython,python $(PY) -m pytest tests -n 2 --dist loadgroup --durations=15 -m "not alone"
+	CARDMINT_REQUIRE_BACKENDS=rust,cython,python $(PY) -m pytest tests -m alone
 
 # Every benchmark once, at toy sizes, so none of them can rot.
 bench-smoke: install

@@ -153,7 +153,14 @@ def test_executor_counts_every_ending_and_serves_refusals_in_turn() -> None:
     gate = threading.Event()
     order: list[str] = []
     try:
-        blocker = pool.submit(gate.wait, 30)
+        running = threading.Event()
+
+        def block() -> None:
+            running.set()
+            gate.wait(30)
+
+        blocker = pool.submit(block)
+        assert running.wait(30)  # the one worker is busy: everything below queues
         normal = [pool.submit(order.append, name) for name in ("a", "b")]
         pool.mark_urgent(True)
         urgent = pool.submit(order.append, "refusal")

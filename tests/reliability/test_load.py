@@ -48,6 +48,9 @@ from cardmint.server.app import open_domain
 
 from .conftest import Report, Sizes
 
+# Its phases measure a server: run with nothing beside it (`make pytest` runs it last, alone).
+pytestmark = pytest.mark.alone
+
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 REFUSED = ("RESOURCE_EXHAUSTED", "UNAVAILABLE")

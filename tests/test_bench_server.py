@@ -15,6 +15,11 @@ ROWS = {
     ("GetBalance (8 clients)", "sqlite"),
     ("Redeem (8 clients)", "sqlite"),
     ("BindCard (8 clients)", "sqlite"),
+    ("Redeem (8 clients, paced)", "sqlite"),
+    ("BindCard (8 clients, paced)", "sqlite"),
+    ("order round trip (8 clients)", "sqlite"),
+    ("order round trip (8 clients, paced)", "sqlite"),
+    ("order race (20 buyers)", "sqlite"),
     ("bulk Check (codes)", "sqlite"),
     ("redeem race (8 clients)", "sqlite"),
 }
@@ -38,8 +43,15 @@ def test_bench_server_tiny(tmp_path: Path) -> None:
     for r in rows:
         assert r["n"] > 0 and r["seconds"] > 0 and r["rate"] > 0, r
         assert r["operation"] in text
-    unary = [r for r in rows if "clients)" in r["operation"] and not r["operation"].startswith("redeem race")]
+    unary = [r for r in rows if "clients" in r["operation"] and not r["operation"].startswith("redeem race")]
     assert all(r["vs_baseline"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in unary)
     (race,) = data["races"]
     assert race["exact"] and race["succeeded"] == race["face"] and race["balance_after"] == 0
     assert "exactly its balance spent" in text
+    # Paced rows: every call answered, offered on a schedule; the note says what was offered.
+    for r in rows:
+        if r["operation"].endswith("paced)"):
+            assert "offered" in r["note"] and r["p99_ms"] >= r["p50_ms"] > 0, r
+    (order_race,) = data["order_races"]
+    assert order_race["exact"] and order_race["delivered"] == order_race["distinct"] == order_race["pool"]
+    assert "pool sold once, rest sold out" in text

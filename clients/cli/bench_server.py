@@ -9,6 +9,13 @@ server's calls/s measured in the same run with the same client layout.
 The issue's targets (2 cores): Bind and Redeem with 64 clients >= 50% of echo calls/s and
 p99 <= 25 ms; bulk Check >= 2M codes/s; a lot of 10^6 minted, stored and exported <= 20 s;
 redeem race: 64 clients, 10,000 attempts on one card spend exactly its balance.
+
+Bind and Redeem are measured twice. Closed loop: each client sends its next call as soon as
+the last is answered, which finds the saturation rate; its latencies are queueing (64
+callers always waiting: on average 64 / rate, 28-38 ms at echo's own 1,700-2,300 calls/s),
+so no server reaches a 25 ms p99 that way, echo included. Paced: the same 64 clients offer
+half of echo's calls/s (measured in the same run) on a fixed schedule; the row is met when
+the server carries all of it with a p99 <= 25 ms, counted from each call's due time.
 """
 
 from __future__ import annotations
@@ -121,6 +128,56 @@ def run_concurrent(call: Callable[[int, int], object], total: int, threads: int,
     return Load(len(flat), sum(errors), seconds, _percentile(flat, 0.5) * 1e3, _percentile(flat, 0.99) * 1e3)
 
 
+def run_paced(
+    call: Callable[[int, int], object], rate: float, total: int, threads: int, limit_s: float
+) -> Load:
+    """``call(thread, i)`` for i in 0..total-1 on a fixed schedule: call i is due at
+    ``i / rate`` seconds after the start and goes to thread ``i % threads``, so the
+    ``threads`` clients together offer ``rate`` calls/s whatever the answers' speed (an
+    open loop per client). A latency runs from the moment a call was due, not from when
+    its client got round to sending it: a client held up by a slow answer makes its next
+    calls late, and that lateness counts (no coordinated omission). ``Load.seconds`` runs
+    from the start to the last answer, so ``Load.rate`` falls below ``rate`` when the
+    server cannot keep up. A thread stops sending once ``limit_s`` has passed."""
+    if rate <= 0:
+        raise ValueError("rate must be positive")
+    threads = max(1, min(threads, total))
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+    ends = [0.0] * threads
+    go = threading.Barrier(threads + 1)
+    start = [0.0]
+
+    def worker(t: int) -> None:
+        go.wait()
+        lat = latencies[t]
+        t0 = start[0]
+        for i in range(t, total, threads):
+            due = t0 + i / rate
+            now = time.perf_counter()
+            if now - t0 > limit_s:
+                break
+            if due > now:
+                time.sleep(due - now)
+            try:
+                call(t, i)
+            except Exception:  # counted; the phase goes on
+                errors[t] += 1
+            ends[t] = time.perf_counter()
+            lat.append(ends[t] - due)
+
+    pool = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
+    for th in pool:
+        th.start()
+    start[0] = time.perf_counter() + 0.05  # every client is waiting on the barrier by then
+    go.wait()
+    for th in pool:
+        th.join(timeout=limit_s + 60)
+    seconds = max(ends) - start[0]
+    flat = sorted(x for lat in latencies for x in lat)
+    return Load(len(flat), sum(errors), seconds, _percentile(flat, 0.5) * 1e3, _percentile(flat, 0.99) * 1e3)
+
+
 # -- the echo baseline ----------------------------------------------------------------------
 
 
@@ -219,17 +276,28 @@ def make_lot(
 
 
 def measure_unary(
-    addr: str, token: str, rows: list[tuple[str, str]], sizes: ServerSizes, tag: str
+    addr: str,
+    token: str,
+    rows: list[tuple[str, str]],
+    sizes: ServerSizes,
+    tag: str,
+    paced_rate: float | None = None,
 ) -> dict[str, Load]:
-    """GetBalance, Redeem and BindCard with ``sizes.threads`` concurrent clients.
+    """GetBalance, Redeem and BindCard with ``sizes.threads`` concurrent clients, each as
+    fast as answers come (closed loop: the server's saturation rate; its latencies are
+    mostly queueing, ``threads`` / rate on average). With ``paced_rate``, Redeem and
+    BindCard again as "Redeem paced" and "BindCard paced": the same clients offering
+    ``paced_rate`` calls/s between them on a fixed schedule (``run_paced``), the latency a
+    caller sees while the server carries that rate.
 
     Each client redeems one unit at a time from a card of its own; binds take fresh cards
     (after the redeem cards) onto fresh accounts."""
     from cardmint.client import Client
 
     threads = sizes.threads
-    if len(rows) < threads + sizes.calls:
-        raise ValueError(f"need {threads + sizes.calls} cards, the lot has {len(rows)}")
+    need = threads + sizes.calls * (2 if paced_rate else 1)
+    if len(rows) < need:
+        raise ValueError(f"need {need} cards, the lot has {len(rows)}")
     out: dict[str, Load] = {}
     with channels(addr, sizes.channels) as chans:
         clients = [Client(addr, token, timeout=30.0, channel=chans[t % len(chans)]) for t in range(threads)]
@@ -238,19 +306,21 @@ def measure_unary(
         out["GetBalance"] = run_concurrent(
             lambda t, i: clients[t].balance(serial=own[t]), sizes.calls, threads, sizes.limit_s
         )
-        out["Redeem"] = run_concurrent(
-            lambda t, i: clients[t].redeem(own[t], 1, CURRENCY, request_id=f"{tag}-r{i}"),
-            sizes.calls,
-            threads,
-            sizes.limit_s,
-        )
-        bind = rows[threads:]
-        out["BindCard"] = run_concurrent(
-            lambda t, i: clients[t].bind_card(bind[i][1], account=f"{tag}-acct-{i}"),
-            sizes.calls,
-            threads,
-            sizes.limit_s,
-        )
+
+        def redeem(label: str) -> Callable[[int, int], object]:
+            return lambda t, i: clients[t].redeem(own[t], 1, CURRENCY, request_id=f"{tag}-{label}{i}")
+
+        def bind(first: int, label: str) -> Callable[[int, int], object]:
+            cards = rows[first:]
+            return lambda t, i: clients[t].bind_card(cards[i][1], account=f"{tag}-{label}-{i}")
+
+        out["Redeem"] = run_concurrent(redeem("r"), sizes.calls, threads, sizes.limit_s)
+        out["BindCard"] = run_concurrent(bind(threads, "acct"), sizes.calls, threads, sizes.limit_s)
+        if paced_rate:
+            out["Redeem paced"] = run_paced(redeem("pr"), paced_rate, sizes.calls, threads, sizes.limit_s)
+            out["BindCard paced"] = run_paced(
+                bind(threads + sizes.calls, "pacct"), paced_rate, sizes.calls, threads, sizes.limit_s
+            )
     return out
 
 
@@ -367,11 +437,21 @@ def stock_pool(addr: str, token: str, sku: str, count: int, face: int = 500) -> 
         c.stock_pool(lot.id)
 
 
-def measure_orders(addr: str, token: str, sizes: OrderSizes, sku: str, tag: str, face: int = 500) -> Load:
+def measure_orders(
+    addr: str,
+    token: str,
+    sizes: OrderSizes,
+    sku: str,
+    tag: str,
+    face: int = 500,
+    paced_rate: float | None = None,
+) -> Load:
     """Order round trips: CreateOrder (one code) then ConfirmPayment, which delivers it, by
     ``sizes.threads`` concurrent clients acting as a storefront for one buyer (account and
-    client address) each. ``Load.done`` counts round trips (two calls each). The pool must
-    hold ``sizes.round_trips`` codes of ``sku``."""
+    client address) each, as fast as answers come, or with ``paced_rate`` offering that
+    many round trips/s between them on a fixed schedule (``run_paced``). ``Load.done``
+    counts round trips (two calls each). The pool must hold ``sizes.round_trips`` codes of
+    ``sku``."""
     from cardmint.client import Client
 
     with channels(addr, sizes.channels) as chans:
@@ -392,6 +472,8 @@ def measure_orders(addr: str, token: str, sizes: OrderSizes, sku: str, tag: str,
             if len(paid.codes) != 1:
                 raise AssertionError(f"order {order.id} delivered {len(paid.codes)} codes")
 
+        if paced_rate:
+            return run_paced(round_trip, paced_rate, sizes.round_trips, sizes.threads, sizes.limit_s)
         return run_concurrent(round_trip, sizes.round_trips, sizes.threads, sizes.limit_s)
 
 
@@ -460,6 +542,10 @@ def measure_order_race(
     return OrderRace(buyers, pool, len(serials), len(set(serials)), sold_out, buyers - sold_out, seconds)
 
 
+ORDER_SHARE = 0.4  # order round trips: this share of echo's calls/s ...
+ORDER_P99_MS = 40.0  # ... at this p99 (a round trip: two calls)
+
+
 def _order_rows(
     label: str, db_url: str | None, sizes: OrderSizes, echo_rate: float
 ) -> tuple[list[ServerRow], OrderRace]:
@@ -468,7 +554,7 @@ def _order_rows(
         with cardmint_server(url, Path(tmp) / "var") as (addr, token):
             tag = f"o{os.getpid()}-{time.time_ns()}"
             sku = f"SHOP-{tag}"[:32]
-            stock_pool(addr, token, sku, sizes.round_trips)
+            stock_pool(addr, token, sku, 2 * sizes.round_trips)
             load = measure_orders(addr, token, sizes, sku, tag)
             share = 2 * load.rate / echo_rate  # calls/s over echo calls/s
             trip = _row(
@@ -476,15 +562,30 @@ def _order_rows(
                 label,
                 load.done,
                 load.seconds,
-                target=">= 40% echo",
-                met=share >= 0.4 if sizes.threads >= 64 else None,
+                target="saturation (closed loop)",
                 p50_ms=round(load.p50_ms, 3),
                 p99_ms=round(load.p99_ms, 3),
-                note=f"{load.rate:.0f} round trips/s = {2 * load.rate:.0f} calls/s ({share:.0%} of echo calls/s;"
-                f" round trips/s over echo calls/s {load.rate / echo_rate:.0%}); p50 {load.p50_ms:.1f} ms,"
-                f" p99 {load.p99_ms:.1f} ms, {load.errors} failed",
+                note=f"{load.rate:.0f} round trips/s = {2 * load.rate:.0f} calls/s ({share:.0%} of echo calls/s);"
+                f" p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, {load.errors} failed",
             )
             trip.vs_baseline = share
+            offered = ORDER_SHARE * echo_rate / 2  # round trips/s: two calls each
+            paced = measure_orders(addr, token, sizes, sku, f"{tag}p", paced_rate=offered)
+            kept = paced.rate >= 0.99 * offered and paced.errors == 0
+            paced_row = _row(
+                f"order round trip ({sizes.threads} clients, paced)",
+                label,
+                paced.done,
+                paced.seconds,
+                target=f">= {ORDER_SHARE:.0%} echo at p99 <= {ORDER_P99_MS:g} ms",
+                met=kept and paced.p99_ms <= ORDER_P99_MS if sizes.threads >= 64 else None,
+                p50_ms=round(paced.p50_ms, 3),
+                p99_ms=round(paced.p99_ms, 3),
+                note=f"offered {offered:.0f} round trips/s = {2 * offered:.0f} calls/s ({ORDER_SHARE:.0%} of echo"
+                f" calls/s), carried {paced.rate:.0f}/s; p50 {paced.p50_ms:.1f} ms, p99 {paced.p99_ms:.1f} ms"
+                f" from each round trip's due time, {paced.errors} failed",
+            )
+            paced_row.vs_baseline = 2 * paced.rate / echo_rate
             race = measure_order_race(
                 addr, token, sizes.buyers, sizes.pool, f"{sku}-R"[:32], tag, limit_s=sizes.limit_s
             )
@@ -498,7 +599,7 @@ def _order_rows(
                 note=f"{race.delivered} delivered of {race.pool} ({race.distinct} distinct), "
                 f"{race.sold_out} sold out, {race.other} other endings",
             )
-    return [trip, done], race
+    return [trip, paced_row, done], race
 
 
 def measure_orders_rows(
@@ -543,6 +644,49 @@ def _row(
     return ServerRow(op, backend, n, secs, rate, None, target, met, p50_ms, p99_ms, note)
 
 
+UNARY_SHARE = 0.5  # Bind and Redeem: carry this share of echo's calls/s ...
+UNARY_P99_MS = 25.0  # ... with 64 clients, at this p99
+
+
+def _unary_row(op: str, label: str, load: Load, threads: int, echo_rate: float, paced: float) -> ServerRow:
+    """One unary row. The targets are judged on the paced rows: the clients offer half of
+    echo's calls/s, and the server must carry all of it (no errors, the rate kept) at the
+    p99. The closed-loop rows show the saturation rate; at saturation, 64 callers always
+    waiting keep a queue whose wait (64 / rate) no server of that rate can avoid, so their
+    p99 is reported, not judged. Runs with fewer than 64 clients judge nothing."""
+    ratio = load.rate / echo_rate
+    target, met = "", None
+    judged = threads >= 64
+    if op.endswith(" paced"):
+        target = f">= {UNARY_SHARE:.0%} echo at p99 <= {UNARY_P99_MS:g} ms"
+        kept = load.rate >= 0.99 * paced and load.errors == 0
+        met = kept and load.p99_ms <= UNARY_P99_MS if judged else None
+        note = (
+            f"offered {paced:.0f}/s ({UNARY_SHARE:.0%} of echo), carried {load.rate:.0f}/s; "
+            f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms from each call's due time, "
+            f"{load.errors} refused"
+        )
+        name = f"{op.removesuffix(' paced')} ({threads} clients, paced)"
+    else:
+        if op in ("Redeem", "BindCard"):
+            target = "saturation (closed loop)"
+        note = f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, {load.errors} refused"
+        name = f"{op} ({threads} clients)"
+    r = _row(
+        name,
+        label,
+        load.done,
+        load.seconds,
+        target=target,
+        met=met,
+        p50_ms=round(load.p50_ms, 3),
+        p99_ms=round(load.p99_ms, 3),
+        note=note,
+    )
+    r.vs_baseline = ratio
+    return r
+
+
 def _backend_rows(
     label: str, db_url: str | None, sizes: ServerSizes, echo_rate: float, races: list[tuple[str, Race]]
 ) -> list[ServerRow]:
@@ -565,27 +709,10 @@ def _backend_rows(
                     note=f"{scaled:.1f} s per 10^6 (linear)",
                 )
             )
-            loads = measure_unary(addr, token, lot_rows, sizes, tag)
+            paced = UNARY_SHARE * echo_rate
+            loads = measure_unary(addr, token, lot_rows, sizes, tag, paced_rate=paced)
             for op, load in loads.items():
-                ratio = load.rate / echo_rate
-                target, met = "", None
-                if op in ("Redeem", "BindCard"):
-                    target = ">= 50% echo, p99 <= 25 ms"
-                    # The targets are for 64 clients; smaller runs report without judging.
-                    met = ratio >= 0.5 and load.p99_ms <= 25.0 if sizes.threads >= 64 else None
-                r = _row(
-                    f"{op} ({sizes.threads} clients)",
-                    label,
-                    load.done,
-                    load.seconds,
-                    target=target,
-                    met=met,
-                    p50_ms=round(load.p50_ms, 3),
-                    p99_ms=round(load.p99_ms, 3),
-                    note=f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, {load.errors} refused",
-                )
-                r.vs_baseline = ratio
-                rows.append(r)
+                rows.append(_unary_row(op, label, load, sizes.threads, echo_rate, paced))
             issued, fill_secs = fill_issued(addr, token, sku, len(lot_rows), sizes.issued, sizes.lot)
             secs, answered, found = measure_check(addr, token, lot_rows, sizes.check, sizes.repeats)
             rows.append(
@@ -618,10 +745,16 @@ def _backend_rows(
 
 
 def measure_server(
-    sizes: ServerSizes, pg_dsn: str | None = None, races: list[tuple[str, Race]] | None = None
+    sizes: ServerSizes,
+    pg_dsn: str | None = None,
+    races: list[tuple[str, Race]] | None = None,
+    order_sizes: OrderSizes | None = None,
+    order_races: list[tuple[str, OrderRace]] | None = None,
 ) -> list[ServerRow]:
-    """Every server row plus the echo baseline (``vs_baseline`` = calls/s over echo's)."""
+    """Every server row plus the echo baseline (``vs_baseline`` = calls/s over echo's),
+    and with ``order_sizes`` the card shop's rows (``_order_rows``) against the same echo."""
     races = races if races is not None else []
+    order_races = order_races if order_races is not None else []
     with echo_server() as addr:
         echo = measure_echo(addr, sizes)
     base = _row(
@@ -640,6 +773,10 @@ def measure_server(
         backends.append(("postgres", pg_dsn))
     for label, url in backends:
         rows += _backend_rows(label, url, sizes, echo.rate, races)
+        if order_sizes is not None:
+            more, order_race = _order_rows(label, url, order_sizes, echo.rate)
+            rows += more
+            order_races.append((label, order_race))
     return rows
 
 
@@ -648,7 +785,9 @@ def run(args: argparse.Namespace) -> int:
     sizes = TINY if tiny else (QUICK if args.quick else FULL)
     started = time.time()
     races: list[tuple[str, Race]] = []
-    rows = measure_server(sizes, getattr(args, "pg", None), races)
+    order_races: list[tuple[str, OrderRace]] = []
+    order_sizes = ORDERS_TINY if tiny else ORDERS_FULL
+    rows = measure_server(sizes, getattr(args, "pg", None), races, order_sizes, order_races)
     print(
         f"cardmint bench --server ({'tiny' if tiny else 'quick' if args.quick else 'full'}): "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, grpcio {grpc.__version__}, "
@@ -665,6 +804,12 @@ def run(args: argparse.Namespace) -> int:
             f"{race.face}; balance after {race.balance_after} -> "
             f"{'exactly its balance spent' if race.exact else 'NOT EXACT'}"
         )
+    for label, o in order_races:
+        print(
+            f"order race [{label}]: {o.buyers} buyers, {o.delivered} codes delivered of a pool of {o.pool} "
+            f"({o.distinct} distinct), {o.sold_out} ended sold out -> "
+            f"{'pool sold once, rest sold out' if o.exact else 'NOT EXACT'}"
+        )
     print(f"({time.time() - started:.0f} s; 'x plain' = calls/s / echo calls/s, same run, same clients)")
     if args.json:
         with open(args.json, "w") as f:
@@ -679,12 +824,14 @@ def run(args: argparse.Namespace) -> int:
                     "sizes": asdict(sizes),
                     "rows": [asdict(r) for r in rows],
                     "races": [{"backend": b, **asdict(r), "exact": r.exact} for b, r in races],
+                    "order_races": [{"backend": b, **asdict(r), "exact": r.exact} for b, r in order_races],
                 },
                 f,
                 indent=1,
             )
     sys.stdout.flush()
-    return 0 if all(r.exact for _, r in races) else 1
+    exact = all(r.exact for _, r in races) and all(o.exact for _, o in order_races)
+    return 0 if exact else 1
 
 
 __all__ = [
@@ -713,5 +860,6 @@ __all__ = [
     "measure_unary",
     "run",
     "run_concurrent",
+    "run_paced",
     "stock_pool",
 ]

@@ -37,7 +37,7 @@ import grpc
 from cardmint.server.domain.errors import Overloaded
 
 from .auth import OPEN_SERVICES
-from .errors import Behavior, rewrap
+from .errors import Behavior, HandlerCache, rewrap
 
 __all__ = ["DEFAULT_RETRY_AFTER", "AdmissionExecutor", "AdmissionInterceptor"]
 
@@ -156,6 +156,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self.retry_after = retry_after
         self._refused_lock = threading.Lock()
         self.refused = 0  # calls refused since start, for tests and figures
+        self._refusals = HandlerCache()
 
     def intercept_service(
         self,
@@ -175,21 +176,28 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         with self._refused_lock:
             self.refused += 1
-        error = Overloaded(
-            f"the server has {self.limit} calls in flight; retry after {self.retry_after:g} s",
-            retry_after=self.retry_after,
-        )
+        return self._refusals.get(handler, self._refusal)
+
+    def _refusal(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler``'s stand-in for a refused call (built once per method)."""
+        limit, retry_after = self.limit, self.retry_after
+
+        def error() -> Overloaded:
+            return Overloaded(
+                f"the server has {limit} calls in flight; retry after {retry_after:g} s",
+                retry_after=retry_after,
+            )
 
         def unary(_behavior: Behavior) -> Behavior:
             def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-                raise error
+                raise error()
 
             return refuse
 
         def streaming(_behavior: Behavior) -> Behavior:
             def refuse(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 # Raised when called, inside ErrorInterceptor's streaming guard: the same status.
-                raise error
+                raise error()
 
             return refuse
 

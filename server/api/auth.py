@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from cardmint.server.domain.auth import Principal
 
-from .errors import Behavior, rewrap
+from .errors import Behavior, HandlerCache, rewrap
 
 __all__ = ["OPEN_SERVICES", "AuthInterceptor", "current_principal"]
 
@@ -35,11 +35,16 @@ def current_principal() -> Principal:
     return _principal.get()
 
 
-def _authorization(details: grpc.HandlerCallDetails) -> str | None:
-    for key, value in details.invocation_metadata or ():
+def _authorization(metadata: Any) -> str | None:
+    """The call's one ``authorization`` value; None (refused) when it has none or several:
+    a second header is never silently ignored, whichever of them a proxy would have read."""
+    found: str | None = None
+    for key, value in metadata or ():
         if key == "authorization":
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return None
+            if found is not None:
+                return None
+            found = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return found
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
@@ -47,6 +52,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, authenticate: Callable[[str | None], Principal]) -> None:
         self._authenticate = authenticate
+        self._cache = HandlerCache()
 
     def intercept_service(
         self,
@@ -56,14 +62,17 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
             return handler
-        authorization = _authorization(handler_call_details)
+        return self._cache.get(handler, self._wrap)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         authenticate = self._authenticate
 
         def unary(behavior: Behavior) -> Behavior:
             def call(request: Any, context: grpc.ServicerContext) -> Any:
                 # Inside the handler, so ErrorInterceptor (outside) turns a refusal into
                 # UNAUTHENTICATED like any other domain error.
-                token = _principal.set(authenticate(authorization))
+                principal = authenticate(_authorization(context.invocation_metadata()))
+                token = _principal.set(principal)
                 try:
                     return behavior(request, context)
                 finally:
@@ -73,7 +82,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
         def streaming(behavior: Behavior) -> Behavior:
             def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                return _as(authenticate(authorization), behavior, request, context)
+                principal = authenticate(_authorization(context.invocation_metadata()))
+                return _as(principal, behavior, request, context)
 
             return call
 

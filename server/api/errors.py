@@ -34,7 +34,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
-__all__ = ["DOMAIN", "KIND_TO_CODE", "ErrorInterceptor", "Undecodable", "rewrap", "status_of"]
+__all__ = ["DOMAIN", "KIND_TO_CODE", "ErrorInterceptor", "HandlerCache", "Undecodable", "rewrap", "status_of"]
 
 log = logging.getLogger("cardmint.server.api")
 
@@ -134,6 +134,37 @@ def rewrap(
     raise TypeError(f"method handler without a behavior: {handler!r}")
 
 
+class HandlerCache:
+    """Wrapped handlers built once per inner handler, not once per call.
+
+    grpcio runs every interceptor's ``intercept_service`` for every call on its one serving
+    thread, the thread that also accepts calls and sends their answers; wrapping there per
+    call (closures, a new method handler) made it the server's bottleneck under load. The
+    handlers below an interceptor are themselves built once (the servicers' and, through
+    this cache, the inner interceptors'), so one wrapped handler per inner handler serves
+    every call: whatever a wrapper needs of the call itself (metadata) it reads from the
+    call's context when the call runs, on a worker thread."""
+
+    LIMIT = 4096  # inner handlers: methods x variants; a bug making them per call stays bounded
+
+    def __init__(self) -> None:
+        self._built: dict[int, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def get(
+        self,
+        handler: grpc.RpcMethodHandler[Any, Any],
+        build: Callable[[grpc.RpcMethodHandler[Any, Any]], grpc.RpcMethodHandler[Any, Any]],
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        hit = self._built.get(id(handler))
+        if hit is not None and hit[0] is handler:  # the entry holds ``handler``: its id is its own
+            return hit[1]
+        wrapped = build(handler)
+        if len(self._built) >= self.LIMIT:
+            self._built.clear()
+        self._built[id(handler)] = (handler, wrapped)
+        return wrapped
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Outermost interceptor: every exception a handler raises becomes a proper status.
 
@@ -146,6 +177,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, on_storage_failure: Callable[[], None] | None = None) -> None:
         self._failed = on_storage_failure
+        self._cache = HandlerCache()
 
     def intercept_service(
         self,
@@ -155,6 +187,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
             return None
+        return self._cache.get(handler, self._wrap)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         des = handler.request_deserializer
         streamed = bool(handler.request_streaming)
         failed = self._failed

@@ -29,7 +29,7 @@ from cardmint.server.observe import (
 )
 
 from .auth import OPEN_SERVICES
-from .errors import Behavior, rewrap
+from .errors import Behavior, HandlerCache, rewrap
 
 __all__ = ["ObserveInterceptor", "PrincipalTap"]
 
@@ -67,6 +67,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             from opentelemetry import trace
 
             self._trace = trace
+        self._cache = HandlerCache()
 
     def intercept_service(
         self,
@@ -77,21 +78,25 @@ class ObserveInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED; nothing to label
             return None
         full = handler_call_details.method
-        given = incoming_request_id(handler_call_details.invocation_metadata)
+        return self._cache.get(handler, lambda inner: self._wrap(inner, full))
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], full: str) -> grpc.RpcMethodHandler[Any, Any]:
         observer = self
+
+        def request_id(context: grpc.ServicerContext) -> str:
+            return incoming_request_id(context.invocation_metadata()) or uuid.uuid4().hex
 
         def unary(behavior: Behavior) -> Behavior:
             def call(request: Any, context: grpc.ServicerContext) -> Any:
-                info = CallInfo(given or uuid.uuid4().hex, full)
+                info = CallInfo(request_id(context), full)
                 started = time.perf_counter()
                 observer.begin(info)
                 token = CALL.set(info)
                 code = "OK"
                 try:
-                    _tag(context, info.request_id)
                     with observer.scope(info):
                         answer = behavior(request, context)
-                    _tag(context, info.request_id)
+                    _tag(context, info.request_id)  # after: what the handler set stays
                     return answer
                 except BaseException:
                     code = _code_name(context)
@@ -105,7 +110,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
         def streaming(behavior: Behavior) -> Behavior:
             def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                info = CallInfo(given or uuid.uuid4().hex, full)
+                info = CallInfo(request_id(context), full)
                 return observer._stream(info, behavior, request, context)
 
             return call
@@ -223,6 +228,7 @@ class PrincipalTap(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, principal: Callable[[], Any]) -> None:
         self._principal = principal
+        self._cache = HandlerCache()
 
     def intercept_service(
         self,
@@ -232,6 +238,9 @@ class PrincipalTap(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
             return handler
+        return self._cache.get(handler, self._wrap)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         principal = self._principal
 
         def tap(behavior: Behavior) -> Behavior:

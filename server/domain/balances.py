@@ -8,7 +8,7 @@ answer instead of moving money twice. A refused move stores nothing, so its id s
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 
 import blake3
@@ -158,8 +158,9 @@ def _fingerprint(*parts: object) -> bytes:
     return blake3.blake3(json.dumps(parts).encode()).digest()
 
 
-def _encode(receipt: MoneyReceipt) -> bytes:
-    return json.dumps(asdict(receipt)).encode()
+def _encode(receipt: MoneyReceipt | TransferReceipt) -> bytes:
+    # Its fields by name (what _decode reads back), without asdict's deep copy: flat values.
+    return json.dumps({f.name: getattr(receipt, f.name) for f in fields(receipt)}).encode()
 
 
 def _decode(raw: bytes) -> MoneyReceipt:
@@ -490,7 +491,7 @@ class BalanceService:
                 int(out.balance_after or 0),
                 int(into.balance_after or 0),
             )
-            tx.complete_idempotency("transfer", request_id, json.dumps(asdict(receipt)).encode())
+            tx.complete_idempotency("transfer", request_id, _encode(receipt))
             return receipt
 
         receipt = self._ctx.run(work)

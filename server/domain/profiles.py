@@ -13,6 +13,7 @@ does not convert is an error naming it, never a silently ignored rule.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -31,6 +32,15 @@ class ProfileError(ValueError):
     """A profile file that cannot be used as it is."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _minor(major: Decimal, currency: str) -> int:
+    """``major`` in ``currency``'s minor units (asked on every movement a limit judges)."""
+    scaled = major.scaleb(minor_exponent(currency))
+    if scaled != scaled.to_integral_value():
+        raise ProfileError(f"{major} has more decimals than {currency} allows")
+    return int(scaled)
+
+
 @dataclass(frozen=True)
 class Amount:
     """A limit in major units ("" = none), asked for in any currency's minor units."""
@@ -40,10 +50,7 @@ class Amount:
     def minor(self, currency: str) -> int | None:
         if self.major is None:
             return None
-        scaled = self.major.scaleb(minor_exponent(currency))
-        if scaled != scaled.to_integral_value():
-            raise ProfileError(f"{self.major} has more decimals than {currency} allows")
-        return int(scaled)
+        return _minor(self.major, currency)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,43 @@ def test_calls_without_a_valid_token_are_refused(
         assert tx.list_products() == []  # nothing anonymous changed anything
 
 
+def test_two_authorization_headers_are_refused(server: Running, channel: grpc.Channel) -> None:
+    """Two ``authorization`` values (a valid one among them, in either order) are refused:
+    which one a proxy in front would have checked is anybody's guess."""
+    good = f"Bearer {server.domain.auth.create_token('admin').token}"
+    get = catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts
+    assert get(catalog_pb2.ListProductsRequest(), metadata=[("authorization", good)], timeout=10) is not None
+    for pair in ([good, "Bearer nope"], ["Bearer nope", good], [good, good]):
+        with pytest.raises(grpc.RpcError) as info:
+            get(catalog_pb2.ListProductsRequest(), metadata=[("authorization", v) for v in pair], timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_each_call_is_judged_on_its_own_metadata(server: Running, channel: grpc.Channel) -> None:
+    """Wrapped handlers are built once per method: a refused call, then an admitted one, then
+    a refused one again on the same method each get their own answer (nothing of one call's
+    metadata sticks to the handler the next call runs)."""
+    good = [("authorization", f"Bearer {server.domain.auth.create_token('admin').token}")]
+    bad = [("authorization", "Bearer nope")]
+    get = catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts
+    answers = []
+    for metadata in (bad, good, bad, good, [], good):
+        try:
+            call = get.with_call(catalog_pb2.ListProductsRequest(), metadata=metadata, timeout=10)
+            answers.append(("OK", dict(call[1].trailing_metadata()).get("x-request-id")))
+        except grpc.RpcError as e:
+            answers.append((e.code().name, dict(e.trailing_metadata()).get("x-request-id")))
+    assert [code for code, _ in answers] == ["UNAUTHENTICATED", "OK"] * 3
+    ids = [rid for _, rid in answers]
+    assert all(ids) and len(set(ids)) == len(ids)  # every call its own request id
+    mine = get.with_call(
+        catalog_pb2.ListProductsRequest(), metadata=[*good, ("x-request-id", "mine-1")], timeout=10
+    )[1]
+    assert dict(mine.trailing_metadata())["x-request-id"] == "mine-1"
+    again = get.with_call(catalog_pb2.ListProductsRequest(), metadata=good, timeout=10)[1]
+    assert dict(again.trailing_metadata())["x-request-id"] != "mine-1"
+
+
 def test_revoked_token_and_roles(server: Running, connect: Connect, addr: str) -> None:
     issued = server.domain.auth.create_token("operator")
     with Client(addr, issued.token) as operator:

@@ -16,7 +16,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,11 @@ class Sizes:
     pool_codes: int = 1_000
     pool_orders: int = 1_200
     pool_rounds: int = 4
+    # item 5 over two server processes, where a reservation expires in real time (seconds)
+    pool2_codes: int = 400
+    pool2_orders: int = 480
+    pool2_rounds: int = 4
+    pool2_ttl: int = 5
     # item 6: kill -9 during a lot of this many codes, this many times
     kill_lot: int = 50_000
     kills: int = 3
@@ -66,6 +71,10 @@ def sizes(request: pytest.FixtureRequest) -> Sizes:
             pool_codes=10_000,
             pool_orders=12_000,
             pool_rounds=8,
+            pool2_codes=4_000,
+            pool2_orders=4_800,
+            pool2_rounds=8,
+            pool2_ttl=15,
             kill_lot=200_000,
             kills=10,
             kills_load=50,
@@ -172,8 +181,24 @@ def together(workers: int, work: Callable[[int], None], limit_s: float) -> float
 
 def db_query(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
     """Straight in the database (``?`` placeholders), not through cardmint: what is stored."""
+    return db_snapshot(url, sql, params=params)[0]
+
+
+def db_snapshot(url: str, *sql: str, params: Sequence[object] = ()) -> list[list[tuple[Any, ...]]]:
+    """``db_query`` of each of ``sql`` (the same ``params``), all read from one snapshot of
+    the database: consistent with each other while servers keep writing."""
     if url.startswith("sqlite://"):
-        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite://"), timeout=30)) as conn:
-            return conn.execute(sql, params).fetchall()
+        with contextlib.closing(
+            sqlite3.connect(url.removeprefix("sqlite://"), timeout=30, isolation_level=None)
+        ) as conn:
+            conn.execute("BEGIN")  # WAL: a read transaction sees one snapshot
+            try:
+                return [conn.execute(q, params).fetchall() for q in sql]
+            finally:
+                conn.execute("ROLLBACK")
     with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
-        return conn.execute(sql.replace("?", "%s"), params).fetchall()  # type: ignore[arg-type]
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            return [conn.execute(q.replace("?", "%s"), params).fetchall() for q in sql]  # type: ignore[arg-type]
+        finally:
+            conn.execute("ROLLBACK")

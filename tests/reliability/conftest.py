@@ -49,7 +49,7 @@ class Sizes:
     pool2_codes: int = 400
     pool2_orders: int = 480
     pool2_rounds: int = 4
-    pool2_ttl: int = 5
+    pool2_ttl: int = 8
     # item 6: kill -9 during a lot of this many codes, this many times
     kill_lot: int = 50_000
     kills: int = 3

@@ -1453,8 +1453,8 @@ class SqlTx(ABC):
         last in a transaction to keep that window short.
         """
         self._lock(LOCK_AUDIT)
-        last = self._one("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
-        seq, prev = (1, GENESIS_HASH) if last is None else (int(last[0]) + 1, bytes(last[1]))
+        last_id, prev = self._audit_head()
+        seq = last_id + 1
         at = self.now()
         digest = audit_hash(prev, seq, at, actor, action, subject, detail)
         self._execute(
@@ -1462,7 +1462,26 @@ class SqlTx(ABC):
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (seq, self._ts(at), actor, action, subject, detail, prev, digest),
         )
+        self._audit_appended(seq, digest)
         return AuditEntry(seq, at, actor, action, subject, detail, prev, digest)
+
+    def _audit_head(self) -> tuple[int, bytes]:
+        """The chain's last (id, hash), (0, genesis) when empty; the caller holds the audit
+        lock."""
+        last = self._one("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1")
+        return (0, GENESIS_HASH) if last is None else (int(last[0]), bytes(last[1]))
+
+    def _audit_appended(self, seq: int, digest: bytes) -> None:
+        """Told of each event this unit of work chained (a backend may keep the head)."""
+        return None
+
+    def _events_head(self) -> int:
+        """The newest outbox event id (0 when none); the caller holds the events lock."""
+        return int(self._one("SELECT COALESCE(MAX(id), 0) FROM events")[0])
+
+    def _event_appended(self, event_id: int) -> None:
+        """Told of each outbox event this unit of work wrote."""
+        return None
 
     def audit_rows(self, after_id: int = 0, limit: int = 10_000) -> list[tuple[Any, ...]]:
         """Raw audit rows for the verifier: (id, at in µs since the epoch, actor, action,
@@ -1547,12 +1566,12 @@ class SqlTx(ABC):
         subscriber that has seen id N has seen everything before it.
         """
         self._lock(LOCK_EVENTS)
-        row = self._one("SELECT COALESCE(MAX(id), 0) FROM events")
-        event = Event(int(row[0]) + 1, self.now(), kind, subject, detail)
+        event = Event(self._events_head() + 1, self.now(), kind, subject, detail)
         self._execute(
             "INSERT INTO events (id, at, kind, subject, detail) VALUES (?, ?, ?, ?, ?)",
             (event.id, self._ts(event.at), kind, subject, detail),
         )
+        self._event_appended(event.id)
         return event
 
     def events_after(self, cursor: int, limit: int = 1000) -> list[Event]:

@@ -22,7 +22,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -47,6 +47,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _MIN_VERSION = (3, 37, 0)  # STRICT tables; RETURNING needs 3.35
 _MAX_BATCH = 256  # units per group commit
+_NUDGE_WAIT_S = 0.05  # a queued unit's caller looks at the writer at least this often
 _WRITER_CACHE_KIB = 64 * 1024
 
 
@@ -87,13 +88,44 @@ class _Unit:
     result: Any = None
     error: BaseException | None = None
     done: bool = False
+    # Set when the unit is done, or as a nudge to lead the next batch (see SQLiteStorage.run).
+    ready: threading.Event = field(default_factory=threading.Event)
 
 
 class _SQLiteTx(SqlTx):
-    def __init__(self, conn: sqlite3.Connection, clock: Clock, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        clock: Clock,
+        path: Path | None = None,
+        heads: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(clock)
         self._conn = conn
         self._path = path  # the database file, for the native audit reader (readers only)
+        # The audit chain's head and the newest outbox id as this write transaction left
+        # them (shared by the units of one group commit): BEGIN IMMEDIATE shuts out every
+        # other writer, so once read or written here they stay true until COMMIT, and the
+        # next unit's append skips its SELECT. A unit rolled back puts back what it found.
+        self._heads: dict[str, Any] = heads if heads is not None else {}
+
+    def _audit_head(self) -> tuple[int, bytes]:
+        head: tuple[int, bytes] | None = self._heads.get("audit")
+        if head is None:
+            head = self._heads["audit"] = super()._audit_head()
+        return head
+
+    def _audit_appended(self, seq: int, digest: bytes) -> None:
+        self._heads["audit"] = (seq, digest)
+
+    def _events_head(self) -> int:
+        head: int | None = self._heads.get("events")
+        if head is None:
+            head = self._heads["events"] = super()._events_head()
+        return head
+
+    def _event_appended(self, event_id: int) -> None:
+        self._heads["events"] = event_id
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         try:
@@ -332,30 +364,33 @@ class SQLiteStorage:
         """A write transaction (``BEGIN IMMEDIATE``): commits on exit, rolls back on error."""
         if getattr(self._owner, "active", False):
             raise StorageError("transactions do not nest; pass the open one down instead")
-        with self._write_lock:
-            self._owner.active = True
-            conn = self._writer
-            try:
+        try:
+            with self._write_lock:
+                self._owner.active = True
+                conn = self._writer
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error as e:
-                    raise _translate(e) from e
-                tx = _SQLiteTx(conn, self._clock)
-                try:
-                    yield tx
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                if tx.failed is not None:
-                    conn.execute("ROLLBACK")
-                    raise StorageError(f"transaction rolled back after an earlier error: {tx.failed}")
-                try:
-                    conn.execute("COMMIT")
-                except sqlite3.Error as e:
-                    conn.execute("ROLLBACK")
-                    raise _translate(e) from e
-            finally:
-                self._owner.active = False
+                    try:
+                        conn.execute("BEGIN IMMEDIATE")
+                    except sqlite3.Error as e:
+                        raise _translate(e) from e
+                    tx = _SQLiteTx(conn, self._clock)
+                    try:
+                        yield tx
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    if tx.failed is not None:
+                        conn.execute("ROLLBACK")
+                        raise StorageError(f"transaction rolled back after an earlier error: {tx.failed}")
+                    try:
+                        conn.execute("COMMIT")
+                    except sqlite3.Error as e:
+                        conn.execute("ROLLBACK")
+                        raise _translate(e) from e
+                finally:
+                    self._owner.active = False
+        finally:
+            self._nudge()  # units queued while this held the writer: one of them leads now
 
     @contextmanager
     def read(self) -> Iterator[_SQLiteTx]:
@@ -421,14 +456,38 @@ class SQLiteStorage:
             unit = _Unit(work, contextvars.copy_context())
             with self._queue_lock:
                 self._queue.append(unit)
-            with self._write_lock:
-                if not unit.done:  # nobody took it along yet: commit the queue, ours with it
-                    self._commit_queued()
+            self._await(unit)
             if unit.error is None:
                 return cast(T, unit.result)
             if not isinstance(unit.error, TransientError) or attempt == attempts - 1:
                 raise unit.error
         raise AssertionError("unreachable: the loop returns or raises")
+
+    def _await(self, unit: _Unit) -> None:
+        """Until ``unit`` is done: lead a batch when nobody is committing, else wait.
+
+        The leader wakes every unit of its batch at once when it has committed (not one
+        after another through the lock, which kept the next batch waiting behind all of
+        them), then nudges the first unit queued meanwhile to lead the next batch. The wait
+        is bounded, so a nudge that went astray costs one short wait, never a stall."""
+        while not unit.done:
+            if self._write_lock.acquire(blocking=False):
+                try:
+                    if not unit.done:  # nobody took it along yet: commit the queue, ours with it
+                        self._commit_queued()
+                finally:
+                    self._write_lock.release()
+                self._nudge()
+            else:
+                unit.ready.wait(_NUDGE_WAIT_S)
+                unit.ready.clear()  # done is set before ready: the loop's test sees it
+
+    def _nudge(self) -> None:
+        """Wake the first queued unit's caller: the writer is free for its batch."""
+        with self._queue_lock:
+            first = self._queue[0] if self._queue else None
+        if first is not None:
+            first.ready.set()
 
     def _commit_queued(self) -> None:
         """Run the queued units in one transaction; the caller holds ``_write_lock``."""
@@ -445,8 +504,9 @@ class SQLiteStorage:
                     unit.error = error
                 return
             try:
+                heads: dict[str, Any] = {}  # this transaction's chain heads (see _SQLiteTx)
                 for unit in batch:
-                    self._run_unit(conn, unit)
+                    self._run_unit(conn, unit, heads)
                 conn.execute("COMMIT")
                 self.group_commits += 1
             except BaseException as e:
@@ -462,11 +522,13 @@ class SQLiteStorage:
         finally:
             for unit in batch:
                 unit.done = True
+                unit.ready.set()
             self._owner.active = False
 
-    def _run_unit(self, conn: sqlite3.Connection, unit: _Unit) -> None:
+    def _run_unit(self, conn: sqlite3.Connection, unit: _Unit, heads: dict[str, Any]) -> None:
         conn.execute("SAVEPOINT unit")
-        tx = _SQLiteTx(conn, self._clock)
+        found = dict(heads)
+        tx = _SQLiteTx(conn, self._clock, heads=heads)
         try:
             # In the caller's context (context variables), though on the committing thread.
             unit.result = unit.context.run(unit.work, tx)
@@ -477,6 +539,8 @@ class SQLiteStorage:
         if unit.error is not None:
             unit.result = None
             conn.execute("ROLLBACK TO unit")
+            heads.clear()
+            heads.update(found)
         conn.execute("RELEASE unit")
 
     def stats(self) -> dict[str, int]:

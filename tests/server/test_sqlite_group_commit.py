@@ -92,6 +92,58 @@ def test_queued_units_commit_together_and_fail_alone(sqlite: SQLiteStorage) -> N
     assert balance == 10_000 - len(ok)
 
 
+def test_audit_and_event_heads_survive_units_rolled_back_in_a_batch(sqlite: SQLiteStorage) -> None:
+    """Units of one group commit chain audit events and outbox events on the head the unit
+    before them left (kept in the transaction, not read again); a unit that appended and
+    was then rolled back puts the head back, so the next unit chains onto the right one:
+    the chain verifies and the outbox ids run without a gap, across several batches."""
+    from cardmint.server.domain.audit import verify_storage
+
+    sqlite.run(lambda tx: tx.append_audit("test", "seed", "x:0"))
+    gate, holding = threading.Event(), threading.Event()
+
+    def blocker(tx: UnitOfWork) -> None:
+        holding.set()
+        assert gate.wait(10)
+        tx.append_audit("test", "blocker", "x:b")
+
+    def unit(i: int) -> Callable[[UnitOfWork], int]:
+        def work(tx: UnitOfWork) -> int:
+            tx.emit_event("test.event", f"x:{i}")
+            entry = tx.append_audit("test", "unit", f"x:{i}")
+            if i % 3 == 0:  # appended both, then refused: both vanish, the head goes back
+                raise RefusedError(i)
+            tx.emit_event("test.event", f"x:{i}:second")
+            return entry.id
+
+        return work
+
+    kept: list[int] = []
+    for batch in range(3):
+        gate.clear()
+        holding.clear()
+        with ThreadPoolExecutor(max_workers=UNITS + 1) as pool:
+            first = pool.submit(sqlite.run, blocker)
+            assert holding.wait(10)
+            futures = {i: pool.submit(sqlite.run, unit(batch * UNITS + i)) for i in range(UNITS)}
+            _wait_for(lambda: len(sqlite._queue) == UNITS)
+            gate.set()
+            first.result(10)
+            for i, f in futures.items():
+                if (batch * UNITS + i) % 3 == 0:
+                    with pytest.raises(RefusedError):
+                        f.result(10)
+                else:
+                    kept.append(f.result(10))
+    verdict = verify_storage(sqlite)
+    assert verdict.ok, verdict
+    assert verdict.events == 1 + 3 + len(kept)  # the seed, three blockers, the units kept
+    assert len(set(kept)) == len(kept)
+    with sqlite.read() as tx:
+        events = tx.events_after(0, 10_000)
+    assert [e.id for e in events] == list(range(1, 2 * len(kept) + 1))
+
+
 def test_units_in_one_batch_see_each_other(sqlite: SQLiteStorage) -> None:
     card = one_card(sqlite, face=UNITS // 2)
     with ThreadPoolExecutor(max_workers=UNITS) as pool:

@@ -548,13 +548,19 @@ class SqlTx(ABC):
 
     # -- accounts
     def ensure_account(self, external_id: str) -> Account:
-        self._execute(
-            "INSERT INTO accounts (external_id, created_at) VALUES (?, ?) ON CONFLICT (external_id) DO NOTHING",
-            (external_id, self._ts(self.now())),
-        )
-        row = self._one(
-            "SELECT id, external_id, created_at FROM accounts WHERE external_id = ?", (external_id,)
-        )
+        # Most calls name an account that exists: one read. A new one is inserted; when a
+        # concurrent transaction inserted it first (PostgreSQL), the insert returns nothing
+        # and the row it committed is read.
+        find = "SELECT id, external_id, created_at FROM accounts WHERE external_id = ?"
+        row = self._one(find, (external_id,))
+        if row is None:
+            row = self._one(
+                "INSERT INTO accounts (external_id, created_at) VALUES (?, ?) ON CONFLICT (external_id)"
+                " DO NOTHING RETURNING id, external_id, created_at",
+                (external_id, self._ts(self.now())),
+            )
+        if row is None:
+            row = self._one(find, (external_id,))
         return Account(row[0], row[1], self._dt(row[2]))
 
     def get_account(self, account_id: int) -> Account | None:

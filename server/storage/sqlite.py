@@ -32,7 +32,7 @@ import numpy as np
 from ._sql import CARD_COLUMNS, CardRows, Clock, SqlTx, utcnow
 from .errors import ConflictError, MigrationError, StorageError, StorageUnavailableError, TransientError
 from .migrations import MIGRATIONS
-from .models import AuditColumns
+from .models import AttemptKind, AuditColumns
 
 _native_audit: types.ModuleType | None
 try:  # the native audit reader (Cython, libsqlite3); the SQL aggregate path without it
@@ -126,6 +126,11 @@ class _SQLiteTx(SqlTx):
 
     def _event_appended(self, event_id: int) -> None:
         self._heads["events"] = event_id
+
+    def hold_attempts(self, kind: AttemptKind, subject: str, window_seconds: int) -> tuple[int, datetime]:
+        # Holding the counter's row is PostgreSQL's need: here the one writer already runs
+        # this transaction alone, so a read is the same answer without writing a row.
+        return self.attempt_count(kind, subject, window_seconds)
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         try:
@@ -505,8 +510,14 @@ class SQLiteStorage:
                 return
             try:
                 heads: dict[str, Any] = {}  # this transaction's chain heads (see _SQLiteTx)
+                # A unit alone in its transaction needs no savepoint: if it fails, the
+                # transaction is rolled back instead of committed, which undoes as much.
+                alone = len(batch) == 1
                 for unit in batch:
-                    self._run_unit(conn, unit, heads)
+                    self._run_unit(conn, unit, heads, savepoint=not alone)
+                if alone and batch[0].error is not None:
+                    conn.execute("ROLLBACK")
+                    return
                 conn.execute("COMMIT")
                 self.group_commits += 1
             except BaseException as e:
@@ -525,8 +536,14 @@ class SQLiteStorage:
                 unit.ready.set()
             self._owner.active = False
 
-    def _run_unit(self, conn: sqlite3.Connection, unit: _Unit, heads: dict[str, Any]) -> None:
-        conn.execute("SAVEPOINT unit")
+    def _run_unit(
+        self, conn: sqlite3.Connection, unit: _Unit, heads: dict[str, Any], *, savepoint: bool = True
+    ) -> None:
+        """Run ``unit`` in the open transaction. With ``savepoint``, inside its own SAVEPOINT,
+        rolled back to it alone when it fails; without, a failed unit leaves its writes for
+        the caller to roll back with the whole transaction."""
+        if savepoint:
+            conn.execute("SAVEPOINT unit")
         found = dict(heads)
         tx = _SQLiteTx(conn, self._clock, heads=heads)
         try:
@@ -538,10 +555,13 @@ class SQLiteStorage:
             unit.error = StorageError(f"transaction rolled back after an earlier error: {tx.failed}")
         if unit.error is not None:
             unit.result = None
-            conn.execute("ROLLBACK TO unit")
             heads.clear()
             heads.update(found)
-        conn.execute("RELEASE unit")
+            if not savepoint:
+                return
+            conn.execute("ROLLBACK TO unit")
+        if savepoint:
+            conn.execute("RELEASE unit")
 
     def stats(self) -> dict[str, int]:
         """For the metrics: units waiting for the writer, and group commits so far."""

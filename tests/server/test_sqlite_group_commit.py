@@ -144,6 +144,39 @@ def test_audit_and_event_heads_survive_units_rolled_back_in_a_batch(sqlite: SQLi
     assert [e.id for e in events] == list(range(1, 2 * len(kept) + 1))
 
 
+def test_a_unit_alone_that_fails_leaves_nothing(sqlite: SQLiteStorage) -> None:
+    """A unit alone in its transaction runs without a savepoint: when it fails after
+    writing (a refusal it raised, or a statement that failed), the transaction is rolled
+    back, its writes and audit event with it, and the next unit chains onto the old head."""
+    from cardmint.server.domain.audit import verify_storage
+
+    card = one_card(sqlite, face=100)
+    before = sqlite.group_commits
+
+    def refused(tx: UnitOfWork) -> None:
+        tx.redeem(card, 7, "CNY", request_id="gone")
+        tx.append_audit("test", "refused", "x:1")
+        tx.emit_event("test.event", "x:1")
+        raise RefusedError()
+
+    def broken(tx: UnitOfWork) -> None:
+        tx.redeem(card, 9, "CNY", request_id="gone-too")
+        tx._execute("INSERT INTO nowhere VALUES (1)")  # type: ignore[attr-defined]
+
+    with pytest.raises(RefusedError):
+        sqlite.run(refused)
+    with pytest.raises(StorageError):
+        sqlite.run(broken)
+    assert sqlite.group_commits == before  # neither committed
+    kept = sqlite.run(lambda tx: tx.append_audit("test", "kept", "x:2"))
+    with sqlite.read() as tx:
+        assert tx.get_card(card).balance == 100  # type: ignore[union-attr]
+        assert all(e.request_id not in ("gone", "gone-too") for e in tx.list_ledger(card_id=card, limit=100))
+        assert tx.events_after(0, 100) == []
+    verdict = verify_storage(sqlite)
+    assert verdict.ok and verdict.head_hash == kept.hash, verdict
+
+
 def test_units_in_one_batch_see_each_other(sqlite: SQLiteStorage) -> None:
     card = one_card(sqlite, face=UNITS // 2)
     with ThreadPoolExecutor(max_workers=UNITS) as pool:

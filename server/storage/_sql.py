@@ -111,6 +111,7 @@ def run_retrying(
 
 
 def utcnow() -> datetime:
+    """The wall clock in UTC (the storage's default clock)."""
     return datetime.now(UTC)
 
 
@@ -294,6 +295,18 @@ _ORDER = (
     "id, account_id, request_id, amount, currency, status, client_address, created_at, expires_at,"
     " payment_id, paid_amount, paid_at, deliver_by, delivered_at, closed_at, close_reason, payment_method"
 )
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    """``columns`` each qualified by the table alias (built once, at import)."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
+
+
+_ORDER_O = _prefixed("o", _ORDER)
+_CARD_C = _prefixed("c", _CARD)
+_TOKEN_ROW_T = _prefixed("t", _TOKEN_ROW)
+_LOT_L = _prefixed("l", _LOT)
+
 # What update_order may set besides the status; timestamps are converted on the way in.
 _ORDER_CHANGES = {
     "payment_id": False,
@@ -2035,7 +2048,7 @@ class SqlTx(ABC):
     def get_order(self, order_id: int, *, lock: bool = False) -> Order | None:
         """The order; ``lock`` holds its row to commit (PostgreSQL), so that payment,
         cancellation and the sweeper decide one after the other on the same order."""
-        cols = ", ".join("o." + c.strip() for c in _ORDER.split(","))
+        cols = _ORDER_O
         rows = self._all(
             f"SELECT {cols}, i.product_id, i.face_value, i.quantity FROM orders o"
             " JOIN order_items i ON i.order_id = o.id WHERE o.id = ? ORDER BY i.line"
@@ -2110,7 +2123,7 @@ class SqlTx(ABC):
         """The cards the order holds or bought, by card id. ``lock`` holds the card and pool
         rows to commit (PostgreSQL), so no bind or redeem slips between a check and a change."""
         rows = self._all(
-            f"SELECT p.state, p.order_id, {', '.join('c.' + c.strip() for c in _CARD.split(','))}"
+            f"SELECT p.state, p.order_id, {_CARD_C}"
             " FROM pool_cards p JOIN cards c ON c.id = p.card_id WHERE p.order_id = ? ORDER BY p.card_id"
             f"{self.FOR_UPDATE if lock else ''}",
             (order_id,),
@@ -2259,7 +2272,7 @@ class SqlTx(ABC):
         self, organization_id: int, department_id: int | None = None, after_id: int = 0, limit: int = 100
     ) -> list[Token]:
         """Tokens of the organization's member accounts (one department's, if given), by id."""
-        cols = ", ".join(f"t.{c.strip()}" for c in _TOKEN_ROW.split(","))
+        cols = _TOKEN_ROW_T
         where = "m.organization_id = ?" + ("" if department_id is None else " AND m.department_id = ?")
         params: list[Any] = [organization_id] + ([] if department_id is None else [department_id])
         rows = self._all(
@@ -2312,7 +2325,7 @@ class SqlTx(ABC):
     ) -> list[Lot]:
         """The organization's lots (only one department's when ``department_id`` is given,
         only one product's when ``product_id`` is)."""
-        cols = ", ".join(f"l.{c.strip()}" for c in _LOT.split(","))
+        cols = _LOT_L
         where = "o.organization_id = ?" + ("" if department_id is None else " AND o.department_id = ?")
         params: list[Any] = [organization_id] + ([] if department_id is None else [department_id])
         if product_id is not None:

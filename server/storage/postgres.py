@@ -31,7 +31,7 @@ import psycopg.sql
 from psycopg_pool import ConnectionPool
 
 from ._sql import (
-    _CARD,
+    _CARD_C,
     _ENTRY,
     _ORDER,
     CARD_COLUMNS,
@@ -554,7 +554,7 @@ class _PgTx(SqlTx):
     def sell_order_cards(self, order_id: int, count: int) -> list[PoolCard] | None:
         """One statement: lock the order's reserved cards (pool and card rows), and sell them
         only if there are ``count`` and every one is sellable."""
-        cols = ", ".join("c." + c.strip() for c in _CARD.split(","))
+        cols = _CARD_C
         rows = self._all(
             f"WITH held AS (SELECT {cols} FROM pool_cards p JOIN cards c ON c.id = p.card_id"  # noqa: S608
             " WHERE p.order_id = ? AND p.state = 'reserved' FOR UPDATE),"

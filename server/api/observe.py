@@ -12,8 +12,8 @@ the caller's token id for that line; the token itself is never logged.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -84,7 +84,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         observer = self
 
         def request_id(context: grpc.ServicerContext) -> str:
-            return incoming_request_id(context.invocation_metadata()) or uuid.uuid4().hex
+            return incoming_request_id(context.invocation_metadata()) or secrets.token_hex(16)
 
         def unary(behavior: Behavior) -> Behavior:
             def call(request: Any, context: grpc.ServicerContext) -> Any:

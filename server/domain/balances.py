@@ -8,7 +8,7 @@ answer instead of moving money twice. A refused move stores nothing, so its id s
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import blake3
@@ -159,8 +159,9 @@ def _fingerprint(*parts: object) -> bytes:
 
 
 def _encode(receipt: MoneyReceipt | TransferReceipt) -> bytes:
-    # Its fields by name (what _decode reads back), without asdict's deep copy: flat values.
-    return json.dumps({f.name: getattr(receipt, f.name) for f in fields(receipt)}).encode()
+    # Its fields by name (what _decode reads back); the values are flat, so the instance's
+    # own dict serves, without asdict's deep copy.
+    return json.dumps(vars(receipt)).encode()
 
 
 def _decode(raw: bytes) -> MoneyReceipt:

@@ -42,6 +42,7 @@ from .auth import OPEN_SERVICES, AuthInterceptor, current_principal
 from .balances import BalanceServicer
 from .cards import CardServicer
 from .catalog import CatalogServicer
+from .chain import Chain
 from .compliance import ComplianceServicer
 from .errors import ErrorInterceptor, status_of
 from .events import EventServicer
@@ -55,6 +56,7 @@ __all__ = [
     "SERVICE_NAMES",
     "AdmissionInterceptor",
     "AuthInterceptor",
+    "Chain",
     "ErrorInterceptor",
     "ObserveInterceptor",
     "PrincipalTap",
@@ -98,7 +100,9 @@ def interceptors(
     ]
     if admission is not None:
         chain.append(admission)
-    return [*chain, AuthInterceptor(domain.auth.authenticate), PrincipalTap(current_principal)]
+    chain += [AuthInterceptor(domain.auth.authenticate), PrincipalTap(current_principal)]
+    # One interceptor for grpc: each method's handler through the five is built once (Chain).
+    return [Chain(chain, admission)]
 
 
 def add_services(server: grpc.Server, domain: Domain) -> None:

@@ -158,25 +158,35 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self.refused = 0  # calls refused since start, for tests and figures
         self._refusals = HandlerCache()
 
+    def refuses(self, method: str) -> bool:
+        """Whether a call of ``method`` (one the server has) arriving now is refused. Marks
+        the call's place in the executor's queues and counts the refusal: call it once per
+        call, in grpc's serving thread, just before grpc hands the call to the executor."""
+        refuse = (
+            not method.startswith(OPEN_SERVICES)
+            # Not under a lock: grpcio calls interceptors from its one serving thread, and
+            # a count read a moment early or late moves the limit by a call, never more.
+            and self._pool.in_flight >= self.limit
+        )
+        self._pool.mark_urgent(refuse)  # set for every call: a stale mark never lingers
+        if refuse:
+            with self._refused_lock:
+                self.refused += 1
+        return refuse
+
+    def refusal(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        """What answers a refused call of ``handler``'s method (built once per method)."""
+        return self._refusals.get(handler, self._refusal)
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        refuse = (
-            handler is not None
-            and not handler_call_details.method.startswith(OPEN_SERVICES)
-            # Not under a lock: grpcio calls interceptors from its one serving thread, and
-            # a count read a moment early or late moves the limit by a call, never more.
-            and self._pool.in_flight >= self.limit
-        )
-        self._pool.mark_urgent(refuse)  # set for every call: a stale mark never lingers
-        if handler is None or not refuse:
-            return handler
-        with self._refused_lock:
-            self.refused += 1
-        return self._refusals.get(handler, self._refusal)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED, no worker involved
+            return None
+        return self.refusal(handler) if self.refuses(handler_call_details.method) else handler
 
     def _refusal(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """``handler``'s stand-in for a refused call (built once per method)."""

@@ -108,6 +108,7 @@ class Phase:
     over_deadline: int = 0  # answered later than deadline + margin after being sent
     send_lag_max_ms: float = 0.0  # how late the generator sent a call after its due time
     deadline_s: float = 0.0
+    cancelled_ids: list[str] = field(default_factory=list)  # x-request-id of CANCELLED calls
 
     @property
     def errors(self) -> int:
@@ -162,8 +163,17 @@ class Workload:
         # Calls in flight. grpc cancels a call whose future is garbage-collected before it
         # ends ("Cancelled upon garbage collection"): an open-loop generator must hold them.
         self.in_flight: set[grpc.Future[Any]] = set()
+        # Request ids (x-request-id, one per call) of the calls that ended CANCELLED: the
+        # generator never cancels, so the server's log tells whether it ever saw them.
+        self.cancelled: list[str] = []
 
-    def send(self, future: grpc.Future[Any], then: Callable[[grpc.Future[Any]], None]) -> None:
+    def call_metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
+        """The token and ``request_id`` as the call's x-request-id (in the server's log)."""
+        return (*self.metadata, ("x-request-id", request_id))
+
+    def send(
+        self, future: grpc.Future[Any], then: Callable[[grpc.Future[Any]], None], request_id: str = ""
+    ) -> None:
         """Hold ``future`` until it ends, then run ``then`` with it (on grpc's thread)."""
         with self.lock:
             self.in_flight.add(future)
@@ -171,6 +181,8 @@ class Workload:
         def ended(f: grpc.Future[Any]) -> None:
             with self.lock:
                 self.in_flight.discard(f)
+                if request_id and _code(f) == "CANCELLED":
+                    self.cancelled.append(request_id)
             then(f)
 
         future.add_done_callback(ended)
@@ -232,14 +244,15 @@ def _start(w: Workload, op: str, i: int, deadline: float, done: Done) -> None:
     from cardmint.v1 import balance_pb2, card_pb2, common_pb2, order_pb2
 
     ch = i % len(w.channels)
-    md = w.metadata
     n = w.next_id()
+    rid = f"{w.tag}-c{n}"
+    md = w.call_metadata(rid)
     if op == "balance":
         serial = w.redeem_serials[i % len(w.redeem_serials)]
         f = w.balances[ch].GetBalance.future(
             balance_pb2.GetBalanceRequest(serial=serial), timeout=deadline, metadata=md
         )
-        w.send(f, lambda f: done(_code(f)))
+        w.send(f, lambda f: done(_code(f)), rid)
     elif op == "redeem":
         serial = w.redeem_serials[i % len(w.redeem_serials)]
         req = balance_pb2.RedeemRequest(
@@ -253,7 +266,7 @@ def _start(w: Workload, op: str, i: int, deadline: float, done: Done) -> None:
             w.log.append(("redeem", key, status))
             done(status)
 
-        w.send(w.balances[ch].Redeem.future(req, timeout=deadline, metadata=md), redeemed)
+        w.send(w.balances[ch].Redeem.future(req, timeout=deadline, metadata=md), redeemed, rid)
     elif op == "bind":
         with w.lock:
             serial, code = w.bind_codes[w.bind_used]
@@ -265,7 +278,7 @@ def _start(w: Workload, op: str, i: int, deadline: float, done: Done) -> None:
             done(status)
 
         req_b = card_pb2.BindCardRequest(code=code, account=f"{w.tag}-a{n}")
-        w.send(w.cards[ch].BindCard.future(req_b, timeout=deadline, metadata=md), bound)
+        w.send(w.cards[ch].BindCard.future(req_b, timeout=deadline, metadata=md), bound, rid)
     else:
         with w.lock:
             w.pool_used += 1
@@ -304,11 +317,12 @@ def _start(w: Workload, op: str, i: int, deadline: float, done: Done) -> None:
                 payment_method=order_pb2.PAYMENT_METHOD_ONLINE,
             )
             w.send(
-                w.orders[ch].ConfirmPayment.future(req_p, timeout=left, metadata=md),
+                w.orders[ch].ConfirmPayment.future(req_p, timeout=left, metadata=w.call_metadata(f"{rid}p")),
                 lambda f: paid(f, order.id),
+                f"{rid}p",
             )
 
-        w.send(w.orders[ch].CreateOrder.future(req_o, timeout=deadline, metadata=md), created)
+        w.send(w.orders[ch].CreateOrder.future(req_o, timeout=deadline, metadata=md), created, rid)
 
 
 def run_phase(
@@ -346,6 +360,7 @@ def run_phase(
 
         return done
 
+    cancelled_from = len(w.cancelled)
     start = time.perf_counter() + 0.02
     for i, op in enumerate(ops):
         due[i] = start + i / rate
@@ -359,6 +374,7 @@ def run_phase(
             done_for(i)("CLIENT_ERROR")
     all_done.wait(timeout=deadline + SETTLE_S)
     phase = Phase(label, rate, seconds, offered=n, deadline_s=deadline)
+    phase.cancelled_ids = w.cancelled[cancelled_from:]
     lat: list[float] = []
     refused: list[float] = []
     service: list[float] = []

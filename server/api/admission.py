@@ -17,7 +17,11 @@ Long-lived streams (event subscriptions) hold a worker, and are counted like any
 
 Refusals are answered by a worker too (grpcio answers only from its pool), but from a queue
 of their own, served in turn with the admitted calls: a refusal waits for about the next free
-worker, not behind the whole queue, and takes a fraction of a millisecond. Refusals cost the
+worker, not behind the whole queue, and takes a fraction of a millisecond. It never reads the
+request: grpcio reads a unary request in its serving thread before a worker may run the
+handler, a second trip through that one thread (the slowest part of a GIL-bound server under
+overload) for a message the refusal does not use, so a refused call's handler is made
+request-streaming and answers without it, as grpc's own refusals do. Refusals cost the
 server work all the same (the access log, metrics, a status with details); so that a flood
 of them cannot take the workers from admitted calls, ``grpc.server(maximum_concurrent_rpcs=
 limit + workers)`` is the backstop (``app.start``): past it grpc refuses in its serving
@@ -37,7 +41,7 @@ import grpc
 from cardmint.server.domain.errors import Overloaded
 
 from .auth import OPEN_SERVICES
-from .errors import Behavior, HandlerCache, rewrap
+from .errors import HandlerCache
 
 __all__ = ["DEFAULT_RETRY_AFTER", "AdmissionExecutor", "AdmissionInterceptor"]
 
@@ -198,17 +202,17 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 retry_after=retry_after,
             )
 
-        def unary(_behavior: Behavior) -> Behavior:
-            def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-                raise error()
+        def unary(requests: Any, context: grpc.ServicerContext) -> Any:
+            raise error()
 
-            return refuse
+        def streaming(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            # Raised when called, inside ErrorInterceptor's streaming guard: the same status.
+            raise error()
 
-        def streaming(_behavior: Behavior) -> Behavior:
-            def refuse(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                # Raised when called, inside ErrorInterceptor's streaming guard: the same status.
-                raise error()
-
-            return refuse
-
-        return rewrap(handler, unary, streaming)
+        # Request-streaming whatever the method's shape: grpc then hands the refusal a request
+        # iterator it never reads, instead of first reading (and deserializing) the request
+        # in its serving thread while the worker waits for it (see the module docstring).
+        des, ser = handler.request_deserializer, handler.response_serializer
+        if handler.unary_unary is not None or handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(unary, des, ser)
+        return grpc.stream_stream_rpc_method_handler(streaming, des, ser)

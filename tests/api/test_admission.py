@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import pytest
@@ -19,6 +20,7 @@ from cardmint.server.api import ErrorInterceptor
 from cardmint.server.api.admission import AdmissionExecutor, AdmissionInterceptor
 from cardmint.server.api.errors import status_of
 from cardmint.server.domain import Overloaded
+from google.protobuf import wrappers_pb2
 from google.rpc import error_details_pb2
 
 WAIT = "/test.Slow/Wait"
@@ -107,6 +109,51 @@ def test_the_call_past_the_limit_is_refused_with_retry_info(slow: Slow) -> None:
         pool.shutdown()
 
 
+def test_a_refusal_never_reads_the_request(slow: Slow) -> None:
+    """A refused call is answered without grpc reading (and deserializing) its request first,
+    unary or server-streaming: no second trip through grpc's serving thread."""
+    read: list[bytes] = []
+
+    def counted(data: bytes) -> wrappers_pb2.BytesValue:
+        read.append(data)
+        return wrappers_pb2.BytesValue.FromString(data)
+
+    def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        yield request
+
+    ser = wrappers_pb2.BytesValue.SerializeToString
+    handlers = {
+        "Wait": grpc.unary_unary_rpc_method_handler(slow.wait, counted, ser),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream, counted, ser),
+    }
+    pool = AdmissionExecutor(4)
+    server = grpc.server(
+        pool, interceptors=[ErrorInterceptor(), AdmissionInterceptor(pool, 2)], maximum_concurrent_rpcs=6
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Slow", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    held_msg, refused_msg = (wrappers_pb2.BytesValue(value=v).SerializeToString() for v in (b"held", b"no"))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            held = [ch.unary_unary(WAIT).future(held_msg, timeout=30) for _ in range(2)]
+            slow.until_started(2)
+            with pytest.raises(grpc.RpcError) as unary:
+                ch.unary_unary(WAIT)(refused_msg, timeout=30)
+            with pytest.raises(grpc.RpcError) as streamed:
+                list(ch.unary_stream("/test.Slow/Stream")(refused_msg, timeout=30))
+            for info in (unary, streamed):
+                err = client.error_from(info.value)
+                assert isinstance(err, client.Overloaded) and err.reason == "OVERLOADED"
+                assert err.retry_after == pytest.approx(0.1)
+            assert read == [held_msg, held_msg]  # the refused requests were never read
+            slow.release.set()
+            assert [f.result(timeout=30) for f in held] == [held_msg, held_msg]
+    finally:
+        server.stop(0).wait()
+        pool.shutdown()
+
+
 def test_grpc_backstop_refusal_reads_as_overloaded(slow: Slow) -> None:
     """Past ``limit + workers``, grpc refuses by itself (no details): still ``Overloaded``."""
     pool = AdmissionExecutor(1)
@@ -133,6 +180,52 @@ def test_grpc_backstop_refusal_reads_as_overloaded(slow: Slow) -> None:
     finally:
         server.stop(0).wait()
         pool.shutdown()
+
+
+def test_grpc_sheds_calls_its_serving_thread_has_not_taken_as_cancelled() -> None:
+    """Why a few calls end CANCELLED under heavy overload (item 12), on a bare grpcio server:
+    grpc core holds the calls that arrive while grpcio's one serving thread is busy (it runs
+    the interceptors and takes one call per method at a time), and past
+    ``grpc.server.max_pending_requests`` it drops some of them at random, all past
+    ``..._hard_limit`` (1000 and 3000 by default). The client hears CANCELLED although nobody
+    cancelled, and no Python code of the server ever saw the call. Here the serving thread is
+    held in an interceptor and the limits are 0 and 1: the first waiting call is kept, the
+    next ones are dropped."""
+    entered, release = threading.Event(), threading.Event()
+    seen: list[bytes] = []
+
+    class Hold(grpc.ServerInterceptor):  # type: ignore[type-arg]
+        def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+            seen.append(dict(details.invocation_metadata or ())["n"].encode())
+            if len(seen) == 1:  # the serving thread stays here until released
+                entered.set()
+                release.wait(30)
+            return continuation(details)
+
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    server = grpc.server(
+        ThreadPoolExecutor(2),
+        handlers=(grpc.method_handlers_generic_handler("test.Echo", {"Echo": echo}),),
+        interceptors=[Hold()],
+        options=[("grpc.server.max_pending_requests", 0), ("grpc.server.max_pending_requests_hard_limit", 1)],
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = ch.unary_unary("/test.Echo/Echo")
+            first = call.future(b"1", timeout=30, metadata=(("n", "1"),))
+            assert entered.wait(30)
+            kept = call.future(b"2", timeout=30, metadata=(("n", "2"),))
+            dropped = [call.future(b"x", timeout=30, metadata=(("n", str(i)),)) for i in (3, 4)]
+            for f in dropped:  # answered while the serving thread is still held
+                assert f.exception(timeout=30).code() == grpc.StatusCode.CANCELLED
+            release.set()
+            assert first.result(timeout=30) == b"1" and kept.result(timeout=30) == b"2"
+        assert seen == [b"1", b"2"]  # the dropped calls never reached the server's Python
+    finally:
+        release.set()
+        server.stop(0).wait()
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,17 @@ def card_state(card: Card, now: datetime) -> str:
     return card.status.value
 
 
+@dataclass(frozen=True)
+class _Prechecked:
+    """A code's check and digests, worked out before its bind's transaction."""
+
+    lengths: list[int]  # the product code lengths it was checked against
+    status: Status
+    canon: bytes
+    key_ids: tuple[int, ...]  # the lookup keys it was digested with, in order
+    digests: list[bytes]  # under those keys (none unless the check passed)
+
+
 class CardService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -290,7 +301,10 @@ class CardService:
         # other processes' lots) before the transaction, which must not nest a read.
         ctx.index.refresh(max_age=1.0)
         where = origin or Origin()
-        result = ctx.run(lambda tx: self._bind(tx, principal, code, serial, account, where))
+        # The code's check and digests need no database: worked out here, they keep the
+        # kernel calls out of the transaction (on SQLite, out of the one writer's turn).
+        pre = self._precheck(code) if serial is None else None
+        result = ctx.run(lambda tx: self._bind(tx, principal, code, serial, account, where, pre))
         # Errors are returned from the transaction, not raised in it, so that the failed
         # attempt it counted commits; raising inside would roll the count back.
         if isinstance(result, DomainError):
@@ -308,6 +322,7 @@ class CardService:
         serial: str | None,
         account: str | None,
         origin: Origin,
+        pre: _Prechecked | None = None,
     ) -> BindReceipt | DomainError:
         cfg = self._ctx.config
         acct = resolve_account(tx, principal, account)
@@ -346,7 +361,7 @@ class CardService:
         if challenge is not None and not origin.challenged and principal.role not in STAFF:
             return ChallengeRequired(metadata={"subject": challenge.value})
 
-        outcome = self._find(tx, code, serial)
+        outcome = self._find(tx, code, serial, pre)
         if isinstance(outcome, DomainError):
             return self._failed(tx, acct, serial, origin, outcome, now)
         card = outcome
@@ -398,18 +413,45 @@ class CardService:
                 break
         return status, canon
 
-    def _find(self, tx: UnitOfWork, code: object, serial: str | None) -> Card | DomainError:
-        """The card the typed code names, or the guess-type failure it is."""
+    def _precheck(self, code: object) -> _Prechecked | None:
+        """The check of a code given without a card number, against the product lengths
+        known so far, and its digests under the lookup keys; None when there is nothing to
+        work out ahead (no lengths known yet, not a string, or the kernel refuses it)."""
+        lengths = self._lengths
+        if (
+            lengths is None
+            or not isinstance(code, str)
+            or len(code.encode("utf-8", "surrogatepass")) > _MAX_INPUT
+        ):
+            return None
+        try:
+            status, canon = self._check(code, lengths)
+        except KernelError:
+            return None
+        keys = self._ctx.rotation.lookup_keys()
+        digests = [self._ctx.kernel.digest_one(canon, key) for _, key in keys] if status is Status.OK else []
+        return _Prechecked(lengths, status, canon, tuple(i for i, _ in keys), digests)
+
+    def _find(
+        self, tx: UnitOfWork, code: object, serial: str | None, pre: _Prechecked | None = None
+    ) -> Card | DomainError:
+        """The card the typed code names, or the guess-type failure it is. ``pre``: the
+        check and digests worked out before the transaction, used when they still hold."""
         ctx = self._ctx
         if not isinstance(code, str) or len(code.encode("utf-8", "surrogatepass")) > _MAX_INPUT:
             return MalformedCode(violations=(FieldViolation("code", "not a code"),))
         lengths = self._code_lengths(tx, serial)
         try:
-            status, canon = self._check(code, lengths)
+            if pre is not None and pre.lengths == lengths:
+                status, canon = pre.status, pre.canon
+            else:
+                pre = None
+                status, canon = self._check(code, lengths)
             if (
                 status is Status.BAD_LENGTH
                 and (again := self._code_lengths(tx, serial, fresh=True)) != lengths
             ):
+                pre = None
                 status, canon = self._check(code, again)
         except KernelError:
             return MalformedCode(violations=(FieldViolation("code", "not a code"),))
@@ -421,7 +463,15 @@ class CardService:
             one = corr.suggestion if corr.status is CorrectionStatus.CORRECTED else None
             return BadCheck(display(one) if one else None)
         # Every key the code may be digested with (a digest-key rotation's window): one query.
-        found = tx.cards_by_digests(ctx.rotation.digests_of(canon))
+        if (
+            pre is not None
+            and status is Status.OK
+            and pre.key_ids == tuple(i for i, _ in ctx.rotation.lookup_keys())
+        ):
+            digests = pre.digests
+        else:
+            digests = ctx.rotation.digests_of(canon)
+        found = tx.cards_by_digests(digests)
         card = found[0] if found else None
         if card is None or (serial is not None and card.serial != serial):
             return CardNotFound()

@@ -21,7 +21,7 @@ from cardmint.server.storage import (
     UnitOfWork,
 )
 
-from .auth import Principal
+from .auth import Principal, account_arg
 from .errors import Contention, DeadlinePassed, IdempotencyKeyReused, InvalidArgument, PermissionDenied
 from .issued_index import IssuedIndex
 from .keyring import Keyring
@@ -165,9 +165,7 @@ def resolve_account(tx: UnitOfWork, principal: Principal, account: str | None) -
         if found is None:
             raise PermissionDenied("this customer token has no account", metadata={"role": "customer"})
         return found
-    if account is None or not account.strip() or len(account) > 128:
-        raise InvalidArgument.of("account", "an account id (1-128 characters) is required")
-    return tx.ensure_account(account)
+    return tx.ensure_account(account_arg(account))
 
 
 def detail(**kw: object) -> str:

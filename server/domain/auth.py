@@ -151,6 +151,15 @@ def hash_token(token: str) -> bytes:
     return blake3.blake3(b"cardmint token v1\0" + token.encode("utf-8")).digest()
 
 
+def account_arg(account: object, field: str = "account") -> str:
+    """An account id as callers name it: 1-128 printable characters, not all blank. No
+    control, format (bidi overrides, zero-width characters) or line-separator character:
+    two ids that print alike must not name two accounts."""
+    if not isinstance(account, str) or not account.strip() or len(account) > 128 or not account.isprintable():
+        raise InvalidArgument.of(field, "an account id (1-128 printable characters) is required")
+    return account
+
+
 class AuthService:
     """Tokens: minted, listed, revoked, and verified on every call.
 
@@ -246,6 +255,8 @@ class AuthService:
             raise InvalidArgument.of("account", "a customer token needs an account")
         if r is not Role.CUSTOMER and account:
             raise InvalidArgument.of("account", "only customer tokens belong to an account")
+        if account:
+            account_arg(account)
         if len(label) > 200:
             raise InvalidArgument.of("label", "at most 200 characters")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)

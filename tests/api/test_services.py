@@ -30,6 +30,7 @@ from cardmint.client import (
 )
 from cardmint.kernel import ALPHABET
 from cardmint.server.app import Running, start
+from cardmint.server.domain import errors
 from cardmint.v1 import balance_pb2, card_pb2, catalog_pb2, lot_pb2, lot_pb2_grpc
 
 Connect = Callable[..., Client]
@@ -169,6 +170,37 @@ def test_lots(connect: Connect) -> None:
         admin.create_lot("GC-L", 10, 1234)  # not one of the product's denominations
     with pytest.raises(PermissionDenied):
         connect("merchant").create_lot("GC-L", 10, 5000)
+
+
+@pytest.mark.parametrize(
+    "account",
+    [
+        "ali\u200bce",  # zero-width space: prints as "alice"
+        "\u202ecilA",  # right-to-left override
+        "bob\u2066",  # bidi isolate
+        "line\u2028break",
+        "tab\there",
+        "   ",
+    ],
+)
+def test_account_ids_that_print_like_another_are_refused(
+    connect: Connect, server: Running, account: str
+) -> None:
+    """An account id must be printable: one that prints like another (format and control
+    characters) would let two accounts pass for one. Refused when a staff call names it
+    (created on first use) and when a customer token is made for it; nothing is created."""
+    admin = connect("admin")
+    _, rows = _lot(admin, 2)
+    with pytest.raises(InvalidArgument) as refused:
+        admin.bind_card(rows[0][1], account=account)
+    assert [(v.field, v.description) for v in refused.value.violations] == [
+        ("account", "an account id (1-128 printable characters) is required")
+    ]
+    with pytest.raises(errors.InvalidArgument, match="printable"):
+        server.domain.auth.create_token("customer", account=account)
+    with server.storage.read() as tx:
+        assert tx.find_account(account) is None
+    assert admin.bind_card(rows[0][1], account="\u5f20\u4e09").card.bound  # letters of any script are fine
 
 
 def test_bind_and_balances(connect: Connect) -> None:

@@ -9,9 +9,12 @@ tests/conftest.py) or ``cardmint serve`` itself (the quick start, the kill -9 te
 from __future__ import annotations
 
 import os
+import re
+import select
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -73,3 +76,34 @@ def cli(server: Running, bindir: Path, tmp_path: Path) -> Callable[..., subproce
         )
 
     return run
+
+
+def wait_for_port(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
+    """The port a ``cardmint serve`` child logs ("serving on 127.0.0.1:PORT") on stderr.
+
+    Reads the pipe a byte at a time straight from its file descriptor: a buffered
+    ``readline`` may pull the next lines into its buffer, where ``select`` no longer sees
+    them (the serving line then arrives unnoticed when another log line shares its write).
+    Nothing past the serving line is consumed: the caller may go on reading ``proc.stderr``."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    line = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            byte = os.read(fd, 1)
+            if not byte:  # the child closed stderr: it has ended
+                break
+            line += byte
+            if byte == b"\n":
+                text = line.decode(errors="replace")
+                seen.append(text)
+                line = b""
+                m = re.search(r"serving on 127\.0\.0\.1:(\d+)", text)
+                if m:
+                    return int(m.group(1))
+        elif proc.poll() is not None:
+            break
+    raise AssertionError(f"cardmint serve did not start: {''.join(seen) + line.decode(errors='replace')!r}")

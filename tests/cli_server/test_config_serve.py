@@ -9,8 +9,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from tests.cli_server.conftest import CLI_TIMEOUT, cli_env
-from tests.cli_server.test_quickstart import _wait_for_port
+from tests.cli_server.conftest import CLI_TIMEOUT, cli_env, wait_for_port
 
 
 def run(bindir: Path, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -56,7 +55,7 @@ def test_serve_with_a_config_file_and_env_overrides(bindir: Path, tmp_path: Path
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        port = _wait_for_port(server)
+        port = wait_for_port(server)
         assert port != 1
         # keys were created under the file's relative var directory, mode 0600
         keys = tmp_path / "state" / "keys"

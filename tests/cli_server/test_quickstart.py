@@ -8,7 +8,6 @@ serve (an ephemeral port) and ``CARDMINT_SERVER`` pointing the other commands at
 from __future__ import annotations
 
 import re
-import select
 import shlex
 import signal
 import stat
@@ -16,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.cli_server.conftest import cli_env
+from tests.cli_server.conftest import cli_env, wait_for_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- quickstart:start -->", "<!-- quickstart:end -->"
@@ -37,23 +36,6 @@ def test_the_quick_start_comes_right_after_the_intro() -> None:
     assert headings[:2] == ["# cardmint", "## Quick start: five minutes to a redeemed card"]
 
 
-def _wait_for_port(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if ready:
-            line = proc.stderr.readline()
-            seen.append(line)
-            m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                return int(m.group(1))
-        if proc.poll() is not None:
-            break
-    raise AssertionError(f"cardmint serve did not start: {''.join(seen)!r}")
-
-
 def test_quickstart_as_written(bindir: Path, tmp_path: Path) -> None:
     blocks = shell_blocks()
     assert len(blocks) == 2, "quickstart: one block to serve, one to use it"
@@ -69,7 +51,7 @@ def test_quickstart_as_written(bindir: Path, tmp_path: Path) -> None:
         cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        port = _wait_for_port(server)
+        port = wait_for_port(server)
         env["CARDMINT_SERVER"] = f"127.0.0.1:{port}"
         # The doc's redeem and balance lines, once more: a repeated request id moves nothing.
         again = [ln for ln in script.splitlines() if ln.startswith(("cardmint redeem", "cardmint balance"))][

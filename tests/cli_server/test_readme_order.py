@@ -14,8 +14,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.cli_server.conftest import cli_env
-from tests.cli_server.test_quickstart import _wait_for_port
+from tests.cli_server.conftest import cli_env, wait_for_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 START, END = "<!-- order-walkthrough:start -->", "<!-- order-walkthrough:end -->"
@@ -48,7 +47,7 @@ def test_the_readme_walks_through_a_whole_order(bindir: Path, tmp_path: Path, st
         serve, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        port = _wait_for_port(server)
+        port = wait_for_port(server)
         env["CARDMINT_SERVER"] = f"127.0.0.1:{port}"
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],

@@ -15,12 +15,9 @@ profile and the dev profile share them), so this build only compiles the client 
 from __future__ import annotations
 
 import json
-import re
-import select
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,7 @@ import pytest
 from cardmint.client import Client
 from cardmint.v1 import balance_pb2, lot_pb2
 
-from tests.cli_server.conftest import CLI_TIMEOUT, cli_env
+from tests.cli_server.conftest import CLI_TIMEOUT, cli_env, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT = 1800  # from nothing on a busy 2-core machine; normally seconds
@@ -83,7 +80,7 @@ def served(storage_url: str, bindir: Path, tmp_path: Path) -> Iterator[Served]:
         cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        port = _wait_for_port(proc)
+        port = wait_for_port(proc)
         yield Served(f"127.0.0.1:{port}", work, env, storage_url)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -97,23 +94,6 @@ def served(storage_url: str, bindir: Path, tmp_path: Path) -> Iterator[Served]:
             if proc.stderr is not None:
                 proc.stderr.close()
     assert rc == 0
-
-
-def _wait_for_port(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.5)
-        if ready:
-            line = proc.stderr.readline()
-            seen.append(line)
-            m = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                return int(m.group(1))
-        if proc.poll() is not None:
-            break
-    raise AssertionError(f"cardmint serve did not start: {''.join(seen)!r}")
 
 
 def run_demo(exe: Path, served: Served, token: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -180,7 +180,7 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     def refusal(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """What answers a refused call of ``handler``'s method (built once per method)."""
-        return self._refusals.get(handler, self._refusal)
+        return self._refusals.get(handler, "", self._refusal)
 
     def intercept_service(
         self,
@@ -192,7 +192,9 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return None
         return self.refusal(handler) if self.refuses(handler_call_details.method) else handler
 
-    def _refusal(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    def _refusal(
+        self, handler: grpc.RpcMethodHandler[Any, Any], _method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         """``handler``'s stand-in for a refused call (built once per method)."""
         limit, retry_after = self.limit, self.retry_after
 

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from cardmint.server.domain.auth import Principal
 
-from .errors import Behavior, HandlerCache, rewrap
+from .errors import Behavior, WrappingInterceptor, rewrap
 
 __all__ = ["OPEN_SERVICES", "AuthInterceptor", "current_principal"]
 
@@ -47,24 +47,14 @@ def _authorization(metadata: Any) -> str | None:
     return found
 
 
-class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class AuthInterceptor(WrappingInterceptor):
     """Resolves the caller's principal with ``authenticate`` (raises ``Unauthenticated``)."""
 
     def __init__(self, authenticate: Callable[[str | None], Principal]) -> None:
+        super().__init__(skip=OPEN_SERVICES)
         self._authenticate = authenticate
-        self._cache = HandlerCache()
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
-            return handler
-        return self._cache.get(handler, self._wrap)
-
-    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
         authenticate = self._authenticate
 
         def unary(behavior: Behavior) -> Behavior:

@@ -34,7 +34,16 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
-__all__ = ["DOMAIN", "KIND_TO_CODE", "ErrorInterceptor", "HandlerCache", "Undecodable", "rewrap", "status_of"]
+__all__ = [
+    "DOMAIN",
+    "KIND_TO_CODE",
+    "ErrorInterceptor",
+    "HandlerCache",
+    "Undecodable",
+    "WrappingInterceptor",
+    "rewrap",
+    "status_of",
+]
 
 log = logging.getLogger("cardmint.server.api")
 
@@ -153,19 +162,44 @@ class HandlerCache:
     def get(
         self,
         handler: grpc.RpcMethodHandler[Any, Any],
-        build: Callable[[grpc.RpcMethodHandler[Any, Any]], grpc.RpcMethodHandler[Any, Any]],
+        method: str,
+        build: Callable[[grpc.RpcMethodHandler[Any, Any], str], grpc.RpcMethodHandler[Any, Any]],
     ) -> grpc.RpcMethodHandler[Any, Any]:
         hit = self._built.get(id(handler))
         if hit is not None and hit[0] is handler:  # the entry holds ``handler``: its id is its own
             return hit[1]
-        wrapped = build(handler)
+        wrapped = build(handler, method)
         if len(self._built) >= self.LIMIT:
             self._built.clear()
         self._built[id(handler)] = (handler, wrapped)
         return wrapped
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """An interceptor that wraps each method's handler once (``HandlerCache``), by
+    ``_wrap(handler, method)``; the methods under the ``skip`` prefixes are left as they are."""
+
+    def __init__(self, skip: tuple[str, ...] = ()) -> None:
+        self._skip = skip
+        self._cache = HandlerCache()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        # None: not a method of this server; grpc answers UNIMPLEMENTED itself.
+        if handler is None or (self._skip and method.startswith(self._skip)):
+            return handler
+        return self._cache.get(handler, method, self._wrap)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        raise NotImplementedError
+
+
+class ErrorInterceptor(WrappingInterceptor):
     """Outermost interceptor: every exception a handler raises becomes a proper status.
 
     Handlers (and the interceptors inside this one) signal failure by raising, never by
@@ -176,20 +210,10 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """
 
     def __init__(self, on_storage_failure: Callable[[], None] | None = None) -> None:
+        super().__init__()
         self._failed = on_storage_failure
-        self._cache = HandlerCache()
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
-            return None
-        return self._cache.get(handler, self._wrap)
-
-    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
         des = handler.request_deserializer
         streamed = bool(handler.request_streaming)
         failed = self._failed

@@ -29,7 +29,7 @@ from cardmint.server.observe import (
 )
 
 from .auth import OPEN_SERVICES
-from .errors import Behavior, HandlerCache, rewrap
+from .errors import Behavior, WrappingInterceptor, rewrap
 
 __all__ = ["ObserveInterceptor", "PrincipalTap"]
 
@@ -52,7 +52,7 @@ def _code_name(context: grpc.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
-class ObserveInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class ObserveInterceptor(WrappingInterceptor):
     """Outermost interceptor: request id, access log and (when given) RPC metrics.
 
     It wraps ``ErrorInterceptor``, so failures reach it as the status that interceptor set
@@ -60,6 +60,7 @@ class ObserveInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """
 
     def __init__(self, metrics: RpcMetrics | None = None, tracer: Any = None) -> None:
+        super().__init__()
         self._metrics = metrics
         # An OpenTelemetry tracer (cardmint.server.tracing), or None: no spans.
         self._tracer = tracer
@@ -67,18 +68,6 @@ class ObserveInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             from opentelemetry import trace
 
             self._trace = trace
-        self._cache = HandlerCache()
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED; nothing to label
-            return None
-        full = handler_call_details.method
-        return self._cache.get(handler, lambda inner: self._wrap(inner, full))
 
     def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], full: str) -> grpc.RpcMethodHandler[Any, Any]:
         observer = self
@@ -223,24 +212,14 @@ class ObserveInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 CALL.reset(token)
 
 
-class PrincipalTap(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class PrincipalTap(WrappingInterceptor):
     """Innermost interceptor: notes the authenticated caller's token id for the access log."""
 
     def __init__(self, principal: Callable[[], Any]) -> None:
+        super().__init__(skip=OPEN_SERVICES)
         self._principal = principal
-        self._cache = HandlerCache()
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
-            return handler
-        return self._cache.get(handler, self._wrap)
-
-    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
         principal = self._principal
 
         def tap(behavior: Behavior) -> Behavior:

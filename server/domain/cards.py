@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeGuard
 
 import numpy as np
 from cardmint.kernel import CorrectionStatus, KernelError, Status
@@ -109,6 +110,11 @@ def card_state(card: Card, now: datetime) -> str:
     if card.status is CardStatus.ACTIVE and card.expires_at is not None and card.expires_at <= now:
         return "expired"
     return card.status.value
+
+
+def _typed(code: object) -> TypeGuard[str]:
+    """Whether ``code`` is something a person could have typed: a string of bounded size."""
+    return isinstance(code, str) and len(code.encode("utf-8", "surrogatepass")) <= _MAX_INPUT
 
 
 @dataclass(frozen=True)
@@ -418,19 +424,14 @@ class CardService:
         known so far, and its digests under the lookup keys; None when there is nothing to
         work out ahead (no lengths known yet, not a string, or the kernel refuses it)."""
         lengths = self._lengths
-        if (
-            lengths is None
-            or not isinstance(code, str)
-            or len(code.encode("utf-8", "surrogatepass")) > _MAX_INPUT
-        ):
+        if lengths is None or not _typed(code):
             return None
         try:
             status, canon = self._check(code, lengths)
         except KernelError:
             return None
-        keys = self._ctx.rotation.lookup_keys()
-        digests = [self._ctx.kernel.digest_one(canon, key) for _, key in keys] if status is Status.OK else []
-        return _Prechecked(lengths, status, canon, tuple(i for i, _ in keys), digests)
+        key_ids, digests = self._ctx.rotation.keyed_digests_of(canon) if status is Status.OK else ((), [])
+        return _Prechecked(lengths, status, canon, key_ids, digests)
 
     def _find(
         self, tx: UnitOfWork, code: object, serial: str | None, pre: _Prechecked | None = None
@@ -438,7 +439,7 @@ class CardService:
         """The card the typed code names, or the guess-type failure it is. ``pre``: the
         check and digests worked out before the transaction, used when they still hold."""
         ctx = self._ctx
-        if not isinstance(code, str) or len(code.encode("utf-8", "surrogatepass")) > _MAX_INPUT:
+        if not _typed(code):
             return MalformedCode(violations=(FieldViolation("code", "not a code"),))
         lengths = self._code_lengths(tx, serial)
         try:
@@ -463,11 +464,7 @@ class CardService:
             one = corr.suggestion if corr.status is CorrectionStatus.CORRECTED else None
             return BadCheck(display(one) if one else None)
         # Every key the code may be digested with (a digest-key rotation's window): one query.
-        if (
-            pre is not None
-            and status is Status.OK
-            and pre.key_ids == tuple(i for i, _ in ctx.rotation.lookup_keys())
-        ):
+        if pre is not None and status is Status.OK and pre.key_ids == ctx.rotation.key_ids():
             digests = pre.digests
         else:
             digests = ctx.rotation.digests_of(canon)

@@ -120,7 +120,16 @@ class DigestKeys:
 
     def digests_of(self, canon: bytes) -> list[bytes]:
         """The digest of one canonical code under every lookup key, newest key first."""
-        return [self._kernel.digest_one(canon, key) for _, key in self.lookup_keys()]
+        return self.keyed_digests_of(canon)[1]
+
+    def keyed_digests_of(self, canon: bytes) -> tuple[tuple[int, ...], list[bytes]]:
+        """``digests_of`` with the ids of the keys it used, in the same order."""
+        keys = self.lookup_keys()
+        return tuple(i for i, _ in keys), [self._kernel.digest_one(canon, key) for _, key in keys]
+
+    def key_ids(self) -> tuple[int, ...]:
+        """The ids of the lookup keys, in ``digests_of``'s order."""
+        return tuple(i for i, _ in self.lookup_keys())
 
     def current(self, tx: UnitOfWork) -> tuple[int, bytes]:
         """The key new cards are digested with (read in ``tx``), and its id."""

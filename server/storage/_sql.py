@@ -2048,9 +2048,8 @@ class SqlTx(ABC):
     def get_order(self, order_id: int, *, lock: bool = False) -> Order | None:
         """The order; ``lock`` holds its row to commit (PostgreSQL), so that payment,
         cancellation and the sweeper decide one after the other on the same order."""
-        cols = _ORDER_O
         rows = self._all(
-            f"SELECT {cols}, i.product_id, i.face_value, i.quantity FROM orders o"
+            f"SELECT {_ORDER_O}, i.product_id, i.face_value, i.quantity FROM orders o"
             " JOIN order_items i ON i.order_id = o.id WHERE o.id = ? ORDER BY i.line"
             f"{self.FOR_UPDATE + ' OF o' if lock and self.FOR_UPDATE else ''}",
             (order_id,),
@@ -2272,11 +2271,10 @@ class SqlTx(ABC):
         self, organization_id: int, department_id: int | None = None, after_id: int = 0, limit: int = 100
     ) -> list[Token]:
         """Tokens of the organization's member accounts (one department's, if given), by id."""
-        cols = _TOKEN_ROW_T
         where = "m.organization_id = ?" + ("" if department_id is None else " AND m.department_id = ?")
         params: list[Any] = [organization_id] + ([] if department_id is None else [department_id])
         rows = self._all(
-            f"SELECT {cols} FROM tokens t JOIN org_members m ON m.account_id = t.account_id"
+            f"SELECT {_TOKEN_ROW_T} FROM tokens t JOIN org_members m ON m.account_id = t.account_id"
             f" WHERE {where} AND t.id > ? ORDER BY t.id LIMIT ?",
             (*params, after_id, limit),
         )
@@ -2325,14 +2323,13 @@ class SqlTx(ABC):
     ) -> list[Lot]:
         """The organization's lots (only one department's when ``department_id`` is given,
         only one product's when ``product_id`` is)."""
-        cols = _LOT_L
         where = "o.organization_id = ?" + ("" if department_id is None else " AND o.department_id = ?")
         params: list[Any] = [organization_id] + ([] if department_id is None else [department_id])
         if product_id is not None:
             where += " AND l.product_id = ?"
             params.append(product_id)
         rows = self._all(
-            f"SELECT {cols} FROM lots l JOIN lot_owners o ON o.lot_id = l.id"
+            f"SELECT {_LOT_L} FROM lots l JOIN lot_owners o ON o.lot_id = l.id"
             f" WHERE {where} AND l.id > ? ORDER BY l.id LIMIT ?",
             (*params, after_id, limit),
         )

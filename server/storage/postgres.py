@@ -554,9 +554,8 @@ class _PgTx(SqlTx):
     def sell_order_cards(self, order_id: int, count: int) -> list[PoolCard] | None:
         """One statement: lock the order's reserved cards (pool and card rows), and sell them
         only if there are ``count`` and every one is sellable."""
-        cols = _CARD_C
         rows = self._all(
-            f"WITH held AS (SELECT {cols} FROM pool_cards p JOIN cards c ON c.id = p.card_id"  # noqa: S608
+            f"WITH held AS (SELECT {_CARD_C} FROM pool_cards p JOIN cards c ON c.id = p.card_id"  # noqa: S608
             " WHERE p.order_id = ? AND p.state = 'reserved' FOR UPDATE),"
             " ok AS (SELECT COUNT(*) = ? AND COALESCE(BOOL_AND(status = 'active' AND account_id IS NULL"
             " AND (expires_at IS NULL OR expires_at > ?)), FALSE) AS fine FROM held),"

@@ -52,6 +52,7 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAR = Path("var")
 DEFAULT_GRACE = 30.0
 DEFAULT_WORKERS = 32
+DEFAULT_MAX_UNSERVED = 2  # seconds; see start()
 # Calls in flight (queued for a worker or running) before new ones are refused OVERLOADED
 # (server/api/admission.py). Above any fleet of clients a test or a shop front runs at once
 # (64 to a few hundred), low enough that the queue ahead of a call is a fraction of a second
@@ -164,6 +165,7 @@ def start(
     keyring: Keyring | None = None,
     storage_options: StorageOptions | None = None,
     max_in_flight: int | None = DEFAULT_MAX_IN_FLIGHT,
+    max_unserved_seconds: int = DEFAULT_MAX_UNSERVED,
     clock: Clock = utcnow,
     health_probe_seconds: float = DEFAULT_HEALTH_PROBE,
 ) -> Running:
@@ -173,7 +175,9 @@ def start(
     or None for no tracing. ``tls``: serve TLS (mutual TLS with a client CA) instead of
     plaintext (cardmint.server.tls). ``keyring`` and ``storage_options``: as open_domain.
     ``max_in_flight``: calls in flight before new ones are refused ``OVERLOADED``
-    (server/api/admission.py); None or 0: no limit (calls queue unbounded). ``clock``: what
+    (server/api/admission.py); None or 0: no limit (calls queue unbounded).
+    ``max_unserved_seconds``: how long grpc core may hold a call the serving thread has not
+    taken yet before dropping it (0: grpc's default, 30 s). ``clock``: what
     time it is for the rules (``open_domain``). ``health_probe_seconds``: how often the
     storage health probe writes (server/health.py; 0: once, at start)."""
     credentials = server_credentials(tls) if tls is not None else None  # bad files: before anything
@@ -199,6 +203,12 @@ def start(
             # Two servers must never share a port silently (the second would steal calls).
             ("grpc.so_reuseport", 0),
         ]
+        if max_unserved_seconds:
+            # The one queue admission control cannot see: calls grpc core holds until grpcio's
+            # serving thread takes them. When that thread falls behind (a GIL-bound process
+            # offered several times what it answers), those calls would wait until their
+            # deadline; past this age grpc drops them instead (CANCELLED, no code of ours ran).
+            options.append(("grpc.server_max_unrequested_time_in_server", max_unserved_seconds))
         rpc_metrics: observe.RpcMetrics | None = None
         if metrics is not None:
             registry, rpc_metrics = observe.metrics_registry(storage, lambda: attempt_tiers(domain))
@@ -304,6 +314,7 @@ def serve(settings: ServeConfig | None = None) -> int:
         keyring=Keyring.load(cfg.keys_path),
         storage_options=cfg.storage_options(),
         max_in_flight=cfg.max_in_flight,
+        max_unserved_seconds=cfg.max_unserved_seconds,
         health_probe_seconds=cfg.health_probe,
     )
     listen: str = cfg.listen

@@ -195,6 +195,14 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0,
     ),
     Setting(
+        "max_unserved_seconds",
+        "int",
+        2,
+        "seconds a call may wait in grpc core before the server takes it; older ones are dropped "
+        "(the caller hears CANCELLED, nothing ran); 0: grpc's default (30)",
+        minimum=0,
+    ),
+    Setting(
         "profile",
         "str",
         "platform",

@@ -463,7 +463,9 @@ class DeadlineExceeded(CardmintError):  # noqa: N818 - named after the status
 
 
 class Unavailable(CardmintError):  # noqa: N818 - named after the status, like the server's
-    """The server could not be reached (or is shutting down); safe calls were retried."""
+    """The server could not be reached, is shutting down, or dropped the call unseen (grpc
+    core sheds calls the server's serving thread has not taken in time: the status is then
+    CANCELLED, which this client never causes itself). Calls with a request id were retried."""
 
     reason = "UNAVAILABLE"
 
@@ -548,6 +550,7 @@ _BY_CODE: dict[grpc.StatusCode, type[CardmintError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: Locked,
     grpc.StatusCode.ABORTED: Contention,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.CANCELLED: Unavailable,  # only ever the server's side: see Unavailable
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
 
@@ -680,7 +683,7 @@ class CheckBatch:
 
 # What grpcio's server answers (RESOURCE_EXHAUSTED, no details) past maximum_concurrent_rpcs.
 GRPC_CONCURRENCY_LIMIT = "Concurrent RPC limit exceeded!"
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED)
 
 
 def _pack(strings: Sequence[str]) -> common_pb2.PackedStrings:

@@ -45,11 +45,18 @@ def _cython_extensions() -> list[Extension]:
         libraries=["sqlite3"],
         extra_compile_args=["-O3", "-Wall", "-Wno-unused-function"],
     )
+    # The group commit's statements, run holding the GIL (server/storage/_sqlite_writer.pyx).
+    writer = Extension(
+        "cardmint.server.storage._sqlite_writer",
+        sources=["server/storage/_sqlite_writer.pyx"],
+        libraries=["sqlite3"],
+        extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+    )
     if NATIVE not in {"all", "cython"} or not (ROOT / "kernel" / "_cy.pyx").exists():
         return []
     from Cython.Build import cythonize
 
-    return cythonize([ext, audit], language_level=3, quiet=True, build_dir="build/cython")
+    return cythonize([ext, audit, writer], language_level=3, quiet=True, build_dir="build/cython")
 
 
 class BuildNative(build_ext):

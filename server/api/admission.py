@@ -31,11 +31,13 @@ thread itself, cheaply (RESOURCE_EXHAUSTED without details, which the client als
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
-from typing import Any, TypeVar
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
 from cardmint.server.domain.errors import Overloaded
@@ -43,81 +45,208 @@ from cardmint.server.domain.errors import Overloaded
 from .auth import OPEN_SERVICES
 from .errors import HandlerCache
 
-__all__ = ["DEFAULT_RETRY_AFTER", "AdmissionExecutor", "AdmissionInterceptor"]
+__all__ = ["DEFAULT_RETRY_AFTER", "AdmissionExecutor", "AdmissionInterceptor", "CallFuture"]
 
 T = TypeVar("T")
-_Item = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_Item = tuple["CallFuture[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 # What a refused caller is told to wait (RetryInfo): long enough for the calls in flight to
 # finish at a normal pace, short enough not to idle a server that has recovered.
 DEFAULT_RETRY_AFTER = 0.1
 
 
-class AdmissionExecutor(Executor):
+_PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
+# Guards the few state changes of every CallFuture (held for a handful of bytecodes).
+_STATE = threading.Lock()
+
+
+class CallFuture(Generic[T]):
+    """What ``AdmissionExecutor.submit`` returns: the ``concurrent.futures.Future`` methods
+    grpcio and callers use (``add_done_callback``, ``cancel``, ``result``, ...), built on
+    two C locks instead of a ``threading.Condition`` per call: a server makes one per call,
+    and a Condition's Python-level setup, notify and wait cost more than the call's own
+    handoff. Not usable with ``concurrent.futures.wait`` / ``as_completed``."""
+
+    __slots__ = ("_callbacks", "_done", "_error", "_result", "_state")
+
+    def __init__(self) -> None:
+        self._state = _PENDING
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[CallFuture[T]], object]] = []
+        self._done = threading.Lock()  # held until the future is done, then free for good
+        self._done.acquire()
+
+    def cancel(self) -> bool:
+        """Cancels a call no worker has started; False once it runs or ran."""
+        with _STATE:
+            if self._state in (_RUNNING, _FINISHED):
+                return False
+            first = self._state == _PENDING
+            self._state = _CANCELLED
+        if first:
+            self._finish()
+        return True
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def running(self) -> bool:
+        return self._state == _RUNNING
+
+    def done(self) -> bool:
+        return self._state in (_CANCELLED, _FINISHED)
+
+    def result(self, timeout: float | None = None) -> T:
+        self._wait(timeout)
+        if self._state == _CANCELLED:
+            raise CancelledError()
+        if self._error is not None:
+            raise self._error
+        return cast(T, self._result)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        if self._state == _CANCELLED:
+            raise CancelledError()
+        return self._error
+
+    def add_done_callback(self, fn: Callable[[CallFuture[T]], object]) -> None:
+        """``fn(self)`` once done (now, if it is): exactly once, whichever thread gets there."""
+        self._callbacks.append(fn)
+        if self.done():
+            try:  # not yet taken by _finish (list.remove is atomic): it is ours to call
+                self._callbacks.remove(fn)
+            except ValueError:
+                return
+            fn(self)
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with _STATE:
+            if self._state == _CANCELLED:
+                return False
+            self._state = _RUNNING
+        return True
+
+    def set_result(self, result: T) -> None:
+        self._result = result
+        self._state = _FINISHED
+        self._finish()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._state = _FINISHED
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done.release()
+        callbacks = self._callbacks
+        while callbacks:
+            try:
+                fn = callbacks.pop(0)
+            except IndexError:  # add_done_callback took the last one back
+                break
+            fn(self)
+
+    def _wait(self, timeout: float | None) -> None:
+        if self.done():
+            return
+        if not self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            raise FuturesTimeoutError()
+        self._done.release()  # free again: every waiter passes
+
+
+class AdmissionExecutor:
     """The server's thread pool: ``workers`` threads, a count of the work items not yet
     finished (queued or running), and a second, first-served queue for refusals.
 
     grpcio submits each call's work right after running the interceptors for it, in the
     same (serving) thread: ``AdmissionInterceptor`` marks a refused call there (``urgent``),
     and this pool serves marked items and admitted ones in turn, so a refusal is answered
-    about when a worker next becomes free, not after every call queued ahead of it."""
+    about when a worker next becomes free, not after every call queued ahead of it.
+
+    Every step a call takes here is a C operation (deque append and pop, a SimpleQueue of
+    wake-ups, a list as the in-flight count), not a Python-level Condition: each queued item
+    puts one token on the wake-up queue after it is queued, and a worker that takes a token
+    takes one item, so a worker that holds a token always finds an item (or, once shut
+    down, exits)."""
 
     def __init__(self, workers: int, thread_name_prefix: str = "cardmint-rpc") -> None:
         if workers < 1:
             raise ValueError("at least one worker")
         self._workers = workers
         self._prefix = thread_name_prefix
-        self._cond = threading.Condition()
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._urgent: deque[_Item] = deque()
         self._normal: deque[_Item] = deque()
+        self._flight: list[None] = []  # one entry per unfinished item: len() is the count
         self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
         self._shutdown = False
-        self._in_flight = 0
         self._urgent_turn = True
         self._mark = threading.local()
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return len(self._flight)
 
     def mark_urgent(self, urgent: bool) -> None:
         """Whether the next item this thread submits is served first (a refusal)."""
         self._mark.urgent = urgent
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        future: Future[T] = Future()
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> CallFuture[T]:
         urgent = getattr(self._mark, "urgent", False)
         self._mark.urgent = False
-        with self._cond:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new calls after shutdown")
-            self._in_flight += 1
-            (self._urgent if urgent else self._normal).append((future, fn, args, kwargs))
-            if len(self._threads) < self._workers:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new calls after shutdown")
+        future: CallFuture[T] = CallFuture()
+        self._flight.append(None)
+        (self._urgent if urgent else self._normal).append((future, fn, args, kwargs))
+        if len(self._threads) < self._workers:
+            self._add_worker()
+        self._wake.put(None)
+        return future
+
+    def _add_worker(self) -> None:
+        with self._threads_lock:
+            if len(self._threads) < self._workers and not self._shutdown:
                 t = threading.Thread(
                     target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
                 )
                 self._threads.append(t)
                 t.start()
-            self._cond.notify()
-        return future
+
+    def _take(self) -> _Item | None:
+        """The next item: refusals and admitted calls take turns, so a refusal waits for a
+        free worker, never behind the whole queue, and a flood of refusals cannot starve
+        the calls already admitted. (The turn is a hint: two workers may both read it.)"""
+        if self._urgent and (self._urgent_turn or not self._normal):
+            try:
+                item = self._urgent.popleft()
+                self._urgent_turn = False
+                return item
+            except IndexError:
+                pass
+        try:
+            item = self._normal.popleft()
+            self._urgent_turn = True
+            return item
+        except IndexError:
+            pass
+        try:
+            return self._urgent.popleft()
+        except IndexError:
+            return None  # a shutdown's wake-up, or the token of an item shutdown cancelled
 
     def _work(self) -> None:
+        get, take, flight = self._wake.get, self._take, self._flight
         while True:
-            with self._cond:
-                while not self._urgent and not self._normal and not self._shutdown:
-                    self._cond.wait()
-                # Refusals and admitted calls take turns: a refusal waits for a free worker,
-                # never behind the whole queue, and a flood of them cannot starve the calls
-                # already admitted.
-                if self._urgent and (self._urgent_turn or not self._normal):
-                    item = self._urgent.popleft()
-                    self._urgent_turn = False
-                elif self._normal:
-                    item = self._normal.popleft()
-                    self._urgent_turn = True
-                else:
-                    return  # shut down and nothing left
+            get()
+            item = take()
+            if item is None:
+                if self._shutdown:
+                    return
+                continue
             future, fn, args, kwargs = item
             try:
                 if future.set_running_or_notify_cancel():
@@ -126,21 +255,24 @@ class AdmissionExecutor(Executor):
                     except BaseException as e:  # the future carries it, as ThreadPoolExecutor does
                         future.set_exception(e)
             finally:
-                with self._cond:
-                    self._in_flight -= 1
+                flight.pop()
             del item, future, fn, args, kwargs
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        with self._cond:
+        with self._threads_lock:
             self._shutdown = True
-            if cancel_futures:
-                for queue in (self._urgent, self._normal):
-                    while queue:
-                        future, *_ = queue.popleft()
-                        future.cancel()
-                        self._in_flight -= 1
-            self._cond.notify_all()
             threads = list(self._threads)
+        if cancel_futures:
+            for q in (self._urgent, self._normal):
+                while True:
+                    try:
+                        future, *_ = q.popleft()
+                    except IndexError:
+                        break
+                    future.cancel()
+                    self._flight.pop()
+        for _ in threads:
+            self._wake.put(None)  # one wake-up without an item per worker: it exits
         if wait:
             for t in threads:
                 t.join()

@@ -19,32 +19,7 @@ from libc.stdint cimport int64_t, uint8_t
 
 import numpy as np
 
-cdef extern from "sqlite3.h" nogil:
-    ctypedef struct sqlite3:
-        pass
-    ctypedef struct sqlite3_stmt:
-        pass
-    int SQLITE_OK
-    int SQLITE_ROW
-    int SQLITE_DONE
-    int SQLITE_INTEGER
-    int SQLITE_BLOB
-    int SQLITE_NULL
-    int SQLITE_OPEN_READONLY
-    int SQLITE_OPEN_NOMUTEX
-    int sqlite3_open_v2(const char *filename, sqlite3 **db, int flags, const char *vfs)
-    int sqlite3_close_v2(sqlite3 *db)
-    int sqlite3_busy_timeout(sqlite3 *db, int ms)
-    const char *sqlite3_errmsg(sqlite3 *db)
-    int sqlite3_prepare_v2(sqlite3 *db, const char *sql, int n, sqlite3_stmt **stmt, const char **tail)
-    int sqlite3_bind_int64(sqlite3_stmt *stmt, int i, long long v)
-    int sqlite3_step(sqlite3_stmt *stmt)
-    int sqlite3_finalize(sqlite3_stmt *stmt)
-    int sqlite3_column_type(sqlite3_stmt *stmt, int i)
-    long long sqlite3_column_int64(sqlite3_stmt *stmt, int i)
-    const void *sqlite3_column_blob(sqlite3_stmt *stmt, int i)
-    const unsigned char *sqlite3_column_text(sqlite3_stmt *stmt, int i)
-    int sqlite3_column_bytes(sqlite3_stmt *stmt, int i)
+include "_sqlite3.pxi"
 
 
 class AuditReadError(Exception):

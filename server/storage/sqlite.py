@@ -22,7 +22,6 @@ import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -39,6 +38,11 @@ try:  # the native audit reader (Cython, libsqlite3); the SQL aggregate path wit
     from . import _sqlite_audit as _native_audit
 except ImportError:  # pragma: no cover - a build without the Cython part
     _native_audit = None
+_native_writer: types.ModuleType | None
+try:  # the group commit's statements holding the GIL (Cython, libsqlite3)
+    from . import _sqlite_writer as _native_writer
+except ImportError:  # pragma: no cover - a build without the Cython part
+    _native_writer = None
 
 __all__ = ["SQLiteStorage"]
 
@@ -79,17 +83,38 @@ def sqlite3_failed(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.Error) and code is not None and (code & 0xFF) in _FILE_FAILURES
 
 
-@dataclass(eq=False)
+class _NoFallbackError(Exception):
+    """Never raised: what ``_FallbackError`` is without the native writer."""
+
+
+_FallbackError: type[Exception] = (
+    _native_writer.FallbackError if _native_writer is not None else _NoFallbackError
+)
+
+
 class _Unit:
     """One caller's work waiting for the group commit, and what became of it."""
 
-    work: Callable[[_SQLiteTx], Any]
-    context: contextvars.Context
-    result: Any = None
-    error: BaseException | None = None
-    done: bool = False
-    # Set when the unit is done, or as a nudge to lead the next batch (see SQLiteStorage.run).
-    ready: threading.Event = field(default_factory=threading.Event)
+    __slots__ = ("context", "done", "error", "ready", "result", "work")
+
+    def __init__(self, work: Callable[[_SQLiteTx], Any], context: contextvars.Context) -> None:
+        self.work = work
+        self.context = context
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        # A one-shot signal, set when the unit is done or as a nudge to lead the next batch
+        # (see SQLiteStorage.run): a C lock, held while unset. Waiting takes it (and so
+        # clears it); setting an already set signal does nothing. Cheaper than an Event
+        # (a Python-level Condition) by a dozen Python calls per unit.
+        self.ready = threading.Lock()
+        self.ready.acquire()
+
+    def signal(self) -> None:
+        try:  # noqa: SIM105 - suppress() is a Python-level context manager, on a hot path
+            self.ready.release()
+        except RuntimeError:  # already set
+            pass
 
 
 class _SQLiteTx(SqlTx):
@@ -99,9 +124,13 @@ class _SQLiteTx(SqlTx):
         clock: Clock,
         path: Path | None = None,
         heads: dict[str, Any] | None = None,
+        fast: Any = None,
     ) -> None:
         super().__init__(clock)
         self._conn = conn
+        # The group commit leader's statement runner (``_sqlite_writer.Writer``), or None:
+        # the sqlite3 module runs every statement.
+        self._fast = fast
         self._path = path  # the database file, for the native audit reader (readers only)
         # The audit chain's head and the newest outbox id as this write transaction left
         # them (shared by the units of one group commit): BEGIN IMMEDIATE shuts out every
@@ -138,8 +167,14 @@ class _SQLiteTx(SqlTx):
         except sqlite3.Error as e:
             raise self._fail(_translate(e)) from e
 
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        fast = self._fast
         try:
+            if fast is not None:
+                try:
+                    return fast.execute(sql, params)
+                except _FallbackError:  # nothing ran: the sqlite3 module's turn
+                    pass
             return self._conn.execute(sql, params)
         except sqlite3.Error as e:
             raise self._fail(_translate(e)) from e
@@ -275,7 +310,11 @@ class SQLiteStorage:
         clock: Clock = utcnow,
         busy_timeout_ms: int = 30_000,
         synchronous: str = "full",
+        native_writer: bool = True,
     ) -> None:
+        """``native_writer``: run the group commit's statements through
+        ``_sqlite_writer`` (holding the GIL) when it is built; False: the sqlite3 module
+        runs every statement (the tests compare the two)."""
         if sqlite3.sqlite_version_info < _MIN_VERSION:
             raise StorageError(f"SQLite {sqlite3.sqlite_version} is too old; cardmint needs 3.37 or newer")
         self.path = Path(path)
@@ -305,6 +344,12 @@ class SQLiteStorage:
         if encoding != "UTF-8":
             raise StorageError(f"{self.path} is a {encoding} database; cardmint needs UTF-8")
         self._migrate()
+        self._fast: Any = None
+        if _native_writer is not None and native_writer:
+            try:
+                self._fast = _native_writer.Writer(self._writer, str(self.path), int(self._busy_ms))
+            except _native_writer.WriterUnavailableError as e:  # pragma: no cover - another Python
+                warnings.warn(f"SQLite statements through the sqlite3 module only: {e}", stacklevel=2)
 
     def _connect(self, *, readonly: bool) -> sqlite3.Connection:
         if readonly:
@@ -484,15 +529,14 @@ class SQLiteStorage:
                     self._write_lock.release()
                 self._nudge()
             else:
-                unit.ready.wait(_NUDGE_WAIT_S)
-                unit.ready.clear()  # done is set before ready: the loop's test sees it
+                unit.ready.acquire(timeout=_NUDGE_WAIT_S)  # done is set before the signal
 
     def _nudge(self) -> None:
         """Wake the first queued unit's caller: the writer is free for its batch."""
         with self._queue_lock:
             first = self._queue[0] if self._queue else None
         if first is not None:
-            first.ready.set()
+            first.signal()
 
     def _commit_queued(self) -> None:
         """Run the queued units in one transaction; the caller holds ``_write_lock``."""
@@ -502,7 +546,10 @@ class SQLiteStorage:
         self._owner.active = True
         try:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                # Holding the GIL when no other process holds the write lock (the usual
+                # case: through the sqlite3 module it cost the leader context switches).
+                if self._fast is None or not self._fast.execute_unless_busy("BEGIN IMMEDIATE"):
+                    conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as e:
                 error = _translate(e)
                 for unit in batch:
@@ -533,7 +580,7 @@ class SQLiteStorage:
         finally:
             for unit in batch:
                 unit.done = True
-                unit.ready.set()
+                unit.signal()
             self._owner.active = False
 
     def _run_unit(
@@ -542,10 +589,13 @@ class SQLiteStorage:
         """Run ``unit`` in the open transaction. With ``savepoint``, inside its own SAVEPOINT,
         rolled back to it alone when it fails; without, a failed unit leaves its writes for
         the caller to roll back with the whole transaction."""
+        # Savepoints write nothing: through the native writer, holding the GIL (through the
+        # sqlite3 module each cost the leader a context switch, about one per statement).
+        execute = conn.execute if self._fast is None else self._fast.execute
         if savepoint:
-            conn.execute("SAVEPOINT unit")
+            execute("SAVEPOINT unit")
         found = dict(heads)
-        tx = _SQLiteTx(conn, self._clock, heads=heads)
+        tx = _SQLiteTx(conn, self._clock, heads=heads, fast=self._fast)
         try:
             # In the caller's context (context variables), though on the committing thread.
             unit.result = unit.context.run(unit.work, tx)
@@ -559,9 +609,9 @@ class SQLiteStorage:
             heads.update(found)
             if not savepoint:
                 return
-            conn.execute("ROLLBACK TO unit")
+            execute("ROLLBACK TO unit")
         if savepoint:
-            conn.execute("RELEASE unit")
+            execute("RELEASE unit")
 
     def stats(self) -> dict[str, int]:
         """For the metrics: units waiting for the writer, and group commits so far."""
@@ -573,6 +623,8 @@ class SQLiteStorage:
             for conn in self._readers:
                 conn.close()
             self._readers.clear()
+            if self._fast is not None:
+                self._fast.close()  # its statements, before the connection they belong to
             self._writer.close()
 
     def __enter__(self) -> SQLiteStorage:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import grpc
 import pytest
 from cardmint import client
 from cardmint.server.api import ErrorInterceptor
-from cardmint.server.api.admission import AdmissionExecutor, AdmissionInterceptor
+from cardmint.server.api.admission import AdmissionExecutor, AdmissionInterceptor, CallFuture
 from cardmint.server.api.errors import status_of
 from cardmint.server.app import start
 from cardmint.server.domain import Overloaded
@@ -306,7 +307,7 @@ def test_executor_counts_every_ending_and_serves_refusals_in_turn() -> None:
         pool.mark_urgent(True)
         urgent = pool.submit(order.append, "refusal")
         failing = pool.submit(lambda: 1 // 0)
-        cancelled: Future[None] = pool.submit(order.append, "never")
+        cancelled: CallFuture[None] = pool.submit(order.append, "never")
         assert cancelled.cancel()
         assert pool.in_flight == 6
         gate.set()
@@ -325,3 +326,85 @@ def test_executor_counts_every_ending_and_serves_refusals_in_turn() -> None:
         pool.shutdown()
     with pytest.raises(RuntimeError):
         pool.submit(order.append, "late")
+
+
+def test_call_future_answers_like_a_future() -> None:
+    done: CallFuture[int] = CallFuture()
+    seen: list[object] = []
+    done.add_done_callback(seen.append)
+    with pytest.raises(FuturesTimeoutError):
+        done.result(timeout=0.01)
+    assert not done.done() and seen == []
+    assert done.set_running_or_notify_cancel() and done.running()
+    assert not done.cancel()  # running: too late
+    done.set_result(7)
+    assert done.result() == 7 and done.exception() is None and seen == [done]
+    done.add_done_callback(seen.append)  # already done: called at once
+    assert seen == [done, done]
+
+    failed: CallFuture[int] = CallFuture()
+    assert failed.set_running_or_notify_cancel()
+    failed.set_exception(ValueError("no"))
+    assert isinstance(failed.exception(), ValueError)
+    with pytest.raises(ValueError, match="no"):
+        failed.result()
+
+    cancelled: CallFuture[int] = CallFuture()
+    cancelled.add_done_callback(seen.append)
+    assert cancelled.cancel() and cancelled.cancel() and cancelled.cancelled() and cancelled.done()
+    assert seen[-1] is cancelled and len(seen) == 3  # the callback ran once
+    assert not cancelled.set_running_or_notify_cancel()
+    with pytest.raises(CancelledError):
+        cancelled.result()
+
+
+def _finish_while_callbacks_race() -> tuple[list[int], list[str]]:
+    f: CallFuture[str] = CallFuture()
+    calls: list[int] = []
+    results: list[str] = []
+    start = threading.Barrier(17)
+
+    def add(i: int) -> None:
+        start.wait(30)
+        f.add_done_callback(lambda _f: calls.append(i))
+
+    def wait() -> None:
+        start.wait(30)
+        results.append(f.result(timeout=30))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    threads += [threading.Thread(target=wait) for _ in range(8)]
+    for t in threads:
+        t.start()
+    assert f.set_running_or_notify_cancel()
+    start.wait(30)
+    f.set_result("ok")
+    for t in threads:
+        t.join(30)
+    return calls, results
+
+
+def test_call_future_callbacks_run_exactly_once_and_waiters_all_wake() -> None:
+    """Callbacks added by 8 threads while the worker finishes: each runs exactly once; 8
+    threads blocked in result() all get the result (200 rounds)."""
+    for _ in range(200):
+        calls, results = _finish_while_callbacks_race()
+        assert sorted(calls) == list(range(8))
+        assert results == ["ok"] * 8
+
+
+def test_executor_shuts_down_with_queued_work_cancelled_or_done() -> None:
+    pool = AdmissionExecutor(2)
+    gate = threading.Event()
+    busy = [pool.submit(gate.wait, 30) for _ in range(2)]
+    queued = [pool.submit(time.sleep, 0) for _ in range(5)]
+    threading.Timer(0.05, gate.set).start()
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert all(f.result(timeout=0) is True for f in busy)
+    assert all(f.cancelled() or f.done() for f in queued)
+    assert pool.in_flight == 0
+
+    drained = AdmissionExecutor(2)
+    ran = [drained.submit(time.sleep, 0.001) for _ in range(20)]
+    drained.shutdown(wait=True)  # without cancel_futures: every queued item still runs
+    assert all(f.done() and not f.cancelled() for f in ran) and drained.in_flight == 0

@@ -17,7 +17,7 @@ PATH = re.compile(
     r"(?<![\w/.\-])(?:server|kernel|clients|proto|tests|docs|benches|rust|\.ci)/[\w./*\-]*[\w*/]"
 )
 LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]+)\)")
-DEFINED = r"(?m)^\s*(?:class|def)\s+{0}\b|^\s*{0}\s*(?::[^=\n]*)?=|^\s*(?:async\s+)?def\s+{0}\b"
+DEFINED = r"(?m)^\s*(?:cdef\s+)?(?:class|def)\s+{0}\b|^\s*{0}\s*(?::[^=\n]*)?=|^\s*(?:async\s+)?def\s+{0}\b"
 
 
 def _exists(path: str) -> bool:

@@ -156,7 +156,9 @@ class CreateLotRequest(_message.Message):
     a call that completed answers its lot and mints nothing; a repeat of one that never
     completed (the server died while minting) voids that lot and mints it anew, so the
     request completes exactly once. The same key with other parameters is refused
-    (IDEMPOTENCY_KEY_REUSED); a repeat while the first is still minting is LOT_NOT_READY.
+    (IDEMPOTENCY_KEY_REUSED); a repeat while the first is still minting, on any server
+    sharing the database, is LOT_NOT_READY (on SQLite a repeat on another server process
+    waits for the one writer instead, then answers the lot).
     """
     def __init__(
         self,

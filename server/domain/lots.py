@@ -202,8 +202,9 @@ class LotService:
         completed answers its lot and mints nothing; a repeat of one that never completed
         (the server was killed while minting, the fill failed) voids that lot if it is still
         ``minting`` and mints the lot anew, so the request completes exactly once. The same
-        id with other parameters is ``IdempotencyKeyReused``; a repeat while this process
-        is still minting the first is ``LotNotReady`` (retry later).
+        id with other parameters is ``IdempotencyKeyReused``; a repeat while a process (this
+        one, or another sharing the database) is still minting the first is ``LotNotReady``
+        (retry later).
         """
         if request_id is None:
             return self._create_lot(principal, sku, count, face_value, progress, None)
@@ -283,9 +284,11 @@ class LotService:
             if earlier.completed_at is not None:  # complete (or voided by staff since): answered
                 return earlier, True
             if earlier.status is LotStatus.MINTING:
-                # Not being minted by this process (``_minting``): its minter died. Voiding
-                # it is safe even if another process were still filling it: that fill's
-                # ``complete_lot`` would fail and roll back.
+                # Not being minted by this process (``_minting``). Another process may be
+                # filling it still (a client retried on another server): then wait for it;
+                # else its minter died, and the lot is voided and minted anew.
+                if tx.lot_filled_elsewhere(earlier.id):
+                    raise LotNotReady("a lot for this request id is being minted; retry when it is done")
                 tx.void_lot(earlier.id)
             lot = new_lot(tx)
             tx.replace_idempotency(_LOT_SCOPE, request_id, _lot_response(lot.id))
@@ -319,6 +322,7 @@ class LotService:
     ) -> Lot:
         ctx = self._ctx
         with ctx.storage.transaction() as tx:
+            tx.hold_lot_for_fill(lot.id)  # a repeat on another server now waits for this fill
             stored = 0
             for batch in _prefetched(self._minted(product, lot, digest_key)):
                 tx.add_cards(lot, batch, lot.expires_at)

@@ -709,6 +709,22 @@ class SqlTx(ABC):
             self._index_change(lot_id, "remove")
         return self._lot(row)
 
+    def hold_lot_for_fill(self, lot_id: int) -> None:
+        """First in a lot's fill transaction: while the fill runs, ``lot_filled_elsewhere``
+        is True for that lot in every other transaction, of any process, and the hold ends
+        with the fill however it ends (a killed process's too). PostgreSQL: the lot's row
+        lock. SQLite: nothing to do, the fill holds the one write lock of the database."""
+        if self.FOR_UPDATE:
+            self._one(f"SELECT id FROM lots WHERE id = ?{self.FOR_UPDATE}", (lot_id,))
+
+    def lot_filled_elsewhere(self, lot_id: int) -> bool:
+        """Whether a live fill holds this lot (``hold_lot_for_fill``), without waiting for it.
+        PostgreSQL: the row is locked (SKIP LOCKED sees no row; when free, this transaction
+        now holds it). SQLite: never, in a write transaction (no fill can be running)."""
+        if not self.FOR_UPDATE:
+            return False
+        return self._one(f"SELECT id FROM lots WHERE id = ?{self._claim('lots')}", (lot_id,)) is None
+
     def abandon_stale_lots(self, older_than: datetime) -> list[int]:
         """Void lots still ``minting`` that were created before ``older_than``.
 

@@ -15,9 +15,12 @@ from cardmint.kernel import Packed, get_kernel
 from cardmint.server.domain import (
     CheckStatus,
     Domain,
+    DomainConfig,
     ExportNeedsAdmin,
     IdempotencyKeyReused,
     InvalidArgument,
+    Keyring,
+    Lot,
     LotNotFound,
     LotNotReady,
     LotStatus,
@@ -345,6 +348,68 @@ def test_check_packed_is_the_same_check_as_arrays(
         domain.keys.check_packed(who.alice, packed)
     with pytest.raises(InvalidArgument):
         domain.keys.check_packed(who.merchant, packed, length=3)
+
+
+def test_a_repeat_on_another_server_waits_for_the_fill_instead_of_voiding_it(
+    domain: Domain,
+    who: Callers,
+    make_lot: Callable[..., MintedLot],
+    opener: Callable[[], Storage],
+    keyring: Keyring,
+    backend: str,
+) -> None:
+    """A client whose CreateLot timed out retries it on another server process (here: a
+    second Domain on its own storage handle, sharing the database) while the first still
+    fills the lot. PostgreSQL: the repeat sees the fill's hold on the lot and is told to
+    retry (LotNotReady), and the first completes; SQLite: the repeat waits for the one
+    writer, then answers the completed lot. Either way one lot, never a voided one."""
+    make_lot(1)
+    other = Domain(opener(), keyring, config=DomainConfig(lot_chunk=7, stream_chunk=5))
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(done: int, total: int) -> None:
+        entered.set()
+        release.wait(30)
+
+    made: list[object] = []
+    minting = threading.Thread(
+        target=lambda: made.append(
+            domain.lots.create_lot(
+                who.operator, sku="GC-500", count=9, face_value=100, progress=slow, request_id="x-1"
+            )
+        )
+    )
+    minting.start()
+    repeats: list[object] = []
+    try:
+        assert entered.wait(30)
+
+        def repeat() -> None:
+            try:
+                repeats.append(
+                    other.lots.create_lot(
+                        who.operator, sku="GC-500", count=9, face_value=100, request_id="x-1"
+                    )
+                )
+            except LotNotReady as e:
+                repeats.append(e)
+
+        again = threading.Thread(target=repeat)
+        again.start()
+        if backend == "postgres":
+            again.join(30)  # answered at once, while the fill still runs
+            assert len(repeats) == 1 and isinstance(repeats[0], LotNotReady)
+    finally:
+        release.set()
+        minting.join(30)
+    again.join(30)
+    assert len(made) == 1 and isinstance(made[0], Lot) and made[0].status is LotStatus.COMPLETE
+    if backend == "sqlite":
+        assert repeats == made  # it waited for the writer, then answered the lot
+    final = other.lots.create_lot(who.operator, sku="GC-500", count=9, face_value=100, request_id="x-1")
+    assert final == made[0]
+    lots = domain.lots.list_lots(who.admin, sku="GC-500")
+    assert [lot.status for lot in lots if lot.id != lots[0].id] == [LotStatus.COMPLETE]  # none voided
 
 
 def test_create_lot_with_a_request_id_completes_once(

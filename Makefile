@@ -57,6 +57,7 @@ lint: venv
 	$(PY) proto/generate.py --check
 	$(PY) proto/gendoc.py --check
 	cd /tmp && $(abspath $(PY)) -m mypy --config-file $(CURDIR)/pyproject.toml -p cardmint.kernel -p cardmint.cli -p cardmint.server -p cardmint.client
+	cd /tmp && $(abspath $(PY)) -m mypy --config-file $(CURDIR)/pyproject.toml $(CURDIR)/tests
 	cd /tmp && $(abspath $(PY)) -m mypy.stubtest --mypy-config-file $(CURDIR)/pyproject.toml cardmint.kernel._rust cardmint.kernel._cy cardmint.server.storage._sqlite_audit cardmint.server.storage._sqlite_writer
 
 rust-check:

@@ -223,12 +223,18 @@ def test_backends_agree_on_verify_audit(
         (t, [f.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for f in fs]) for t, fs in events
     ]
     ids, at, fields, prevs, hashes = _audit_columns(events, start, head)
-    n, want = len(events), (len(events), hashes[-1] if events else head, None, AuditProblem.OK)
+    n = len(events)
+    want: tuple[int, bytes, int | None, AuditProblem] = (
+        n,
+        hashes[-1] if events else head,
+        None,
+        AuditProblem.OK,
+    )
     if tamper != "none" and n:
         i = data.draw(st.integers(0, n - 1), label="row")
         if tamper == "field":
-            k = 4 * i + data.draw(st.integers(0, 3), label="field")
-            fields[k] = fields[k] + b"!"
+            j = 4 * i + data.draw(st.integers(0, 3), label="field")
+            fields[j] = fields[j] + b"!"
             want = (i, prevs[i], i, AuditProblem.EDITED)
         elif tamper == "at":
             at[i] += 1

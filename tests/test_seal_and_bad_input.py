@@ -117,6 +117,7 @@ def test_backend_never_crashes_on_raw_buffers(
 
 def test_huge_and_binary_inputs_are_malformed_not_fatal(kernel: Kernel) -> None:
     blob = bytes(range(256)) * 64
-    res = kernel.check([blob, b"\x00" * 5000, "A" * 2000, b"\xc3"])
+    # A batch mixing str and bytes on purpose: accepted, though Inputs names one kind per batch.
+    res = kernel.check([blob, b"\x00" * 5000, "A" * 2000, b"\xc3"])  # type: ignore[arg-type]
     assert res.status.tolist() == [Status.TOO_LONG, Status.TOO_LONG, Status.TOO_LONG, Status.BAD_UTF8]
     assert kernel.check_one("\ud800" * 3) == (Status.BAD_UTF8, b"")

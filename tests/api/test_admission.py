@@ -24,7 +24,7 @@ from cardmint.server.api.errors import status_of
 from cardmint.server.app import start
 from cardmint.server.domain import Overloaded
 from google.protobuf import wrappers_pb2
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 WAIT = "/test.Slow/Wait"
@@ -58,7 +58,9 @@ def _server(
     pool = AdmissionExecutor(workers)
     admission = AdmissionInterceptor(pool, limit)
     server = grpc.server(
-        pool, interceptors=[ErrorInterceptor(), admission], maximum_concurrent_rpcs=limit + workers
+        pool,  # type: ignore[arg-type]  # grpc only calls submit(); its stub names ThreadPoolExecutor
+        interceptors=[ErrorInterceptor(), admission],
+        maximum_concurrent_rpcs=limit + workers,
     )
     server.add_generic_rpc_handlers(
         (
@@ -87,7 +89,7 @@ def test_the_call_past_the_limit_is_refused_with_retry_info(slow: Slow) -> None:
     server, pool, admission, port = _server(slow, limit=2, workers=4)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            wait = ch.unary_unary(WAIT)
+            wait = ch.unary_unary(WAIT, None, None)
             held = [wait.future(b"held", timeout=30) for _ in range(2)]
             slow.until_started(2)
             assert pool.in_flight == 2
@@ -99,7 +101,7 @@ def test_the_call_past_the_limit_is_refused_with_retry_info(slow: Slow) -> None:
             assert err.retry_after == pytest.approx(0.1)
             assert slow.started == 2  # the refused call never reached the handler
             # Health is counted but never refused: a balancer must see the server alive.
-            assert ch.unary_unary(HEALTH)(b"", timeout=30) == b"SERVING"
+            assert ch.unary_unary(HEALTH, None, None)(b"", timeout=30) == b"SERVING"
             assert admission.refused == 1
             slow.release.set()
             assert [f.result(timeout=30) for f in held] == [b"held", b"held"]
@@ -132,7 +134,9 @@ def test_a_refusal_never_reads_the_request(slow: Slow) -> None:
     }
     pool = AdmissionExecutor(4)
     server = grpc.server(
-        pool, interceptors=[ErrorInterceptor(), AdmissionInterceptor(pool, 2)], maximum_concurrent_rpcs=6
+        pool,  # type: ignore[arg-type]  # grpc only calls submit(); its stub names ThreadPoolExecutor
+        interceptors=[ErrorInterceptor(), AdmissionInterceptor(pool, 2)],
+        maximum_concurrent_rpcs=6,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Slow", handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -140,12 +144,12 @@ def test_a_refusal_never_reads_the_request(slow: Slow) -> None:
     held_msg, refused_msg = (wrappers_pb2.BytesValue(value=v).SerializeToString() for v in (b"held", b"no"))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            held = [ch.unary_unary(WAIT).future(held_msg, timeout=30) for _ in range(2)]
+            held = [ch.unary_unary(WAIT, None, None).future(held_msg, timeout=30) for _ in range(2)]
             slow.until_started(2)
             with pytest.raises(grpc.RpcError) as unary:
-                ch.unary_unary(WAIT)(refused_msg, timeout=30)
+                ch.unary_unary(WAIT, None, None)(refused_msg, timeout=30)
             with pytest.raises(grpc.RpcError) as streamed:
-                list(ch.unary_stream("/test.Slow/Stream")(refused_msg, timeout=30))
+                list(ch.unary_stream("/test.Slow/Stream", None, None)(refused_msg, timeout=30))
             for info in (unary, streamed):
                 err = client.error_from(info.value)
                 assert isinstance(err, client.Overloaded) and err.reason == "OVERLOADED"
@@ -161,7 +165,10 @@ def test_a_refusal_never_reads_the_request(slow: Slow) -> None:
 def test_grpc_backstop_refusal_reads_as_overloaded(slow: Slow) -> None:
     """Past ``limit + workers``, grpc refuses by itself (no details): still ``Overloaded``."""
     pool = AdmissionExecutor(1)
-    server = grpc.server(pool, maximum_concurrent_rpcs=1)
+    server = grpc.server(
+        pool,  # type: ignore[arg-type]  # grpc only calls submit(); its stub names ThreadPoolExecutor
+        maximum_concurrent_rpcs=1,
+    )
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -173,10 +180,10 @@ def test_grpc_backstop_refusal_reads_as_overloaded(slow: Slow) -> None:
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            held = ch.unary_unary(WAIT).future(b"held", timeout=30)
+            held = ch.unary_unary(WAIT, None, None).future(b"held", timeout=30)
             slow.until_started(1)
             with pytest.raises(grpc.RpcError) as info:
-                ch.unary_unary(WAIT)(b"x", timeout=30)
+                ch.unary_unary(WAIT, None, None)(b"x", timeout=30)
             err = client.error_from(info.value)
             assert isinstance(err, client.Overloaded) and err.retry_after is None
             slow.release.set()
@@ -200,7 +207,9 @@ def test_grpc_sheds_calls_its_serving_thread_has_not_taken_as_cancelled() -> Non
 
     class Hold(grpc.ServerInterceptor):  # type: ignore[type-arg]
         def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-            seen.append(dict(details.invocation_metadata or ())["n"].encode())
+            n = dict(details.invocation_metadata or ())["n"]
+            assert isinstance(n, str)
+            seen.append(n.encode())
             if len(seen) == 1:  # the serving thread stays here until released
                 entered.set()
                 release.wait(30)
@@ -209,7 +218,7 @@ def test_grpc_sheds_calls_its_serving_thread_has_not_taken_as_cancelled() -> Non
     echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
     server = grpc.server(
         ThreadPoolExecutor(2),
-        handlers=(grpc.method_handlers_generic_handler("test.Echo", {"Echo": echo}),),
+        handlers=[grpc.method_handlers_generic_handler("test.Echo", {"Echo": echo})],
         interceptors=[Hold()],
         options=[("grpc.server.max_pending_requests", 0), ("grpc.server.max_pending_requests_hard_limit", 1)],
     )
@@ -217,13 +226,15 @@ def test_grpc_sheds_calls_its_serving_thread_has_not_taken_as_cancelled() -> Non
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            call = ch.unary_unary("/test.Echo/Echo")
+            call = ch.unary_unary("/test.Echo/Echo", None, None)
             first = call.future(b"1", timeout=30, metadata=(("n", "1"),))
             assert entered.wait(30)
             kept = call.future(b"2", timeout=30, metadata=(("n", "2"),))
             dropped = [call.future(b"x", timeout=30, metadata=(("n", str(i)),)) for i in (3, 4)]
             for f in dropped:  # answered while the serving thread is still held
-                assert f.exception(timeout=30).code() == grpc.StatusCode.CANCELLED
+                with pytest.raises(grpc.RpcError) as cancelled:
+                    f.result(timeout=30)
+                assert cancelled.value.code() == grpc.StatusCode.CANCELLED
             release.set()
             assert first.result(timeout=30) == b"1" and kept.result(timeout=30) == b"2"
         assert seen == [b"1", b"2"]  # the dropped calls never reached the server's Python

@@ -12,8 +12,10 @@ from cardmint import client
 from cardmint.server.api import ErrorInterceptor
 from cardmint.server.api.errors import KIND_TO_CODE
 from cardmint.server.domain import ALL_ERRORS, BadCheck, DomainError, ErrorKind, FieldViolation
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
+
+from tests.grpc_helpers import failed_call
 
 
 def _instance(cls: type[DomainError]) -> DomainError:
@@ -70,9 +72,9 @@ def channel() -> Iterator[grpc.Channel]:
 def _call(channel: grpc.Channel, method: str, name: str) -> grpc.RpcError:
     if method == "Unary":
         with pytest.raises(grpc.RpcError) as info:
-            channel.unary_unary("/test.Raise/Unary")(name.encode(), timeout=10)
+            channel.unary_unary("/test.Raise/Unary", None, None)(name.encode(), timeout=10)
         return info.value
-    call = channel.unary_stream("/test.Raise/Stream")(name.encode(), timeout=10)
+    call = iter(channel.unary_stream("/test.Raise/Stream", None, None)(name.encode(), timeout=10))
     assert next(call) == b"first message goes out before the error"
     with pytest.raises(grpc.RpcError) as info:
         next(call)
@@ -80,7 +82,7 @@ def _call(channel: grpc.Channel, method: str, name: str) -> grpc.RpcError:
 
 
 def _details(err: grpc.RpcError) -> dict[str, object]:
-    status = rpc_status.from_call(err)
+    status = rpc_status.from_call(failed_call(err))
     out: dict[str, object] = {}
     for detail in status.details:
         for kind in (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo):

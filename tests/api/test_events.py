@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 import pytest
 from cardmint.client import AccountLocked, BadCheck, CardLocked, Client, InvalidArgument, PermissionDenied
@@ -71,7 +71,9 @@ def test_a_live_subscriber_hears_a_commit_without_waiting_for_its_poll(
         # Closed here, on this thread, when we stop early: an abandoned streaming call left
         # to the garbage collector is cancelled on whatever thread collects it, which can
         # deadlock inside grpc.
-        with contextlib.closing(admin.subscribe_events(0, timeout=20.0)) as events:
+        subscribed_events = admin.subscribe_events(0, timeout=20.0)
+        assert isinstance(subscribed_events, Generator)  # closable, as its docstring says
+        with contextlib.closing(subscribed_events) as events:
             for e in events:
                 got.append(e)
                 return  # the first event is enough

@@ -7,17 +7,26 @@ import importlib
 
 import pytest
 from cardmint.server import api
+from cardmint.server.api.accounts import AccountServicer
+from cardmint.server.api.balances import BalanceServicer
+from cardmint.server.api.cards import CardServicer
+from cardmint.server.api.catalog import CatalogServicer
+from cardmint.server.api.compliance import ComplianceServicer
+from cardmint.server.api.events import EventServicer
+from cardmint.server.api.keys import KeyServicer
+from cardmint.server.api.lots import LotServicer
+from cardmint.server.api.orders import OrderServicer
 
-SERVICERS = {
-    "cardmint.v1.KeyService": api.KeyServicer,
-    "cardmint.v1.CatalogService": api.CatalogServicer,
-    "cardmint.v1.LotService": api.LotServicer,
-    "cardmint.v1.CardService": api.CardServicer,
-    "cardmint.v1.BalanceService": api.BalanceServicer,
-    "cardmint.v1.EventService": api.EventServicer,
-    "cardmint.v1.ComplianceService": api.ComplianceServicer,
-    "cardmint.v1.AccountService": api.AccountServicer,
-    "cardmint.v1.OrderService": api.OrderServicer,
+SERVICERS: dict[str, type] = {
+    "cardmint.v1.KeyService": KeyServicer,
+    "cardmint.v1.CatalogService": CatalogServicer,
+    "cardmint.v1.LotService": LotServicer,
+    "cardmint.v1.CardService": CardServicer,
+    "cardmint.v1.BalanceService": BalanceServicer,
+    "cardmint.v1.EventService": EventServicer,
+    "cardmint.v1.ComplianceService": ComplianceServicer,
+    "cardmint.v1.AccountService": AccountServicer,
+    "cardmint.v1.OrderService": OrderServicer,
 }
 
 

@@ -21,6 +21,8 @@ from cardmint.server.app import Running
 from cardmint.v1 import card_pb2, card_pb2_grpc, catalog_pb2, catalog_pb2_grpc, lot_pb2, lot_pb2_grpc
 from grpc_status import rpc_status
 
+from tests.grpc_helpers import failed_call
+
 HEX_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -80,17 +82,17 @@ def test_request_id_in_trailers_unary_and_streaming(
     with pytest.raises(grpc.RpcError) as err:
         cards.GetCard(card_pb2.GetCardRequest(serial="NOPE"), metadata=_auth(server))
     e = err.value
-    assert e.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
-    failed_id = _trailer(e.trailing_metadata())  # type: ignore[attr-defined]
+    assert e.code() == grpc.StatusCode.NOT_FOUND
+    failed_id = _trailer(e.trailing_metadata())
     assert HEX_ID.fullmatch(failed_id)
-    status = rpc_status.from_call(e)  # type: ignore[arg-type]
+    status = rpc_status.from_call(failed_call(e))
     assert status is not None and status.details
 
     # Unauthenticated (refused before any handler code): still an id.
     with pytest.raises(grpc.RpcError) as err:
         catalog.ListProducts(catalog_pb2.ListProductsRequest(), metadata=(("x-request-id", "anon-1"),))
-    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
-    assert _trailer(err.value.trailing_metadata()) == "anon-1"  # type: ignore[attr-defined]
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _trailer(err.value.trailing_metadata()) == "anon-1"
 
     # An id that is not sane (spaces, too long) is replaced, not echoed or logged.
     for bad in ("has space", "x" * 200, "-leading-dash"):
@@ -116,8 +118,8 @@ def test_request_id_in_trailers_unary_and_streaming(
     )
     with pytest.raises(grpc.RpcError) as err:
         list(missing)
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
-    assert _trailer(err.value.trailing_metadata()) == "exp-2"  # type: ignore[attr-defined]
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert _trailer(err.value.trailing_metadata()) == "exp-2"
 
     as_json, as_text = logs
     access = _access(as_json)

@@ -15,12 +15,14 @@ from cardmint.v1 import (
     order_pb2,
     order_pb2_grpc,
 )
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
+
+from tests.grpc_helpers import Metadata, failed_call
 
 
 def _violations(err: grpc.RpcError) -> list[tuple[str, str]]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(failed_call(err))
     assert status is not None
     out = []
     for detail in status.details:
@@ -32,8 +34,8 @@ def _violations(err: grpc.RpcError) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def bearer(server: Running) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {server.domain.auth.create_token('admin').token}")]
+def bearer(server: Running) -> Metadata:
+    return (("authorization", f"Bearer {server.domain.auth.create_token('admin').token}"),)
 
 
 @pytest.mark.parametrize("authorized", [True, False])
@@ -46,32 +48,32 @@ def bearer(server: Running) -> list[tuple[str, str]]:
     ],
 )
 def test_a_request_that_does_not_parse_is_invalid_argument(
-    channel: grpc.Channel, bearer: list[tuple[str, str]], payload: bytes, why: str, authorized: bool
+    channel: grpc.Channel, bearer: Metadata, payload: bytes, why: str, authorized: bool
 ) -> None:
-    redeem = channel.unary_unary("/cardmint.v1.BalanceService/Redeem")
+    redeem = channel.unary_unary("/cardmint.v1.BalanceService/Redeem", None, None)
     with pytest.raises(grpc.RpcError) as err:
         redeem(payload, metadata=bearer if authorized else None, timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     [(field, description)] = _violations(err.value)
     assert field == "request"
     assert "cardmint.v1.RedeemRequest" in description and why in description
 
 
 def test_a_bad_chunk_in_a_stream_ends_it_with_invalid_argument(
-    channel: grpc.Channel, bearer: list[tuple[str, str]]
+    channel: grpc.Channel, bearer: Metadata
 ) -> None:
     good = keys_pb2.CheckRequest(codes=common_pb2.PackedStrings(data=b"ABCD" * 4, width=16), length=16)
-    check = channel.stream_stream("/cardmint.v1.KeyService/Check")
+    check = channel.stream_stream("/cardmint.v1.KeyService/Check", None, None)
     call = check(iter([good.SerializeToString(), b"\x0a\x05\xff"]), metadata=bearer, timeout=10)
     answers: list[bytes] = []
     with pytest.raises(grpc.RpcError) as err:
         answers.extend(call)  # keeps what arrived before the error
     assert [len(keys_pb2.CheckResponse.FromString(a).status) for a in answers] == [1]
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in _violations(err.value)] == ["request"]
 
 
-def test_nul_in_a_string_names_the_field(channel: grpc.Channel, bearer: list[tuple[str, str]]) -> None:
+def test_nul_in_a_string_names_the_field(channel: grpc.Channel, bearer: Metadata) -> None:
     orders = order_pb2_grpc.OrderServiceStub(channel)
     request = order_pb2.CreateOrderRequest(
         request_id="nul-1",
@@ -80,7 +82,7 @@ def test_nul_in_a_string_names_the_field(channel: grpc.Channel, bearer: list[tup
     )
     with pytest.raises(grpc.RpcError) as err:
         orders.CreateOrder(request, metadata=bearer, timeout=10)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _violations(err.value) == [("items[1].sku", "must not contain a NUL character")]
     events = event_pb2_grpc.EventServiceStub(channel)
     with pytest.raises(grpc.RpcError) as err:
@@ -92,12 +94,13 @@ def test_nul_in_a_string_names_the_field(channel: grpc.Channel, bearer: list[tup
     assert _violations(err.value) == [("kinds[1]", "must not contain a NUL character")]
 
 
-def test_an_undeclared_order_status_is_refused(channel: grpc.Channel, bearer: list[tuple[str, str]]) -> None:
+def test_an_undeclared_order_status_is_refused(channel: grpc.Channel, bearer: Metadata) -> None:
     orders = order_pb2_grpc.OrderServiceStub(channel)
     for status in (7, 2**31 - 1, -1):
         with pytest.raises(grpc.RpcError) as err:
+            # A plain int outside OrderStatus on purpose: that is what is refused.
             orders.ListOrders(order_pb2.ListOrdersRequest(status=status), metadata=bearer, timeout=10)  # type: ignore[arg-type]
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert [f for f, _ in _violations(err.value)] == ["status"]
     listed = orders.ListOrders(
         order_pb2.ListOrdersRequest(status=order_pb2.ORDER_STATUS_DELIVERED), metadata=bearer, timeout=10

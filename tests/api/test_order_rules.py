@@ -71,10 +71,10 @@ def test_an_individual_needs_a_real_name_then_a_bank_transfer(shop: tuple[Runnin
     mid = _buy(admin, "ind", 5000 * YUAN, 2)
     assert admin.confirm_payment(mid, "pay-mid", 10000 * YUAN, "CNY").status == 3
     # 50,000 yuan from an individual: only by bank transfer.
-    with pytest.raises(BankTransferRequired) as refused:
+    with pytest.raises(BankTransferRequired) as transfer_only:
         _buy(admin, "ind", 5000 * YUAN, 10)
-    assert refused.value.metadata["buyer"] == "individual"
-    assert refused.value.metadata["threshold"] == str(50000 * YUAN)
+    assert transfer_only.value.metadata["buyer"] == "individual"
+    assert transfer_only.value.metadata["threshold"] == str(50000 * YUAN)
     big = _buy(admin, "ind", 5000 * YUAN, 10, "bank_transfer")
     assert admin.get_order(big).payment_method == 2  # PAYMENT_METHOD_BANK_TRANSFER
     # A notification of the right amount by another method is not this order's payment.

@@ -135,17 +135,17 @@ def test_lots_and_cards_are_scoped_to_the_department(acme: Acme) -> None:
     # Who sees which lot: the department, the organization-wide admin, nobody else.
     assert acme.hr_clerk.get_lot(hr_lot.id).id == hr_lot.id
     assert acme.boss.get_lot(hr_lot.id).id == hr_lot.id
-    for client, lot in [
-        (acme.hr_clerk, org_lot),
-        (acme.hr_lead, platform_lot),
-        (acme.sales_clerk, hr_lot),
-        (acme.outsider, hr_lot),
-        (acme.outsider, org_lot),
-        (acme.boss, platform_lot),
+    for client, lot_id in [
+        (acme.hr_clerk, org_lot.id),
+        (acme.hr_lead, platform_lot.id),
+        (acme.sales_clerk, hr_lot.id),
+        (acme.outsider, hr_lot.id),
+        (acme.outsider, org_lot.id),
+        (acme.boss, platform_lot.id),
         (acme.hr_clerk, 10**9),  # does not exist: the same answer
     ]:
         with pytest.raises(LotNotFound):
-            client.get_lot(lot if isinstance(lot, int) else lot.id)
+            client.get_lot(lot_id)
     assert acme.admin.get_lot(hr_lot.id).id == hr_lot.id  # staff keep their powers
 
     # Export: managers in scope, once; members never; other organizations: not found.

@@ -26,6 +26,8 @@ from cardmint.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, keys_pb2, key
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from tests.grpc_helpers import Metadata, failed_call
+
 ROOT = Path(__file__).resolve().parents[2]
 Connect = Callable[..., Client]
 
@@ -46,7 +48,7 @@ def test_health_and_reflection_need_no_token(channel: grpc.Channel) -> None:
 def test_calls_without_a_valid_token_are_refused(
     server: Running, channel: grpc.Channel, authorization: str | None
 ) -> None:
-    metadata = [] if authorization is None else [("authorization", authorization)]
+    metadata: Metadata = () if authorization is None else (("authorization", authorization),)
     create = catalog_pb2_grpc.CatalogServiceStub(channel).CreateProduct
     request = catalog_pb2.CreateProductRequest(sku="ANON", name="x", currency="CNY", denominations=[100])
     with pytest.raises(grpc.RpcError) as info:
@@ -68,10 +70,14 @@ def test_two_authorization_headers_are_refused(server: Running, channel: grpc.Ch
     which one a proxy in front would have checked is anybody's guess."""
     good = f"Bearer {server.domain.auth.create_token('admin').token}"
     get = catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts
-    assert get(catalog_pb2.ListProductsRequest(), metadata=[("authorization", good)], timeout=10) is not None
+    assert get(catalog_pb2.ListProductsRequest(), metadata=(("authorization", good),), timeout=10) is not None
     for pair in ([good, "Bearer nope"], ["Bearer nope", good], [good, good]):
         with pytest.raises(grpc.RpcError) as info:
-            get(catalog_pb2.ListProductsRequest(), metadata=[("authorization", v) for v in pair], timeout=10)
+            get(
+                catalog_pb2.ListProductsRequest(),
+                metadata=tuple(("authorization", v) for v in pair),
+                timeout=10,
+            )
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -79,21 +85,21 @@ def test_each_call_is_judged_on_its_own_metadata(server: Running, channel: grpc.
     """Wrapped handlers are built once per method: a refused call, then an admitted one, then
     a refused one again on the same method each get their own answer (nothing of one call's
     metadata sticks to the handler the next call runs)."""
-    good = [("authorization", f"Bearer {server.domain.auth.create_token('admin').token}")]
-    bad = [("authorization", "Bearer nope")]
+    good: Metadata = (("authorization", f"Bearer {server.domain.auth.create_token('admin').token}"),)
+    bad: Metadata = (("authorization", "Bearer nope"),)
     get = catalog_pb2_grpc.CatalogServiceStub(channel).ListProducts
     answers = []
-    for metadata in (bad, good, bad, good, [], good):
+    for metadata in (bad, good, bad, good, (), good):
         try:
             call = get.with_call(catalog_pb2.ListProductsRequest(), metadata=metadata, timeout=10)
             answers.append(("OK", dict(call[1].trailing_metadata()).get("x-request-id")))
         except grpc.RpcError as e:
-            answers.append((e.code().name, dict(e.trailing_metadata()).get("x-request-id")))
+            answers.append((e.code().name, dict(failed_call(e).trailing_metadata()).get("x-request-id")))
     assert [code for code, _ in answers] == ["UNAUTHENTICATED", "OK"] * 3
     ids = [rid for _, rid in answers]
     assert all(ids) and len(set(ids)) == len(ids)  # every call its own request id
     mine = get.with_call(
-        catalog_pb2.ListProductsRequest(), metadata=[*good, ("x-request-id", "mine-1")], timeout=10
+        catalog_pb2.ListProductsRequest(), metadata=(*good, ("x-request-id", "mine-1")), timeout=10
     )[1]
     assert dict(mine.trailing_metadata())["x-request-id"] == "mine-1"
     again = get.with_call(catalog_pb2.ListProductsRequest(), metadata=good, timeout=10)[1]
@@ -257,9 +263,13 @@ def test_sigterm_drains_in_flight_calls(
         assert proc.poll() is None  # still draining: our call is not finished
         # New calls are refused while draining.
         with pytest.raises(grpc.RpcError):
-            client.keys.Generate(
-                keys_pb2.GenerateRequest(count=1), metadata=client._metadata, timeout=5
-            ).next()
+            next(
+                iter(
+                    client.keys.Generate(
+                        keys_pb2.GenerateRequest(count=1), metadata=client._metadata, timeout=5
+                    )
+                )
+            )
         release.set()
         assert next(answers).status == bytes([keys_pb2.CODE_STATUS_UNKNOWN])
         assert list(answers) == []

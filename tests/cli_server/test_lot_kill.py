@@ -127,7 +127,7 @@ def query(url: str, sql: str, *params: object) -> list[tuple[Any, ...]]:
         with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite://"), timeout=10)) as conn:
             return conn.execute(sql, params).fetchall()
     with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
-        return conn.execute(sql.replace("?", "%s"), params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql.replace("?", "%s"), params).fetchall()
 
 
 def test_lot_killed_midway_is_not_there(bindir: Path, storage_url: str, backend: str, tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ def error_table() -> dict[str, tuple[str, str]]:
 
 def test_every_domain_error_is_in_the_table_with_its_status_code() -> None:
     table = error_table()
-    errors = {e.reason: e for e in (*ALL_ERRORS, DomainError)}
+    every: tuple[type[DomainError], ...] = (*ALL_ERRORS, DomainError)
+    errors = {e.reason: e for e in every}
     missing = sorted(set(errors) - set(table))
     assert missing == [], f"docs/api.md's error table lacks {missing}"
     extra = sorted(set(table) - set(errors))

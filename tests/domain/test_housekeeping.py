@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from cardmint.server.domain import Domain, DomainConfig, Keyring
-from cardmint.server.storage import Storage
+from cardmint.server.storage import IdempotencyClaim, Storage, UnitOfWork
 
 from .conftest import Callers, FakeClock, MintedLot
 
@@ -42,8 +42,15 @@ def test_request_ids_are_answered_within_the_window_and_forgotten_after(
 def test_purges_run_in_batches_oldest_first(storage: Storage, keyring: Keyring, clock: FakeClock) -> None:
     domain = Domain(storage, keyring, config=DomainConfig(idempotency_days=1))
     for i in range(25):
-        storage.run(lambda tx, i=i: tx.claim_idempotency("test", f"k{i}", b"x"))
-        storage.run(lambda tx, i=i: tx.complete_idempotency("test", f"k{i}", b"ok"))
+
+        def claim(tx: UnitOfWork, i: int = i) -> IdempotencyClaim:
+            return tx.claim_idempotency("test", f"k{i}", b"x")
+
+        def complete(tx: UnitOfWork, i: int = i) -> None:
+            tx.complete_idempotency("test", f"k{i}", b"ok")
+
+        storage.run(claim)
+        storage.run(complete)
         clock.advance(seconds=60)
     # Keys k0..k24 were made a minute apart; the window now ends between k21 and k22.
     clock.advance(days=1, seconds=-200)

@@ -184,7 +184,7 @@ def test_bad_orders_are_refused_before_anything(domain: Domain, who: Callers) ->
         ([OrderLine(shop.sku, 500, 51)], InvalidArgument),
         ([OrderLine(shop.sku, 500, 1), OrderLine(shop.sku, 500, 1)], InvalidArgument),
         ([OrderLine(shop.sku, 700, 1)], InvalidArgument),  # not a denomination
-        ([OrderLine(shop.sku, True, 1)], InvalidArgument),  # type: ignore[arg-type]
+        ([OrderLine(shop.sku, True, 1)], InvalidArgument),  # a bool is not a face value
         ([OrderLine("NOPE", 500, 1)], ProductNotFound),
         ([OrderLine(shop.sku, 500, 1), OrderLine(other, 500, 1)], InvalidArgument),  # two currencies
     ]

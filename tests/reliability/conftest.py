@@ -199,6 +199,6 @@ def db_snapshot(url: str, *sql: str, params: Sequence[object] = ()) -> list[list
     with psycopg.connect(url, connect_timeout=10, autocommit=True) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
-            return [conn.execute(q.replace("?", "%s"), params).fetchall() for q in sql]  # type: ignore[arg-type]
+            return [conn.execute(q.replace("?", "%s"), params).fetchall() for q in sql]
         finally:
             conn.execute("ROLLBACK")

@@ -56,6 +56,8 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from tests.grpc_helpers import Metadata, failed_call
+
 from .conftest import Report, Sizes
 from .test_races import _lot
 
@@ -223,16 +225,16 @@ _BYTES = (b"", b"\x00" * MIB, b"\xff" * 64)
 def _values(f: Any, soak: bool) -> Iterator[tuple[str, Any]]:
     """Edge values for one (non-repeated) field."""
     if f.type in _INT_EDGES:
-        for v in _INT_EDGES[f.type]:
-            yield str(v), v
+        for n in _INT_EDGES[f.type]:
+            yield str(n), n
     elif f.type in (FD.TYPE_DOUBLE, FD.TYPE_FLOAT):
-        for v in (float("nan"), float("inf"), -0.0, 1e308):
-            yield str(v), v
+        for x in (float("nan"), float("inf"), -0.0, 1e308):
+            yield str(x), x
     elif f.type == FD.TYPE_BOOL:
         yield "true", True
     elif f.type == FD.TYPE_STRING:
-        for v in _STRINGS:
-            yield (f"str{len(v)}", v)
+        for s in _STRINGS:
+            yield (f"str{len(s)}", s)
     elif f.type == FD.TYPE_BYTES:
         for b in _BYTES:
             yield (f"bytes{len(b)}", b)
@@ -336,7 +338,7 @@ def _mutations(cls: Any, world: World, soak: bool) -> Iterator[tuple[str, bytes]
 
 
 def _violations(err: grpc.RpcError) -> int:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    status = rpc_status.from_call(failed_call(err))
     if status is None:
         return 0
     count = 0
@@ -359,7 +361,7 @@ def _call(
     channel: grpc.Channel,
     m: MethodDescriptor,
     payload: bytes,
-    metadata: list[tuple[str, str | bytes]],
+    metadata: Metadata,
     timeout: float,
 ) -> Outcome:
     """One call with raw request bytes; a server stream is read to its end, for at most
@@ -367,17 +369,19 @@ def _call(
     path = _path(m)
     try:
         if m.client_streaming and m.server_streaming:
-            call = channel.stream_stream(path)(iter([payload]), metadata=metadata, timeout=timeout)
+            call = channel.stream_stream(path, None, None)(
+                iter([payload]), metadata=metadata, timeout=timeout
+            )
             _drain(call, timeout)
         elif m.server_streaming:
-            call = channel.unary_stream(path)(payload, metadata=metadata, timeout=timeout)
+            call = channel.unary_stream(path, None, None)(payload, metadata=metadata, timeout=timeout)
             _drain(call, timeout)
         elif m.client_streaming:
-            channel.stream_unary(path)(iter([payload]), metadata=metadata, timeout=timeout)
+            channel.stream_unary(path, None, None)(iter([payload]), metadata=metadata, timeout=timeout)
         else:
-            channel.unary_unary(path)(payload, metadata=metadata, timeout=timeout)
+            channel.unary_unary(path, None, None)(payload, metadata=metadata, timeout=timeout)
     except grpc.RpcError as e:
-        code = e.code()  # type: ignore[attr-defined]
+        code = e.code()
         return Outcome(code, _violations(e) if code == grpc.StatusCode.INVALID_ARGUMENT else 0, e)
     return Outcome(grpc.StatusCode.OK)
 
@@ -453,19 +457,19 @@ class Dumper:
 # -- the test -----------------------------------------------------------------------------------
 
 
-def _metadata_cases(bearer: str, rng: random.Random) -> Iterator[tuple[str, list[tuple[str, str | bytes]]]]:
+def _metadata_cases(bearer: str, rng: random.Random) -> Iterator[tuple[str, Metadata]]:
     auth = ("authorization", f"Bearer {bearer}")
-    yield "auth-1MiB", [("authorization", "Bearer " + "A" * MIB)]
-    yield "auth-12KiB", [("authorization", "Bearer " + "A" * 12_000)]
-    yield "auth-garbage", [("authorization", "Bearer ';DROP TABLE tokens;--\"<>%00%ff")]
-    yield "auth-basic", [("authorization", "Basic YWRtaW46YWRtaW4=")]
-    yield "auth-twice", [auth, ("authorization", "Bearer nope")]
-    yield "binary", [auth, ("x-junk-bin", bytes(rng.getrandbits(8) for _ in range(4096)))]
-    yield "binary-auth", [("authorization-bin", b"\xff\x00" * 64)]
-    yield "many-keys", [auth, *((f"x-k{i}", "v" * 20) for i in range(400))]
-    yield "request-id", [auth, ("x-request-id", "%00%0a" * 10 + "x" * 5000)]
-    yield "device-id", [auth, ("x-device-id", "d" * 4000)]
-    yield "challenge", [auth, ("x-challenge-passed", "maybe" * 100)]
+    yield "auth-1MiB", (("authorization", "Bearer " + "A" * MIB),)
+    yield "auth-12KiB", (("authorization", "Bearer " + "A" * 12_000),)
+    yield "auth-garbage", (("authorization", "Bearer ';DROP TABLE tokens;--\"<>%00%ff"),)
+    yield "auth-basic", (("authorization", "Basic YWRtaW46YWRtaW4="),)
+    yield "auth-twice", (auth, ("authorization", "Bearer nope"))
+    yield "binary", (auth, ("x-junk-bin", bytes(rng.getrandbits(8) for _ in range(4096))))
+    yield "binary-auth", (("authorization-bin", b"\xff\x00" * 64),)
+    yield "many-keys", (auth, *((f"x-k{i}", "v" * 20) for i in range(400)))
+    yield "request-id", (auth, ("x-request-id", "%00%0a" * 10 + "x" * 5000))
+    yield "device-id", (auth, ("x-device-id", "d" * 4000))
+    yield "challenge", (auth, ("x-challenge-passed", "maybe" * 100))
 
 
 def test_hostile_input_on_every_method(
@@ -486,7 +490,7 @@ def test_hostile_input_on_every_method(
     opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     channel = grpc.insecure_channel(addr, options=opts)
     health = health_pb2_grpc.HealthStub(channel)
-    auth: list[tuple[str, str | bytes]] = [("authorization", f"Bearer {bearer}")]
+    auth: Metadata = (("authorization", f"Bearer {bearer}"),)
     methods = _methods()
     dumper = Dumper(storage_url)
     last = dumper.dump()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from cardmint.client import BadCheck, CardmintError, Client
 from cardmint.kernel import get_kernel
 from cardmint.server.app import Running
 from cardmint.server.domain.audit import verify_storage
-from cardmint.server.storage import Storage
+from cardmint.server.storage import AuditEntry, Storage, UnitOfWork
 
 from tests.server.test_storage_lots import _codes_in, _database_bytes
 
@@ -72,11 +73,9 @@ def test_no_plaintext_code_on_disk_in_logs_or_errors(
         person.view_secret(serial, step_up=True)
         person.view_secret(serial)
         person.redeem(serial, 100, "CNY")
-        refused(
-            lambda person=person, c=cards[20 + i][1]: person.bind_card(_typo(c, rng), challenge_passed=True)
-        )
-        refused(lambda person=person: person.bind_card("ABCD-EFGH-JKLM-NPQR", challenge_passed=True))
-        refused(lambda person=person, s=cards[30 + i][0]: person.redeem(s, 1, "CNY"))
+        refused(partial(person.bind_card, _typo(cards[20 + i][1], rng), challenge_passed=True))
+        refused(partial(person.bind_card, "ABCD-EFGH-JKLM-NPQR", challenge_passed=True))
+        refused(partial(person.redeem, cards[30 + i][0], 1, "CNY"))
     # Loss report and reissue: a new code, seen by its owner only.
     people[0].report_loss(cards[0][0], reason="lost", request_id=f"{seed}-loss")
     [pending] = [r for r in admin.loss_reports() if r.card.serial == cards[0][0]]
@@ -142,9 +141,11 @@ def test_every_tampered_audit_row_is_named(
     rng = random.Random(seed)
     n = 60
     for i in range(n):
-        storage.run(
-            lambda tx, i=i: tx.append_audit(f"token:{i % 5}", "card.bind", f"card:{i}", f'{{"n":{i}}}')
-        )
+
+        def append(tx: UnitOfWork, i: int = i) -> AuditEntry:
+            return tx.append_audit(f"token:{i % 5}", "card.bind", f"card:{i}", f'{{"n":{i}}}')
+
+        storage.run(append)
     assert verify_storage(storage).events == n
     rounds = 200 if sizes.soak else 40
     caught: dict[str, int] = dict.fromkeys(_TAMPER_OPS, 0)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 from cardmint.server.domain.audit import verify_storage
-from cardmint.server.storage import Storage
+from cardmint.server.storage import AuditEntry, Storage, UnitOfWork
 from cardmint.server.storage import sqlite as sqlite_backend
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,9 +20,11 @@ N = 12
 
 def _chain(storage: Storage) -> None:
     for i in range(N):
-        storage.run(
-            lambda tx, i=i: tx.append_audit(f"token:{i % 3}", "card.bind", f"card:{i}", f'{{"n":{i}}}')
-        )
+
+        def append(tx: UnitOfWork, i: int = i) -> AuditEntry:
+            return tx.append_audit(f"token:{i % 3}", "card.bind", f"card:{i}", f'{{"n":{i}}}')
+
+        storage.run(append)
 
 
 def _tamper(storage: Storage, backend: str, *sql: str) -> None:
@@ -278,7 +280,11 @@ def test_columns_hold_what_the_rows_hold(
     the page separator (read row by row) included, by every page reader."""
     texts = ["plain", "non-ASCII: é ✓ 💳", "sep\x1finside", ""]
     for i, t in enumerate(texts * 3):
-        storage.run(lambda tx, i=i, t=t: tx.append_audit(f"token:{i}", t, f"card:{i}", t))
+
+        def append(tx: UnitOfWork, i: int = i, t: str = t) -> AuditEntry:
+            return tx.append_audit(f"token:{i}", t, f"card:{i}", t)
+
+        storage.run(append)
     for reader in _readers(backend):
         _use(reader, backend, monkeypatch)
         _columns_match_rows(storage)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cardmint.server.storage import Storage, StorageError, UnitOfWork
@@ -23,7 +24,7 @@ class RefusedError(Exception):
 
 
 @pytest.fixture
-def sqlite(tmp_path: Path) -> SQLiteStorage:
+def sqlite(tmp_path: Path) -> Iterator[SQLiteStorage]:
     s = SQLiteStorage(tmp_path / "gc.db")
     yield s
     s.close()
@@ -198,7 +199,7 @@ def test_nothing_is_acknowledged_when_the_commit_fails(sqlite: SQLiteStorage) ->
     class FailingCommit:
         """The writer connection, except that COMMIT fails like a full disk would."""
 
-        def execute(self, sql: str, *args: object) -> object:
+        def execute(self, sql: str, *args: Any) -> object:
             calls.append(sql)
             if sql == "COMMIT":
                 raise sqlite3_error("database or disk is full")

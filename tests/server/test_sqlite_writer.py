@@ -135,10 +135,10 @@ def test_begin_unless_busy_does_not_wait_for_another_writer(tmp_path: Path) -> N
     try:
         other.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
         assert writer.execute_unless_busy("BEGIN IMMEDIATE") is False
-        assert not conn.in_transaction
+        assert not _in_transaction(conn)
         other.execute("COMMIT")
         assert writer.execute_unless_busy("BEGIN IMMEDIATE") is True
-        assert conn.in_transaction
+        assert _in_transaction(conn)
         conn.execute("COMMIT")
         # The busy timeout is back: a writer that waits still waits (here, for 0.2 s).
         other.execute("BEGIN IMMEDIATE")
@@ -149,6 +149,11 @@ def test_begin_unless_busy_does_not_wait_for_another_writer(tmp_path: Path) -> N
         writer.close()
         other.close()
         conn.close()
+
+
+def _in_transaction(conn: sqlite3.Connection) -> bool:
+    """Read afresh: the writer changes it behind the checker's back."""
+    return conn.in_transaction
 
 
 def _work_both_ways(path: Path, native_writer: bool) -> tuple[list[Any], list[Any]]:
@@ -176,7 +181,7 @@ def _work_both_ways(path: Path, native_writer: bool) -> tuple[list[Any], list[An
             except UndoError:
                 return "undone"
 
-        answers = [None] * 16
+        answers: list[Any] = [None] * 16
         threads = [threading.Thread(target=lambda i=i: answers.__setitem__(i, spend(i))) for i in range(16)]
         for t in threads:
             t.start()
@@ -184,7 +189,9 @@ def _work_both_ways(path: Path, native_writer: bool) -> tuple[list[Any], list[An
             t.join(30)
         answers.append(storage.run(lambda tx: tx.redeem(card, 5_000, "CNY", "too-much").outcome.name))
         with storage.read() as tx:
-            final = [tx.get_card(card).balance, tx.ledger_totals([card])]
+            got = tx.get_card(card)
+            assert got is not None
+            final = [got.balance, tx.ledger_totals([card])]
             final.append(
                 [(r[2], r[3], r[4], r[5]) for r in tx.audit_rows()]
             )  # actor, action, subject, detail

@@ -407,7 +407,14 @@ def test_call_future_callbacks_run_exactly_once_and_waiters_all_wake() -> None:
 def test_executor_shuts_down_with_queued_work_cancelled_or_done() -> None:
     pool = AdmissionExecutor(2)
     gate = threading.Event()
-    busy = [pool.submit(gate.wait, 30) for _ in range(2)]
+    started = threading.Semaphore(0)
+
+    def hold() -> bool:
+        started.release()
+        return gate.wait(30)
+
+    busy = [pool.submit(hold) for _ in range(2)]
+    assert started.acquire(timeout=30) and started.acquire(timeout=30)  # both workers busy
     queued = [pool.submit(time.sleep, 0) for _ in range(5)]
     threading.Timer(0.05, gate.set).start()
     pool.shutdown(wait=True, cancel_futures=True)

@@ -8,16 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from benches.compare import (
-    DEFAULT_FAIL_FACTOR,
-    DEFAULT_THRESHOLD,
     FAIL,
     IMPROVED,
     MISSING,
@@ -35,16 +33,9 @@ def _write(path: Path, ratios: dict[str, float], size: str = "quick") -> Path:
     return path
 
 
-def _verdicts(
-    base: dict[str, float],
-    run: dict[str, float],
-    *,
-    threshold: float = DEFAULT_THRESHOLD,
-    fail_factor: float = DEFAULT_FAIL_FACTOR,
-    noisy: Collection[str] = (),
-) -> dict[str, str]:
-    lines = compare(base, run, threshold=threshold, fail_factor=fail_factor, noisy=noisy)
-    return {line.key: line.verdict for line in lines}
+def _verdicts(base: dict[str, float], run: dict[str, float], **kw: Any) -> dict[str, str]:
+    """``compare``'s verdict per key (``kw``: its threshold, fail_factor, noisy)."""
+    return {line.key: line.verdict for line in compare(base, run, **kw)}
 
 
 def test_regression_flagged_improvement_not() -> None:

@@ -20,6 +20,7 @@ note means anything with one, and PostgreSQL's text type cannot store it.
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import time
@@ -195,8 +196,9 @@ class WrappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         return self._cache.get(handler, method, self._wrap)
 
+    @abc.abstractmethod
     def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
-        raise NotImplementedError
+        """``handler`` wrapped for ``method`` (called once per method)."""
 
 
 class ErrorInterceptor(WrappingInterceptor):

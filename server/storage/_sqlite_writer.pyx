@@ -20,12 +20,12 @@ differs, ``Writer`` refuses to be made (``WriterUnavailableError``) and the call
 exception classes, messages and ``sqlite_errorcode``.
 """
 
+import os
 import sqlite3 as _sqlite3
 import sys
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int64_t
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
@@ -138,8 +138,6 @@ cdef class Writer:
         if db == NULL:
             raise WriterUnavailableError("the connection is closed")
         cdef const char *name = sqlite3_db_filename(db, b"main")
-        import os
-
         if name == NULL or os.path.realpath(name.decode()) != os.path.realpath(path):
             raise WriterUnavailableError("the handle does not name this database file")
         if bool(sqlite3_get_autocommit(db)) == bool(conn.in_transaction):
@@ -277,7 +275,6 @@ cdef class Writer:
         right now (True), without waiting for it as the busy timeout would, holding the GIL;
         False when it was busy (nothing happened): wait through the sqlite3 module then,
         which lets go of the GIL. For BEGIN IMMEDIATE, which in one process is never busy."""
-        cdef int rc
         sqlite3_busy_timeout(self._db, 0)
         try:
             self.execute(sql)

@@ -7,9 +7,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from cardmint.server.storage import Storage
+import pytest
+from cardmint.server.storage import MigrationError, Storage, StorageError, open_storage
 from cardmint.server.storage.migrations import MIGRATIONS
 from cardmint.server.storage.sqlite import SQLiteStorage
+
+from .conftest import FakeClock
 
 
 def _applied(storage: Storage) -> list[tuple[int, str]]:
@@ -60,6 +63,74 @@ def test_concurrent_first_open(opener: Callable[[], Storage]) -> None:
     handles, errors = _open_at_once(opener)
     assert errors == [] and len(handles) == 8
     assert _applied(handles[0]) == [(m.version, m.name) for m in MIGRATIONS]
+
+
+def test_edited_migration_is_refused(storage: Storage, storage_url: str, clock: FakeClock) -> None:
+    with storage.transaction() as tx:
+        tx._execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")  # type: ignore[attr-defined]
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        open_storage(storage_url, clock=clock)
+
+
+def test_newer_schema_is_refused(storage: Storage, storage_url: str, clock: FakeClock) -> None:
+    with storage.transaction() as tx:
+        tx._execute(  # type: ignore[attr-defined]
+            "INSERT INTO schema_migrations (version, name, checksum, applied_at)"
+            " SELECT 999, 'from the future', 'x', applied_at FROM schema_migrations WHERE version = 1"
+        )
+    with pytest.raises(MigrationError, match="v999"):
+        open_storage(storage_url, clock=clock)
+
+
+@pytest.mark.parametrize("url", ["", ":memory:", "host=127.0.0.1 dbname=x", "mysql://h/db"])
+def test_open_refuses_what_is_not_a_database_url(url: str) -> None:
+    with pytest.raises(StorageError):
+        open_storage(url)
+
+
+def test_ledger_kinds_of_v13_upgrade_a_v12_ledger(
+    storage_url: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 13 widens the ledger's kind CHECK (SQLite: by rebuilding the table): rows
+    written at v12, their links included, survive it; the table stays append-only; the new
+    kinds go in and an unknown kind is still refused."""
+    from cardmint.server.storage import LedgerKind, postgres, sqlite
+
+    for module in (sqlite, postgres):
+        monkeypatch.setattr(module, "MIGRATIONS", MIGRATIONS[:12])
+    old = open_storage(storage_url, clock=clock)
+    assert old.schema_version() == 12
+    with old.transaction() as tx:
+        acct = tx.ensure_account("upgrader")
+        first = tx._ledger(LedgerKind.BIND, "CNY", 0, account_id=acct.id)  # type: ignore[attr-defined]
+        tx._ledger(LedgerKind.UNBIND, "CNY", 0, account_id=acct.id, reverses_id=first.id)  # type: ignore[attr-defined]
+    old.close()
+    monkeypatch.undo()
+
+    new = open_storage(storage_url, clock=clock)
+    try:
+        assert new.schema_version() == MIGRATIONS[-1].version  # v13 and everything after it
+        with new.transaction() as tx:
+            before = tx.list_ledger(account_id=acct.id)
+            tx._ledger(LedgerKind.TRANSFER_OUT, "CNY", 0, account_id=acct.id)  # type: ignore[attr-defined]
+            tx._ledger(LedgerKind.TRANSFER_IN, "CNY", 0, account_id=acct.id)  # type: ignore[attr-defined]
+        assert [(e.kind, e.reverses_id) for e in before] == [
+            (LedgerKind.UNBIND, first.id),
+            (LedgerKind.BIND, None),
+        ]
+        with pytest.raises(StorageError), new.transaction() as tx:
+            tx._execute("UPDATE ledger_entries SET amount = 1")  # type: ignore[attr-defined]
+        with pytest.raises(StorageError), new.transaction() as tx:
+            tx._execute("DELETE FROM ledger_entries")  # type: ignore[attr-defined]
+        with pytest.raises(StorageError), new.transaction() as tx:
+            tx._execute(  # type: ignore[attr-defined]
+                "INSERT INTO ledger_entries (account_id, kind, amount, currency, created_at)"
+                " SELECT account_id, 'gift', 0, 'CNY', created_at FROM ledger_entries LIMIT 1"
+            )
+        with new.read() as tx:
+            assert len(tx.list_ledger(account_id=acct.id)) == 4
+    finally:
+        new.close()
 
 
 def test_concurrent_first_opens_of_new_sqlite_files_all_succeed(tmp_path: Path) -> None:

@@ -45,3 +45,4 @@ cdef extern from "sqlite3.h" nogil:
     const unsigned char *sqlite3_column_text(sqlite3_stmt *stmt, int i)
     int sqlite3_column_bytes(sqlite3_stmt *stmt, int i)
     long long sqlite3_changes64(sqlite3 *db)
+    void sqlite3_progress_handler(sqlite3 *db, int n, int (*callback)(void *) noexcept nogil, void *arg)

@@ -11,6 +11,14 @@ each time, a dozen times per unit, with every caller of the batch waiting on the
 holding the GIL throughout. BEGIN, COMMIT (the fsync) and everything outside the leader
 still go through the ``sqlite3`` module, which lets go of the GIL for them.
 
+A reader connection gets a ``Writer(..., reader=True)``: the same trade for the short
+queries of a read snapshot (BEGIN, a lookup by key, ROLLBACK), each a few microseconds on
+cached pages. A query that turns out long must not hold every other thread up, so a reader's
+statement runs under a budget of SQLite VM instructions (``READ_BUDGET``) and without the
+busy timeout; past the budget, or when the file is busy, it is interrupted and
+``FallbackError`` says so: a query changes nothing, and the sqlite3 module runs it again in
+the same snapshot, letting go of the GIL while it steps.
+
 It works on the connection's ``sqlite3 *`` handle, the first field after the object header
 of CPython's connection object (``Modules/_sqlite/connection.h``, 3.11 to 3.13). ``Writer``
 checks that handle before trusting it: the same libsqlite3 as the ``sqlite3`` module, the
@@ -60,6 +68,13 @@ cdef dict _CLASSES = {
     18: _sqlite3.DataError,  # SQLITE_TOOBIG
 }
 cdef set _OPERATIONAL = {1, 3, 4, 5, 6, 8, 9, 10, 13, 14, 15, 16, 17}
+# A reader's statement may run this many SQLite VM instructions holding the GIL (counted
+# in steps of _BUDGET_STEP, across all its rows); past that it goes to the sqlite3 module.
+# A lookup by key takes a few hundred.
+cdef enum:
+    _BUDGET_STEP = 1000
+READ_BUDGET = 20_000
+cdef int _read_steps = READ_BUDGET // _BUDGET_STEP
 _MAX_STATEMENTS = 512  # cached prepared statements; all dropped when full (dynamic IN lists)
 
 
@@ -78,6 +93,13 @@ cdef object _error(sqlite3 *db, int rc):
     exc = cls(sqlite3_errmsg(db).decode("utf-8", "replace"))
     exc.sqlite_errorcode = code
     return exc
+
+
+cdef int _spend(void *left) noexcept nogil:
+    """The progress handler of a reader's statement: interrupts it once its budget is spent."""
+    cdef int *n = <int *>left
+    n[0] -= 1
+    return 1 if n[0] <= 0 else 0
 
 
 cdef class _Statement:
@@ -124,8 +146,10 @@ cdef class Writer:
     cdef sqlite3 *_db
     cdef dict _statements
     cdef int _busy_ms
+    cdef bint _reader
+    cdef int _left  # a reader's statement: budget steps left
 
-    def __cinit__(self, conn, str path, int busy_timeout_ms):
+    def __cinit__(self, conn, str path, int busy_timeout_ms, *, bint reader=False):
         if type(conn) is not _sqlite3.Connection:
             raise WriterUnavailableError(f"not a sqlite3.Connection: {type(conn).__name__}")
         if not ((3, 11) <= sys.version_info[:2] <= (3, 13)):
@@ -146,6 +170,7 @@ cdef class Writer:
         self._db = db
         self._statements = {}
         self._busy_ms = busy_timeout_ms
+        self._reader = reader
 
     cdef _Statement _prepare(self, str sql):
         cdef object known = self._statements.get(sql, False)
@@ -249,6 +274,13 @@ cdef class Writer:
                 f"Incorrect number of bindings supplied. The current statement uses {st.params}, "
                 f"and there are {count} supplied."
             )
+        cdef int autocommit = sqlite3_get_autocommit(self._db)
+        if self._reader:
+            if not st.readonly:
+                raise FallbackError("a reader runs queries only")
+            self._left = _read_steps
+            sqlite3_busy_timeout(self._db, 0)
+            sqlite3_progress_handler(self._db, _BUDGET_STEP, _spend, &self._left)
         try:
             for i in range(count):
                 self._bind(stmt, i + 1, params[i])
@@ -259,6 +291,11 @@ cdef class Writer:
                     rows.append(tuple([self._column(stmt, c) for c in range(st.columns)]))
                 elif rc == SQLITE_DONE:
                     break
+                elif self._reader and (rc & 0xFF) in (5, 6, 9):  # BUSY, LOCKED, INTERRUPT
+                    if sqlite3_get_autocommit(self._db) != autocommit:  # pragma: no cover
+                        # A query never ends the transaction; should it, the snapshot is gone.
+                        raise _sqlite3.OperationalError("the read transaction ended under an interrupted query")
+                    raise FallbackError("over the read budget" if (rc & 0xFF) == 9 else "busy")
                 else:
                     raise _error(self._db, rc)
             result = Result.__new__(Result)
@@ -269,6 +306,9 @@ cdef class Writer:
         finally:
             sqlite3_reset(stmt)
             sqlite3_clear_bindings(stmt)
+            if self._reader:
+                sqlite3_progress_handler(self._db, 0, NULL, NULL)
+                sqlite3_busy_timeout(self._db, self._busy_ms)
 
     def execute_unless_busy(self, str sql):
         """Runs ``sql`` (no parameters) unless the database is locked by another connection

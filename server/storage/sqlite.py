@@ -331,7 +331,8 @@ class SQLiteStorage:
         self._queue_lock = threading.Lock()
         self.group_commits = 0  # transactions ``run`` committed (each covering >= 1 unit)
         self._owner = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        # Idle reader connections, each with its native statement runner (or None).
+        self._readers: list[tuple[sqlite3.Connection, Any]] = []
         self._readers_lock = threading.Lock()
         self._closed = False
         self._writer = self._connect(readonly=False)
@@ -345,12 +346,19 @@ class SQLiteStorage:
         if encoding != "UTF-8":
             raise StorageError(f"{self.path} is a {encoding} database; cardmint needs UTF-8")
         self._migrate()
+        self._native = _native_writer is not None and native_writer
         self._fast: Any = None
-        if _native_writer is not None and native_writer:
+        if self._native and _native_writer is not None:
             try:
-                self._fast = _native_writer.Writer(self._writer, str(self.path), int(self._busy_ms))
+                self._fast = self._runner(self._writer, reader=False)
             except _native_writer.WriterUnavailableError as e:  # pragma: no cover - another Python
+                self._native = False
                 warnings.warn(f"SQLite statements through the sqlite3 module only: {e}", stacklevel=2)
+
+    def _runner(self, conn: sqlite3.Connection, *, reader: bool) -> Any:
+        """The native statement runner on ``conn`` (``_sqlite_writer.Writer``)."""
+        assert _native_writer is not None
+        return _native_writer.Writer(conn, str(self.path), int(self._busy_ms), reader=reader)
 
     def _switch_to_wal(self) -> str:
         """``PRAGMA journal_mode=WAL``, retried while another connection holds the file:
@@ -463,22 +471,32 @@ class SQLiteStorage:
     def read(self) -> Iterator[_SQLiteTx]:
         """A read-only snapshot on a reader connection; writes in it fail."""
         with self._readers_lock:
-            conn: sqlite3.Connection | None = self._readers.pop() if self._readers else None
-        if conn is None:
+            idle = self._readers.pop() if self._readers else None
+        if idle is None:
             conn = self._connect(readonly=True)
+            fast = None
+            if self._native and _native_writer is not None:
+                # Queries of a snapshot holding the GIL, under a budget (_sqlite_writer.pyx).
+                with contextlib.suppress(_native_writer.WriterUnavailableError):
+                    fast = self._runner(conn, reader=True)
+        else:
+            conn, fast = idle
+        tx = _SQLiteTx(conn, self._clock, self.path, fast=fast)
         try:
-            conn.execute("BEGIN")
-            yield _SQLiteTx(conn, self._clock, self.path)
+            tx._execute("BEGIN")
+            yield tx
         finally:
             try:
-                conn.execute("ROLLBACK")
+                tx._execute("ROLLBACK")
                 keep = True
-            except sqlite3.Error:  # BEGIN itself failed: this connection is suspect
+            except (sqlite3.Error, StorageError):  # BEGIN itself failed: this connection is suspect
                 keep = False
             with self._readers_lock:
                 if keep and not self._closed:
-                    self._readers.append(conn)
+                    self._readers.append((conn, fast))
                 else:
+                    if fast is not None:
+                        fast.close()
                     conn.close()
 
     @contextmanager
@@ -637,7 +655,9 @@ class SQLiteStorage:
     def close(self) -> None:
         with self._write_lock, self._readers_lock:
             self._closed = True
-            for conn in self._readers:
+            for conn, fast in self._readers:
+                if fast is not None:
+                    fast.close()
                 conn.close()
             self._readers.clear()
             if self._fast is not None:

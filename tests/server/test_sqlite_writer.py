@@ -5,8 +5,10 @@ storage run with it leaves the same database as one run without it."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -207,3 +209,126 @@ def test_storage_with_and_without_the_native_writer_answers_and_writes_alike(tmp
     assert sorted(map(repr, with_it[1][2])) == sorted(map(repr, without[1][2]))  # order: the race's
     assert with_it[1][:2] == without[1][:2]
     assert with_it[1][0] == 1_000 - sum(10 + i for i in range(16) if i % 5 != 4)
+
+
+# -- readers ---------------------------------------------------------------------------------
+
+
+def _reader_pair(path: Path, *, wal: bool = True) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """A writable connection that made the file (table t, WAL unless told) and a read-only
+    one on it."""
+    conn = _open(path)
+    if wal:
+        conn.execute("PRAGMA journal_mode=WAL")
+    ro = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    return conn, ro
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=rows, threshold=st.integers(-3, 3))
+def test_a_reader_answers_queries_as_the_sqlite3_module(
+    tmp_path_factory: pytest.TempPathFactory, batch: list[Any], threshold: int
+) -> None:
+    path = tmp_path_factory.mktemp("r") / "r.db"
+    conn, ro = _reader_pair(path)
+    reader = native.Writer(ro, str(path), 1000, reader=True)
+    try:
+        for row in batch:
+            with contextlib.suppress(sqlite3.IntegrityError):  # a repeated k, a negative c
+                conn.execute("INSERT INTO t (k, n, r, b, c) VALUES (?, ?, ?, ?, ?)", row)
+        reader.execute("BEGIN")
+        for sql, params in [
+            ("SELECT id, k, n, r, b, c, typeof(n), length(b) FROM t ORDER BY id", ()),
+            ("SELECT count(*), total(r) FROM t WHERE c > ?", (threshold,)),
+            ("SELECT k FROM t WHERE id = ?", (threshold,)),
+            ("SELECT ?", (1, 2)),  # the wrong number of bindings
+            ("SELEKT 1", ()),  # a syntax error
+        ]:
+            assert _outcome(reader.execute, sql, params) == _outcome(ro.execute, sql, params), sql
+        assert ro.in_transaction
+        reader.execute("ROLLBACK")
+        assert not ro.in_transaction
+    finally:
+        reader.close()
+        ro.close()
+        conn.close()
+
+
+def test_a_long_query_goes_back_to_the_sqlite3_module_in_the_same_snapshot(tmp_path: Path) -> None:
+    """Past the instruction budget a reader's query is interrupted (FallbackError): nothing
+    was read for the caller and the snapshot is still open, so the sqlite3 module answers it
+    from the same moment; a short query never is."""
+    path = tmp_path / "long.db"
+    conn, ro = _reader_pair(path)
+    reader = native.Writer(ro, str(path), 1000, reader=True)
+    try:
+        conn.executemany("INSERT INTO t (k, n) VALUES (?, ?)", [(f"k{i}", i) for i in range(5_000)])
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT max(id) FROM t WHERE id >= ?", (0,)).fetchall() == [(5_000,)]
+        conn.execute("INSERT INTO t (k, n) VALUES ('later', 1)")  # after the snapshot began
+        long = "SELECT sum(a.n % 7) FROM t AS a, (SELECT n FROM t LIMIT 50) AS b"
+        assert native.READ_BUDGET < 5_000 * 50  # this query runs at least that many instructions
+        with pytest.raises(native.FallbackError, match="budget"):
+            reader.execute(long)
+        assert ro.in_transaction
+        expected = 50 * sum(i % 7 for i in range(5_000))
+        assert ro.execute(long).fetchone() == (expected,)  # the snapshot without 'later'
+        assert reader.execute("SELECT max(id) FROM t").fetchall() == [(5_000,)]
+        assert reader.execute("SELECT k FROM t WHERE id = 1").fetchall() == [("k0",)]
+        reader.execute("ROLLBACK")
+        assert reader.execute("SELECT max(id) FROM t").fetchall() == [(5_001,)]
+    finally:
+        reader.close()
+        ro.close()
+        conn.close()
+
+
+def test_a_reader_does_not_wait_holding_the_gil(tmp_path: Path) -> None:
+    """When the file is locked against readers the reader says so at once (FallbackError)
+    and leaves the waiting to the sqlite3 module (GIL released, busy timeout intact); it
+    never writes. (A WAL file shuts readers out only in rare moments, a rollback journal's
+    whenever a writer commits: the lock is made that way here.)"""
+    path = tmp_path / "locked.db"
+    conn, ro = _reader_pair(path, wal=False)
+    conn.execute("INSERT INTO t (k) VALUES ('a')")
+    reader = native.Writer(ro, str(path), 5_000, reader=True)
+    try:
+        with pytest.raises(native.FallbackError):
+            reader.execute("INSERT INTO t (k) VALUES ('b')")
+        conn.execute("BEGIN EXCLUSIVE")  # readers are shut out until COMMIT
+        conn.execute("INSERT INTO t (k) VALUES ('c')")
+        started = time.monotonic()
+        with pytest.raises(native.FallbackError, match="busy"):
+            reader.execute("SELECT count(*) FROM t")
+        assert time.monotonic() - started < 1.0  # no busy wait
+        assert not ro.in_transaction
+        timer = threading.Timer(0.3, lambda: conn.execute("COMMIT"))
+        timer.start()
+        assert ro.execute("SELECT count(*) FROM t").fetchone() == (2,)  # the module waited
+        timer.join()
+        assert reader.execute("SELECT count(*) FROM t").fetchall() == [(2,)]
+    finally:
+        reader.close()
+        ro.close()
+        conn.close()
+
+
+def test_storage_reads_go_native_and_fall_back_unseen(tmp_path: Path) -> None:
+    """A storage's snapshots use the native reader; a read past its budget is answered by
+    the sqlite3 module all the same."""
+    storage = SQLiteStorage(tmp_path / "s.db")
+    try:
+        card = one_card(storage, face=500)
+        with storage.read() as tx:
+            assert tx._fast is not None
+            got = tx.get_card(card)
+            assert got is not None and got.balance == 500
+            n = tx._one(
+                "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < 100000) SELECT count(*) FROM c"
+            )
+            assert n == (100_000,)
+            assert tx.failed is None
+    finally:
+        storage.close()

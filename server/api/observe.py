@@ -12,7 +12,6 @@ the caller's token id for that line; the token itself is never logged.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -26,6 +25,7 @@ from cardmint.server.observe import (
     CallInfo,
     RpcMetrics,
     incoming_request_id,
+    new_request_id,
 )
 
 from .auth import OPEN_SERVICES
@@ -73,7 +73,7 @@ class ObserveInterceptor(WrappingInterceptor):
         observer = self
 
         def request_id(context: grpc.ServicerContext) -> str:
-            return incoming_request_id(context.invocation_metadata()) or secrets.token_hex(16)
+            return incoming_request_id(context.invocation_metadata()) or new_request_id()
 
         def unary(behavior: Behavior) -> Behavior:
             def call(request: Any, context: grpc.ServicerContext) -> Any:

@@ -227,3 +227,27 @@ def test_no_secret_in_any_log_line(
     assert all(
         isinstance(r["request_id"], str) for r in _records(as_json) if r["logger"] == "cardmint.access"
     )
+
+
+def test_new_request_ids_are_unique_and_differ_in_a_forked_child() -> None:
+    """Fresh ids come from a generator seeded once per process (os.urandom per call cost a
+    GIL switch per call): 32 hex digits, none repeated, and a forked child (several server
+    processes started by a supervisor that forks) does not repeat its parent's."""
+    import os
+
+    ids = [observe.new_request_id() for _ in range(20_000)]
+    assert all(HEX_ID.fullmatch(i) and len(i) == 32 for i in ids)
+    assert len(set(ids)) == len(ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without running pytest's teardown
+        try:
+            os.write(write, ",".join(observe.new_request_id() for _ in range(100)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = f.read().split(",")
+    os.waitpid(pid, 0)
+    parent = [observe.new_request_id() for _ in range(100)]
+    assert len(child) == 100 and not set(child) & set(parent)

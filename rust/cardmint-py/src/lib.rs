@@ -12,6 +12,7 @@ use cardmint_core::{
 };
 use cardmint_core::{pool, seal as sl, serial};
 use pyo3::buffer::PyBuffer;
+use pyo3::marker::Ungil;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PySlice, PyString, PyType};
 
@@ -90,6 +91,25 @@ fn source<'a, 'py>(obj: &'a Bound<'py, PyAny>, what: &str) -> PyResult<Source<'a
 /// Input copied per step when streaming a mutable buffer.
 const STREAM_BYTES: usize = 1 << 22;
 
+/// Work on fewer bytes than this runs holding the GIL. A server calls the kernel on one code
+/// at a time (a bind digests the code, opens the sealed copy, formats it: microseconds
+/// each), and letting go of the GIL and taking it back in a busy server is a thread switch
+/// each time, which costs more than the work. Bulk calls still let go of it.
+const DETACH_BYTES: usize = 1 << 14;
+
+/// `f`, with the GIL released when `bytes` is at least `DETACH_BYTES`.
+fn run<T, F>(py: Python<'_>, bytes: usize, f: F) -> T
+where
+    F: Ungil + FnOnce() -> T,
+    T: Ungil,
+{
+    if bytes < DETACH_BYTES {
+        f()
+    } else {
+        py.detach(f)
+    }
+}
+
 /// A new `bytearray` of `n` rows of `out_w` bytes, computed by `f` from `n` rows of `in_w`
 /// bytes of `src`. A mutable buffer is copied a few MiB at a time into one reused scratch
 /// buffer (another thread may write to it while the GIL is released, so `f` must not read
@@ -104,7 +124,7 @@ fn stream<'py>(
     f: impl Fn(&[u8], &mut [u8]) -> cardmint_core::Result<()> + Sync,
 ) -> PyResult<Bound<'py, PyByteArray>> {
     PyByteArray::new_with(py, n * out_w, |out| match src {
-        Source::Bytes(b) => py.detach(|| f(b, out)).map_err(to_py),
+        Source::Bytes(b) => run(py, b.len(), || f(b, out)).map_err(to_py),
         Source::View { view, .. } => {
             let rows_per = (STREAM_BYTES / in_w.max(1)).max(1);
             let mut scratch = vec![0u8; rows_per * in_w];
@@ -119,7 +139,7 @@ fn stream<'py>(
                 ))?;
                 let buf = PyBuffer::<u8>::get(&piece)?;
                 buf.copy_to_slice(py, &mut scratch[..bytes])?;
-                py.detach(|| f(&scratch[..bytes], outs)).map_err(to_py)?;
+                run(py, bytes, || f(&scratch[..bytes], outs)).map_err(to_py)?;
             }
             Ok(())
         }
@@ -391,8 +411,12 @@ fn bulk<'py>(
         .checked_mul(length)
         .ok_or_else(|| invalid("too many inputs"))?;
     let mut st = vec![0u8; n];
-    let codes = filled(py, codes_len, |buf| {
-        norm::bulk_into(&d, &o, length, buf, &mut st, threads, one)
+    let work = d.len() + codes_len;
+    let codes = PyByteArray::new_with(py, codes_len, |buf| {
+        run(py, work, || {
+            norm::bulk_into(&d, &o, length, buf, &mut st, threads, one)
+        })
+        .map_err(to_py)
     })?;
     // The status bytes are small (one per input); copying them keeps every write into a
     // Python object inside a `new_with` initializer.
@@ -554,9 +578,7 @@ fn display<'py>(
 ) -> PyResult<Bound<'py, PyByteArray>> {
     let c = input(codes, "codes")?;
     let (length, group) = (nonneg(length, "length")?, nonneg(group, "group")?);
-    let out = py
-        .detach(|| alphabet::display(&c, length, group))
-        .map_err(to_py)?;
+    let out = run(py, c.len(), || alphabet::display(&c, length, group)).map_err(to_py)?;
     Ok(bytearray(py, &out))
 }
 
@@ -600,9 +622,7 @@ fn seal<'py>(
     let k = input(key, "key")?;
     let n = input(nonces, "nonces")?;
     let (length, size) = (nonneg(length, "length")?, nonneg(size, "size")?);
-    let out = py
-        .detach(|| sl::seal(&c, length, &d, size, &k, &n, 0))
-        .map_err(to_py)?;
+    let out = run(py, c.len(), || sl::seal(&c, length, &d, size, &k, &n, 0)).map_err(to_py)?;
     Ok(bytearray(py, &out))
 }
 
@@ -619,9 +639,7 @@ fn open<'py>(
     let d = input(digests, "digests")?;
     let k = input(key, "key")?;
     let (length, size) = (nonneg(length, "length")?, nonneg(size, "size")?);
-    let out = py
-        .detach(|| sl::open(&s, length, &d, size, &k, 0))
-        .map_err(to_py)?;
+    let out = run(py, s.len(), || sl::open(&s, length, &d, size, &k, 0)).map_err(to_py)?;
     Ok(bytearray(py, &out))
 }
 
@@ -637,9 +655,10 @@ fn serials<'py>(
     let start = nonneg(start, "start")? as u64;
     let count = nonneg(count, "count")? as u64;
     let width = nonneg(width, "width")?;
-    let out = py
-        .detach(|| serial::serials(&p, start, count, width))
-        .map_err(to_py)?;
+    let out = run(py, (count as usize).saturating_mul(width), || {
+        serial::serials(&p, start, count, width)
+    })
+    .map_err(to_py)?;
     Ok(bytearray(py, &out))
 }
 
@@ -651,9 +670,7 @@ fn validate_serials<'py>(
 ) -> PyResult<Bound<'py, PyByteArray>> {
     let s = input(serials, "serials")?;
     let length = nonneg(length, "length")?;
-    let out = py
-        .detach(|| serial::validate_serials(&s, length))
-        .map_err(to_py)?;
+    let out = run(py, s.len(), || serial::validate_serials(&s, length)).map_err(to_py)?;
     Ok(bytearray(py, &out))
 }
 

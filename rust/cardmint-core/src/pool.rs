@@ -11,9 +11,11 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 /// microseconds, more than the work itself.
 const PARALLEL_MIN_ROWS: usize = 4096;
 
-/// Cores the machine offers (what `threads = 0` means).
+/// Cores the machine offers (what `threads = 0` means), asked once: the standard library
+/// reads the cgroup files each time (system calls, ~10 us, on every kernel call).
 pub fn threads_available() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Most workers one call may ask for: each distinct count keeps a pool of OS threads.
@@ -49,7 +51,7 @@ fn pool(threads: usize) -> Option<Arc<ThreadPool>> {
 
 /// Whether `rows` rows are worth spreading over `threads` workers.
 pub fn parallel(threads: usize, rows: usize) -> bool {
-    resolve(threads) > 1 && rows >= PARALLEL_MIN_ROWS
+    rows >= PARALLEL_MIN_ROWS && resolve(threads) > 1
 }
 
 /// Runs `f` inside the pool of `threads` workers, so that rayon iterators in `f` use exactly

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +62,7 @@ class Server:
     addr: str
     token: str
     sku: str
-    rows: list[tuple[str, str]]  # (serial, code) of a lot big enough for the unary rows
+    rows: Sequence[tuple[str, str]]  # (serial, code) of a lot big enough for the unary rows
 
 
 @pytest.fixture(scope="module")

@@ -55,3 +55,22 @@ def test_bench_server_tiny(tmp_path: Path) -> None:
     (order_race,) = data["order_races"]
     assert order_race["exact"] and order_race["delivered"] == order_race["distinct"] == order_race["pool"]
     assert "pool sold once, rest sold out" in text
+
+
+def test_lot_rows_read_like_the_list_of_pairs_they_replace() -> None:
+    """The bench keeps a lot's rows as two byte-string arrays (no per-row Python objects
+    for the garbage collector to walk while it measures); they read as (serial, code)."""
+    import numpy as np
+    import pytest
+    from cardmint.cli.bench_server import LotRows
+
+    pairs = [(f"{i:012d}", f"CODE{i:04d}") for i in range(50)]
+    rows = LotRows(np.array([s.encode() for s, _ in pairs]), np.array([c.encode() for _, c in pairs]))
+    assert len(rows) == 50 and list(rows) == pairs
+    assert rows[7] == pairs[7] and rows[-1] == pairs[-1]
+    assert list(rows[10:20]) == pairs[10:20] and list(rows[45:]) == pairs[45:]
+    assert rows[10:][0] == pairs[10]
+    with pytest.raises(IndexError):
+        rows[50]
+    with pytest.raises(ValueError, match="serials but"):
+        LotRows(np.array([b"1"]), np.array([b"a", b"b"]))

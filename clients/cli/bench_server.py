@@ -28,13 +28,16 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import overload
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 
 from .bench import Row, _median, table
 
@@ -233,7 +236,7 @@ class Prepared:
 
     addr: str
     token: str
-    rows: list[tuple[str, str]]  # (serial, code) of the lot
+    rows: Sequence[tuple[str, str]]  # (serial, code) of the lot
     lot_seconds: float
 
 
@@ -250,14 +253,37 @@ def cardmint_server(db_url: str | None, var_dir: Path, workers: int = 32) -> Ite
         running.stop(grace=0)
 
 
-def make_lot(
-    addr: str, token: str, sku: str, count: int, face: int = FACE
-) -> tuple[list[tuple[str, str]], float]:
+class LotRows(Sequence[tuple[str, str]]):
+    """A lot's (serial, code) rows, kept as two numpy byte-string arrays: a row becomes a
+    tuple of str only when asked for. A list of 10^6 tuples is 10^6 objects the cyclic
+    garbage collector walks on every full collection in this process, which runs the
+    clients and the server being measured: pauses the echo baseline (measured before the
+    lot exists) never had."""
+
+    def __init__(self, serials: npt.NDArray[np.bytes_], codes: npt.NDArray[np.bytes_]) -> None:
+        if len(serials) != len(codes):
+            raise ValueError(f"{len(serials)} serials but {len(codes)} codes")
+        self._serials, self._codes = serials, codes
+
+    def __len__(self) -> int:
+        return len(self._serials)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, i: slice) -> LotRows: ...
+    def __getitem__(self, i: int | slice) -> tuple[str, str] | LotRows:
+        if isinstance(i, slice):
+            return LotRows(self._serials[i], self._codes[i])
+        return self._serials[i].decode(), self._codes[i].decode()
+
+
+def make_lot(addr: str, token: str, sku: str, count: int, face: int = FACE) -> tuple[LotRows, float]:
     """Create a product (once per sku) and a lot of ``count``, export it; (rows, seconds).
 
     The seconds cover minting and storing the lot and streaming all its codes to this client
-    as arrays, the form ``cardmint lot create`` writes its file from. The (serial, code)
-    list the later rows work from is made after the clock stops."""
+    as arrays, the form ``cardmint lot create`` writes its file from. The rows the later
+    measurements work from are those arrays joined (``LotRows``), after the clock stops."""
     from cardmint.client import Client, ProductExists
 
     with Client(addr, token, timeout=60.0, bulk_timeout=1800.0) as c:
@@ -267,18 +293,15 @@ def make_lot(
         lot = c.create_lot(sku, count, face)
         chunks = list(c.stream_lot_arrays(lot.id))
         seconds = time.perf_counter() - t
-    rows = [
-        (serial.decode(), code.decode())
-        for serials, codes in chunks
-        for serial, code in zip(serials.tolist(), codes.tolist(), strict=True)
-    ]
-    return rows, seconds
+    if not chunks:
+        return LotRows(np.zeros(0, "S1"), np.zeros(0, "S1")), seconds
+    return LotRows(np.concatenate([s for s, _ in chunks]), np.concatenate([c for _, c in chunks])), seconds
 
 
 def measure_unary(
     addr: str,
     token: str,
-    rows: list[tuple[str, str]],
+    rows: Sequence[tuple[str, str]],
     sizes: ServerSizes,
     tag: str,
     paced_rate: float | None = None,
@@ -380,7 +403,7 @@ def fill_issued(addr: str, token: str, sku: str, have: int, want: int, lot: int)
 
 
 def measure_check(
-    addr: str, token: str, issued: list[tuple[str, str]], n: int, repeats: int = 1
+    addr: str, token: str, issued: Sequence[tuple[str, str]], n: int, repeats: int = 1
 ) -> tuple[float, int, int]:
     """Bulk Check of ``n`` codes, half issued ones (cycled) and half never issued, through
     ``Client.check_many`` (verdicts as arrays); (median seconds, codes answered, codes found
@@ -841,6 +864,7 @@ __all__ = [
     "QUICK",
     "TINY",
     "Load",
+    "LotRows",
     "OrderRace",
     "OrderSizes",
     "Race",

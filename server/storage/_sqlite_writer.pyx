@@ -274,8 +274,9 @@ cdef class Writer:
                 f"Incorrect number of bindings supplied. The current statement uses {st.params}, "
                 f"and there are {count} supplied."
             )
-        cdef int autocommit = sqlite3_get_autocommit(self._db)
+        cdef int autocommit = 0
         if self._reader:
+            autocommit = sqlite3_get_autocommit(self._db)
             if not st.readonly:
                 raise FallbackError("a reader runs queries only")
             self._left = _read_steps

@@ -9,6 +9,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -214,16 +215,25 @@ def test_storage_with_and_without_the_native_writer_answers_and_writes_alike(tmp
 # -- readers ---------------------------------------------------------------------------------
 
 
-def _reader_pair(path: Path, *, wal: bool = True) -> tuple[sqlite3.Connection, sqlite3.Connection]:
-    """A writable connection that made the file (table t, WAL unless told) and a read-only
-    one on it."""
+@contextlib.contextmanager
+def _reader(
+    path: Path, *, wal: bool = True, busy_timeout_ms: int = 1000
+) -> Iterator[tuple[sqlite3.Connection, sqlite3.Connection, Any]]:
+    """A writable connection that made the file (table t, WAL unless told), a read-only one
+    on it and its native reader; all closed afterwards."""
     conn = _open(path)
     if wal:
         conn.execute("PRAGMA journal_mode=WAL")
     ro = sqlite3.connect(
         f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
     )
-    return conn, ro
+    reader = native.Writer(ro, str(path), busy_timeout_ms, reader=True)
+    try:
+        yield conn, ro, reader
+    finally:
+        reader.close()
+        ro.close()
+        conn.close()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -232,9 +242,7 @@ def test_a_reader_answers_queries_as_the_sqlite3_module(
     tmp_path_factory: pytest.TempPathFactory, batch: list[Any], threshold: int
 ) -> None:
     path = tmp_path_factory.mktemp("r") / "r.db"
-    conn, ro = _reader_pair(path)
-    reader = native.Writer(ro, str(path), 1000, reader=True)
-    try:
+    with _reader(path) as (conn, ro, reader):
         for row in batch:
             with contextlib.suppress(sqlite3.IntegrityError):  # a repeated k, a negative c
                 conn.execute("INSERT INTO t (k, n, r, b, c) VALUES (?, ?, ?, ?, ?)", row)
@@ -250,10 +258,6 @@ def test_a_reader_answers_queries_as_the_sqlite3_module(
         assert ro.in_transaction
         reader.execute("ROLLBACK")
         assert not ro.in_transaction
-    finally:
-        reader.close()
-        ro.close()
-        conn.close()
 
 
 def test_a_long_query_goes_back_to_the_sqlite3_module_in_the_same_snapshot(tmp_path: Path) -> None:
@@ -261,9 +265,7 @@ def test_a_long_query_goes_back_to_the_sqlite3_module_in_the_same_snapshot(tmp_p
     was read for the caller and the snapshot is still open, so the sqlite3 module answers it
     from the same moment; a short query never is."""
     path = tmp_path / "long.db"
-    conn, ro = _reader_pair(path)
-    reader = native.Writer(ro, str(path), 1000, reader=True)
-    try:
+    with _reader(path) as (conn, ro, reader):
         conn.executemany("INSERT INTO t (k, n) VALUES (?, ?)", [(f"k{i}", i) for i in range(5_000)])
         reader.execute("BEGIN")
         assert reader.execute("SELECT max(id) FROM t WHERE id >= ?", (0,)).fetchall() == [(5_000,)]
@@ -279,10 +281,6 @@ def test_a_long_query_goes_back_to_the_sqlite3_module_in_the_same_snapshot(tmp_p
         assert reader.execute("SELECT k FROM t WHERE id = 1").fetchall() == [("k0",)]
         reader.execute("ROLLBACK")
         assert reader.execute("SELECT max(id) FROM t").fetchall() == [(5_001,)]
-    finally:
-        reader.close()
-        ro.close()
-        conn.close()
 
 
 def test_a_reader_does_not_wait_holding_the_gil(tmp_path: Path) -> None:
@@ -291,10 +289,8 @@ def test_a_reader_does_not_wait_holding_the_gil(tmp_path: Path) -> None:
     never writes. (A WAL file shuts readers out only in rare moments, a rollback journal's
     whenever a writer commits: the lock is made that way here.)"""
     path = tmp_path / "locked.db"
-    conn, ro = _reader_pair(path, wal=False)
-    conn.execute("INSERT INTO t (k) VALUES ('a')")
-    reader = native.Writer(ro, str(path), 5_000, reader=True)
-    try:
+    with _reader(path, wal=False, busy_timeout_ms=5_000) as (conn, ro, reader):
+        conn.execute("INSERT INTO t (k) VALUES ('a')")
         with pytest.raises(native.FallbackError):
             reader.execute("INSERT INTO t (k) VALUES ('b')")
         conn.execute("BEGIN EXCLUSIVE")  # readers are shut out until COMMIT
@@ -309,10 +305,6 @@ def test_a_reader_does_not_wait_holding_the_gil(tmp_path: Path) -> None:
         assert ro.execute("SELECT count(*) FROM t").fetchone() == (2,)  # the module waited
         timer.join()
         assert reader.execute("SELECT count(*) FROM t").fetchall() == [(2,)]
-    finally:
-        reader.close()
-        ro.close()
-        conn.close()
 
 
 def test_storage_reads_go_native_and_fall_back_unseen(tmp_path: Path) -> None:

@@ -555,6 +555,12 @@ _V17 = """
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 """
 
+# v18: v17's index duplicated v1's idempotency_age (the same column, unconditional): every
+# idempotent call paid a second index insert for it.
+_V18 = """
+DROP INDEX IF EXISTS idempotency_keys_created;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
@@ -572,4 +578,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(14, "digest key rotation", _V14),
     Migration(15, "storage probe", _V15),
     Migration(17, "idempotency expiry", _V17),
+    Migration(18, "drop a duplicate index", _V18),
 )

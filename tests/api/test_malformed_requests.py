@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from cardmint.server.api.errors import Undecodable, _nul_field, _tolerant
 from cardmint.server.app import Running
 from cardmint.v1 import (
     common_pb2,
@@ -17,6 +18,8 @@ from cardmint.v1 import (
 )
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.grpc_helpers import Metadata, failed_call
 
@@ -106,3 +109,37 @@ def test_an_undeclared_order_status_is_refused(channel: grpc.Channel, bearer: Me
         order_pb2.ListOrdersRequest(status=order_pb2.ORDER_STATUS_DELIVERED), metadata=bearer, timeout=10
     )
     assert list(listed.orders) == []
+
+
+_text = st.text(st.sampled_from("ab\x00é"), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    request_id=_text,
+    items=st.lists(st.tuples(_text, st.integers(0, 2**40), st.integers(0, 2**32 - 1)), max_size=3),
+)
+def test_nul_seen_wherever_it_is_and_only_there(request_id: str, items: list[tuple[str, int, int]]) -> None:
+    """The deserializer's shortcut (no 0x00 byte in the message as sent: no NUL to look
+    for) answers as the walk over every string field: the same field, or the message. The
+    numbers put 0x00 bytes on the wire without any NUL (a face value of 2^8, 2^16...)."""
+    message = order_pb2.CreateOrderRequest(
+        request_id=request_id,
+        items=[order_pb2.OrderItem(sku=s, face_value_minor_units=f, quantity=q) for s, f, q in items],
+    )
+    parsed = _tolerant(order_pb2.CreateOrderRequest.FromString)(message.SerializeToString())
+    where = _nul_field(message)
+    if where is None:
+        assert parsed == message
+    else:
+        assert isinstance(parsed, Undecodable) and parsed.field == where
+    assert (where is None) == all("\x00" not in s for s in [request_id, *(i[0] for i in items)])
+
+
+def test_zero_bytes_without_a_nul_parse() -> None:
+    """A 0x00 byte on the wire that is not in a string (the length of an empty item) takes
+    the long way, and the message passes."""
+    message = order_pb2.CreateOrderRequest(request_id="r", items=[order_pb2.OrderItem()])
+    data = message.SerializeToString()
+    assert b"\x00" in data
+    assert _tolerant(order_pb2.CreateOrderRequest.FromString)(data) == message

@@ -144,3 +144,35 @@ def test_concurrent_first_opens_of_new_sqlite_files_all_succeed(tmp_path: Path) 
         for s in handles:
             s.close()
     assert failures == []
+
+
+def _index_shapes(storage: Storage) -> list[tuple[str, ...]]:
+    """Each index of the schema as (table, unique, columns, condition), its name left out."""
+    with storage.read() as tx:
+        run = tx._all  # type: ignore[attr-defined]
+        if isinstance(storage, SQLiteStorage):
+            shapes: list[tuple[str, ...]] = []
+            tables = [r[0] for r in run("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                for _, name, unique, _origin, partial in run(f"PRAGMA index_list('{table}')"):
+                    cols = ",".join(str(r[2]) for r in run(f"PRAGMA index_info('{name}')"))
+                    sql = run("SELECT sql FROM sqlite_master WHERE name = ?", (name,))[0][0] or ""
+                    where = sql.upper().partition(" WHERE ")[2].strip() if partial else ""
+                    shapes.append((table, str(unique), cols, where))
+            return shapes
+        rows = run(
+            "SELECT t.relname, i.indisunique::text, i.indkey::text,"
+            " COALESCE(pg_get_expr(i.indexprs, i.indrelid), '') || '|'"
+            " || COALESCE(pg_get_expr(i.indpred, i.indrelid), '')"
+            " FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid"
+            " JOIN pg_namespace n ON n.oid = t.relnamespace WHERE n.nspname = current_schema()"
+        )
+        return [tuple(str(v) for v in r) for r in rows]
+
+
+def test_no_index_duplicates_another(storage: Storage) -> None:
+    """Every index is paid for by every insert: two with the same table, columns,
+    uniqueness and condition are one too many (v17 once repeated v1's idempotency_age)."""
+    shapes = _index_shapes(storage)
+    assert len(shapes) > 20  # the query saw the schema's indexes
+    assert sorted(s for s in set(shapes) if shapes.count(s) > 1) == []

@@ -74,3 +74,23 @@ def test_lot_rows_read_like_the_list_of_pairs_they_replace() -> None:
         rows[50]
     with pytest.raises(ValueError, match="serials but"):
         LotRows(np.array([b"1"]), np.array([b"a", b"b"]))
+
+
+def test_servers_apart_tiny() -> None:
+    """`--apart`: echo and a cardmint server each in a spawned process, the clients here;
+    each row answered every call and names the server process's CPU per call, read from it."""
+    from cardmint.cli.bench_server import TINY, measure_apart
+
+    rows = measure_apart(TINY)
+    assert [(r.operation, r.backend) for r in rows] == [
+        ("echo (8 clients, server apart)", "bare grpcio"),
+        ("GetBalance (8 clients, server apart)", "sqlite"),
+        ("Redeem (8 clients, server apart)", "sqlite"),
+        ("BindCard (8 clients, server apart)", "sqlite"),
+    ]
+    for r in rows:
+        assert r.n == TINY.calls and r.rate > 0 and r.vs_baseline is not None and r.vs_baseline > 0, r
+        assert "0 refused" in r.note or r.backend == "bare grpcio", r
+        if sys.platform == "linux":
+            cpu = float(r.note.split("server process ")[1].split(" us CPU per call")[0])
+            assert cpu > 0, r

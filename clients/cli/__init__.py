@@ -127,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--pg", metavar="DSN", help="with --server: also bench on this PostgreSQL database")
     bench.add_argument(
+        "--apart",
+        action="store_true",
+        help="with --server: also echo and the unary calls with each server in a process of its own",
+    )
+    bench.add_argument(
         "--ci",
         action="store_true",
         help="the quick table CI prints: kernel vs plain Python and server calls vs echo, one run",

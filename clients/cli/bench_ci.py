@@ -60,9 +60,10 @@ def measure_server(tiny: bool) -> list[Row]:
     """The echo row and the unary rows on SQLite (``vs_baseline`` = calls/s over echo's)."""
     from .bench_server import (
         ServerSizes,
-        _row,
         cardmint_server,
+        echo_row,
         echo_server,
+        load_row,
         make_lot,
         measure_echo,
         measure_unary,
@@ -78,31 +79,14 @@ def measure_server(tiny: bool) -> list[Row]:
     sizes = ServerSizes(calls, threads, chans, threads + calls, 0, 0, 0, limit_s, 1)
     with echo_server() as addr:
         echo = measure_echo(addr, sizes)
-    base = _row(
-        f"echo ({threads} clients)",
-        "bare grpcio",
-        echo.done,
-        echo.seconds,
-        p50_ms=round(echo.p50_ms, 3),
-        p99_ms=round(echo.p99_ms, 3),
-    )
-    base.vs_baseline = 1.0
-    rows: list[Row] = [base]
+    rows: list[Row] = [echo_row(f"echo ({threads} clients)", echo)]
     with tempfile.TemporaryDirectory(prefix="cardmint-bench-ci-") as tmp:
         url = f"sqlite://{Path(tmp) / 'cardmint.db'}"
         with cardmint_server(url, Path(tmp) / "var") as (addr, token):
             tag = f"ci{os.getpid()}-{time.time_ns()}"
             lot_rows, _ = make_lot(addr, token, f"BENCH-{tag}"[:32], threads + calls)
             for op, load in measure_unary(addr, token, lot_rows, sizes, tag).items():
-                r = _row(
-                    f"{op} ({threads} clients)",
-                    "sqlite",
-                    load.done,
-                    load.seconds,
-                    p50_ms=round(load.p50_ms, 3),
-                    p99_ms=round(load.p99_ms, 3),
-                    note=f"{load.errors} refused",
-                )
+                r = load_row(f"{op} ({threads} clients)", "sqlite", load, f"{load.errors} refused")
                 r.vs_baseline = load.rate / echo.rate if echo.rate else None
                 rows.append(r)
     return rows

@@ -4,7 +4,9 @@ Everything runs in this process on 127.0.0.1: an echo server (one trivial unary 
 in and out, no protobuf) as the baseline, and a cardmint server on SQLite in a temporary
 directory (and on PostgreSQL when ``--pg DSN`` is given). Unary rows are measured with many
 concurrent client threads over a few channels; 'x echo' is a row's calls/s over the echo
-server's calls/s measured in the same run with the same client layout.
+server's calls/s measured in the same run with the same client layout. ``--apart`` adds
+echo, GetBalance, Redeem and BindCard with each server in a spawned process of its own (the
+clients stay here), with each server process's CPU per call.
 
 The issue's targets (2 cores): Bind and Redeem with 64 clients >= 50% of echo calls/s and
 p99 <= 25 ms; bulk Check >= 2M codes/s; a lot of 10^6 minted, stored and exported <= 20 s;
@@ -33,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 import grpc
 import numpy as np
@@ -298,6 +300,10 @@ def make_lot(addr: str, token: str, sku: str, count: int, face: int = FACE) -> t
     return LotRows(np.concatenate([s for s, _ in chunks]), np.concatenate([c for _, c in chunks])), seconds
 
 
+def _as_is(op: str, phase: Callable[[], Load]) -> Load:
+    return phase()
+
+
 def measure_unary(
     addr: str,
     token: str,
@@ -305,6 +311,7 @@ def measure_unary(
     sizes: ServerSizes,
     tag: str,
     paced_rate: float | None = None,
+    around: Callable[[str, Callable[[], Load]], Load] = _as_is,
 ) -> dict[str, Load]:
     """GetBalance, Redeem and BindCard with ``sizes.threads`` concurrent clients, each as
     fast as answers come (closed loop: the server's saturation rate; its latencies are
@@ -314,7 +321,8 @@ def measure_unary(
     caller sees while the server carries that rate.
 
     Each client redeems one unit at a time from a card of its own; binds take fresh cards
-    (after the redeem cards) onto fresh accounts."""
+    (after the redeem cards) onto fresh accounts. ``around(op, phase)`` runs each phase
+    (``phase()`` measures it), for a caller that measures something around it."""
     from cardmint.client import Client
 
     threads = sizes.threads
@@ -326,8 +334,11 @@ def measure_unary(
         clients = [Client(addr, token, timeout=30.0, channel=chans[t % len(chans)]) for t in range(threads)]
         own = [rows[t][0] for t in range(threads)]
         clients[0].balance(serial=own[0])  # warm up
-        out["GetBalance"] = run_concurrent(
-            lambda t, i: clients[t].balance(serial=own[t]), sizes.calls, threads, sizes.limit_s
+        out["GetBalance"] = around(
+            "GetBalance",
+            lambda: run_concurrent(
+                lambda t, i: clients[t].balance(serial=own[t]), sizes.calls, threads, sizes.limit_s
+            ),
         )
 
         def redeem(label: str) -> Callable[[int, int], object]:
@@ -337,8 +348,12 @@ def measure_unary(
             cards = rows[first:]
             return lambda t, i: clients[t].bind_card(cards[i][1], account=f"{tag}-{label}-{i}")
 
-        out["Redeem"] = run_concurrent(redeem("r"), sizes.calls, threads, sizes.limit_s)
-        out["BindCard"] = run_concurrent(bind(threads, "acct"), sizes.calls, threads, sizes.limit_s)
+        out["Redeem"] = around(
+            "Redeem", lambda: run_concurrent(redeem("r"), sizes.calls, threads, sizes.limit_s)
+        )
+        out["BindCard"] = around(
+            "BindCard", lambda: run_concurrent(bind(threads, "acct"), sizes.calls, threads, sizes.limit_s)
+        )
         if paced_rate:
             out["Redeem paced"] = run_paced(redeem("pr"), paced_rate, sizes.calls, threads, sizes.limit_s)
             out["BindCard paced"] = run_paced(
@@ -648,6 +663,131 @@ def measure_orders_rows(
     return rows, races
 
 
+# -- servers apart: each in a process of its own ---------------------------------------------
+
+
+def _serve_apart(kind: str, db_url: str | None, var_dir: str | None, conn: Any) -> None:
+    """A spawned child's body: the echo server or a cardmint server on 127.0.0.1, its
+    address (and an admin token) sent up ``conn``; serves until the parent says stop or
+    goes away (the pipe's end)."""
+    if kind == "echo":
+        with echo_server() as addr:
+            conn.send((addr, ""))
+            with suppress(EOFError):
+                conn.recv()
+        return
+    from cardmint.server.app import start
+
+    running = start(db_url, "127.0.0.1:0", Path(var_dir or "."), workers=32)
+    try:
+        token = running.domain.auth.create_token("admin", label="bench apart").token
+        conn.send((f"127.0.0.1:{running.port}", token))
+        with suppress(EOFError):
+            conn.recv()
+    finally:
+        running.stop(grace=0)
+
+
+@dataclass
+class Apart:
+    """A server in a process of its own: its address, an admin token (cardmint), its pid."""
+
+    addr: str
+    token: str
+    pid: int
+
+    def cpu_seconds(self) -> float | None:
+        """The process's user + system CPU so far (Linux /proc); None where there is none."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def server_apart(kind: str, db_url: str | None = None, var_dir: Path | None = None) -> Iterator[Apart]:
+    """``kind`` "echo" or "cardmint" served by a spawned process (not forked: grpc's
+    threads do not survive a fork), stopped and joined on the way out."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=_serve_apart, args=(kind, db_url, str(var_dir) if var_dir else None, child), daemon=True
+    )
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(120):
+            raise RuntimeError(f"the {kind} server process did not start within 120 s")
+        addr, token = parent.recv()
+        yield Apart(addr, token, proc.pid or 0)
+    finally:
+        with suppress(OSError):
+            parent.send("stop")
+        parent.close()
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=10)
+
+
+class _CpuPerCall:
+    """``around`` for measure_unary: a server process's CPU seconds per phase."""
+
+    def __init__(self, server: Apart) -> None:
+        self.server = server
+        self.per_call: dict[str, float | None] = {}
+
+    def __call__(self, op: str, phase: Callable[[], Load]) -> Load:
+        before = self.server.cpu_seconds()
+        load = phase()
+        after = self.server.cpu_seconds()
+        self.per_call[op] = (
+            (after - before) / load.done if before is not None and after is not None and load.done else None
+        )
+        return load
+
+
+def _cpu_note(seconds: float | None) -> str:
+    return "" if seconds is None else f"; server process {seconds * 1e6:.0f} us CPU per call"
+
+
+def measure_apart(sizes: ServerSizes) -> list[ServerRow]:
+    """The echo server and a cardmint server (SQLite, a temporary directory) each in a
+    process of its own, the clients in this one, as other services reach a deployed server:
+    echo, then GetBalance, Redeem and BindCard closed loop, each with the server process's
+    CPU per call. One GIL per process here; in the in-process rows the clients share the
+    server's, which holds echo back more than the cardmint calls."""
+    with server_apart("echo") as echo_srv:
+        probe = _CpuPerCall(echo_srv)
+        echo = probe("echo", lambda: measure_echo(echo_srv.addr, sizes))
+    rows = [
+        echo_row(f"echo ({sizes.threads} clients, server apart)", echo, _cpu_note(probe.per_call["echo"]))
+    ]
+    with tempfile.TemporaryDirectory(prefix="cardmint-bench-") as tmp:
+        url = f"sqlite://{Path(tmp) / 'cardmint.db'}"
+        with server_apart("cardmint", url, Path(tmp) / "var") as srv:
+            tag = f"a{os.getpid()}-{time.time_ns()}"
+            sku = f"APART-{tag}"[:32]
+            lot_rows, _ = make_lot(srv.addr, srv.token, sku, sizes.threads + sizes.calls)
+            probe = _CpuPerCall(srv)
+            loads = measure_unary(srv.addr, srv.token, lot_rows, sizes, tag, around=probe)
+    for op, load in loads.items():
+        r = load_row(
+            f"{op} ({sizes.threads} clients, server apart)",
+            "sqlite",
+            load,
+            f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, {load.errors} refused"
+            f"{_cpu_note(probe.per_call.get(op))}",
+        )
+        r.vs_baseline = load.rate / echo.rate
+        rows.append(r)
+    return rows
+
+
 # -- the table ------------------------------------------------------------------------------
 
 
@@ -665,6 +805,26 @@ def _row(
 ) -> ServerRow:
     rate = n / secs if secs > 0 else float("inf")
     return ServerRow(op, backend, n, secs, rate, None, target, met, p50_ms, p99_ms, note)
+
+
+def load_row(op: str, backend: str, load: Load, note: str) -> ServerRow:
+    """A row of a measured phase: its calls, time and latencies."""
+    return _row(
+        op,
+        backend,
+        load.done,
+        load.seconds,
+        p50_ms=round(load.p50_ms, 3),
+        p99_ms=round(load.p99_ms, 3),
+        note=note,
+    )
+
+
+def echo_row(op: str, load: Load, extra: str = "") -> ServerRow:
+    """The echo baseline's row (``vs_baseline`` 1)."""
+    base = load_row(op, "bare grpcio", load, f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms{extra}")
+    base.vs_baseline = 1.0
+    return base
 
 
 UNARY_SHARE = 0.5  # Bind and Redeem: carry this share of echo's calls/s ...
@@ -780,17 +940,7 @@ def measure_server(
     order_races = order_races if order_races is not None else []
     with echo_server() as addr:
         echo = measure_echo(addr, sizes)
-    base = _row(
-        f"echo ({sizes.threads} clients)",
-        "bare grpcio",
-        echo.done,
-        echo.seconds,
-        p50_ms=round(echo.p50_ms, 3),
-        p99_ms=round(echo.p99_ms, 3),
-        note=f"p50 {echo.p50_ms:.1f} ms, p99 {echo.p99_ms:.1f} ms",
-    )
-    base.vs_baseline = 1.0
-    rows = [base]
+    rows = [echo_row(f"echo ({sizes.threads} clients)", echo)]
     backends: list[tuple[str, str | None]] = [("sqlite", None)]
     if pg_dsn:
         backends.append(("postgres", pg_dsn))
@@ -811,6 +961,8 @@ def run(args: argparse.Namespace) -> int:
     order_races: list[tuple[str, OrderRace]] = []
     order_sizes = ORDERS_TINY if tiny else ORDERS_FULL
     rows = measure_server(sizes, getattr(args, "pg", None), races, order_sizes, order_races)
+    if getattr(args, "apart", False):
+        rows += measure_apart(sizes)
     print(
         f"cardmint bench --server ({'tiny' if tiny else 'quick' if args.quick else 'full'}): "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, grpcio {grpc.__version__}, "
@@ -871,9 +1023,12 @@ __all__ = [
     "ServerRow",
     "ServerSizes",
     "cardmint_server",
+    "echo_row",
     "echo_server",
     "fill_issued",
+    "load_row",
     "make_lot",
+    "measure_apart",
     "measure_check",
     "measure_echo",
     "measure_order_race",
@@ -885,5 +1040,6 @@ __all__ = [
     "run",
     "run_concurrent",
     "run_paced",
+    "server_apart",
     "stock_pool",
 ]

@@ -95,6 +95,10 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[i]
 
 
+def _latency(load: Load) -> str:
+    return f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms"
+
+
 def run_concurrent(call: Callable[[int, int], object], total: int, threads: int, limit_s: float) -> Load:
     """``call(thread, i)`` for i in 0..total-1 spread over ``threads`` threads, all started
     together; a thread stops early once ``limit_s`` has passed. An exception counts as a
@@ -604,7 +608,7 @@ def _order_rows(
                 p50_ms=round(load.p50_ms, 3),
                 p99_ms=round(load.p99_ms, 3),
                 note=f"{load.rate:.0f} round trips/s = {2 * load.rate:.0f} calls/s ({share:.0%} of echo calls/s);"
-                f" p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, {load.errors} failed",
+                f" {_latency(load)}, {load.errors} failed",
             )
             trip.vs_baseline = share
             offered = ORDER_SHARE * echo_rate / 2  # round trips/s: two calls each
@@ -620,7 +624,7 @@ def _order_rows(
                 p50_ms=round(paced.p50_ms, 3),
                 p99_ms=round(paced.p99_ms, 3),
                 note=f"offered {offered:.0f} round trips/s = {2 * offered:.0f} calls/s ({ORDER_SHARE:.0%} of echo"
-                f" calls/s), carried {paced.rate:.0f}/s; p50 {paced.p50_ms:.1f} ms, p99 {paced.p99_ms:.1f} ms"
+                f" calls/s), carried {paced.rate:.0f}/s; {_latency(paced)}"
                 f" from each round trip's due time, {paced.errors} failed",
             )
             paced_row.vs_baseline = 2 * paced.rate / echo_rate
@@ -780,8 +784,7 @@ def measure_apart(sizes: ServerSizes) -> list[ServerRow]:
             f"{op} ({sizes.threads} clients, server apart)",
             "sqlite",
             load,
-            f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, {load.errors} refused"
-            f"{_cpu_note(probe.per_call.get(op))}",
+            f"{_latency(load)}, {load.errors} refused{_cpu_note(probe.per_call.get(op))}",
         )
         r.vs_baseline = load.rate / echo.rate
         rows.append(r)
@@ -822,7 +825,7 @@ def load_row(op: str, backend: str, load: Load, note: str) -> ServerRow:
 
 def echo_row(op: str, load: Load, extra: str = "") -> ServerRow:
     """The echo baseline's row (``vs_baseline`` 1)."""
-    base = load_row(op, "bare grpcio", load, f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms{extra}")
+    base = load_row(op, "bare grpcio", load, f"{_latency(load)}{extra}")
     base.vs_baseline = 1.0
     return base
 
@@ -846,14 +849,14 @@ def _unary_row(op: str, label: str, load: Load, threads: int, echo_rate: float, 
         met = kept and load.p99_ms <= UNARY_P99_MS if judged else None
         note = (
             f"offered {paced:.0f}/s ({UNARY_SHARE:.0%} of echo), carried {load.rate:.0f}/s; "
-            f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms from each call's due time, "
+            f"{_latency(load)} from each call's due time, "
             f"{load.errors} refused"
         )
         name = f"{op.removesuffix(' paced')} ({threads} clients, paced)"
     else:
         if op in ("Redeem", "BindCard"):
             target = "saturation (closed loop)"
-        note = f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms, {load.errors} refused"
+        note = f"{_latency(load)}, {load.errors} refused"
         name = f"{op} ({threads} clients)"
     r = _row(
         name,

@@ -281,14 +281,10 @@ def serve(settings: ServeConfig | None = None) -> int:
     ``settings``: the effective configuration (server/config.py; default: the defaults).
     Logs go to stderr as JSON lines, or readable text (``log_format``; auto: text on a
     terminal); ``metrics`` serves Prometheus metrics at HOST:PORT; ``trace`` (console or
-    otlp) exports OpenTelemetry spans (docs/operations.md)."""
+    otlp) exports OpenTelemetry spans (docs/operations.md). With ``processes`` > 1, a
+    fleet of server processes on the one database (cardmint.server.fleet)."""
     cfg = settings if settings is not None else default_config()
     observe.configure_logging(cfg.log_format, cfg.log_level.upper(), sys.stderr)
-    provider: Any = None
-    if cfg.trace is not None:
-        from cardmint.server.tracing import tracer_provider
-
-        provider = tracer_provider(cfg.trace)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -299,16 +295,37 @@ def serve(settings: ServeConfig | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if cfg.file is not None:
         log.info("configuration from %s", cfg.file)
+    cfg.var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if cfg.processes > 1:
+        from cardmint.server.fleet import serve_fleet
+
+        return serve_fleet(cfg, stopping)
+    return serve_one(cfg, cfg.listen, cfg.metrics, stopping)
+
+
+def serve_one(
+    cfg: ServeConfig,
+    listen: str,
+    metrics: str | None,
+    stopping: threading.Event,
+    parent: Any = None,
+) -> int:
+    """One server process with ``cfg`` on ``listen`` (metrics on ``metrics``) until
+    ``stopping`` is set, then drain; 0. ``parent`` (a fleet's child, cardmint.server.fleet):
+    the pipe to tell the bound ports up, and whose end (the parent gone) stops this too."""
+    provider: Any = None
+    if cfg.trace is not None:
+        from cardmint.server.tracing import tracer_provider
+
+        provider = tracer_provider(cfg.trace)
     tls = cfg.tls_files()
-    var_dir = cfg.var_dir
-    var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     running = start(
         cfg.db,
-        cfg.listen,
-        var_dir,
+        listen,
+        cfg.var_dir,
         workers=cfg.workers,
         config=cfg.domain_config(),
-        metrics=cfg.metrics,
+        metrics=metrics,
         tracer_provider=provider,
         tls=tls,
         keyring=Keyring.load(cfg.keys_path),
@@ -317,7 +334,6 @@ def serve(settings: ServeConfig | None = None) -> int:
         max_unserved_seconds=cfg.max_unserved_seconds,
         health_probe_seconds=cfg.health_probe,
     )
-    listen: str = cfg.listen
     host = listen.rsplit(":", 1)[0]
     where = redact(cfg.db_url)
     # Tests and scripts wait for this line; it names the bound port (``--listen …:0``).
@@ -330,15 +346,27 @@ def serve(settings: ServeConfig | None = None) -> int:
         where,
         running.domain.profile.tag,
     )
-    if cfg.metrics is not None:
-        log.info(
-            "metrics on http://%s:%d/metrics", observe.parse_address(cfg.metrics)[0], running.metrics_port
-        )
+    if metrics is not None:
+        log.info("metrics on http://%s:%d/metrics", observe.parse_address(metrics)[0], running.metrics_port)
+    if parent is not None:
+        parent.send((running.port, running.metrics_port))
     while not stopping.wait(0.5):  # wakes up so the main thread can run signal handlers
-        pass
+        if parent is not None and parent.poll():  # "stop", or the end of a parent that died
+            if _gone(parent):
+                log.warning("the fleet's parent process is gone")
+            break
     log.info("stopping; draining in-flight calls for up to %g s", cfg.grace)
     running.stop(cfg.grace)
     if provider is not None:
         provider.shutdown()  # exports the spans still batched
     log.info("stopped")
     return 0
+
+
+def _gone(pipe: Any) -> bool:
+    """True when ``pipe``'s other end closed (its process ended); False for a message."""
+    try:
+        pipe.recv()
+    except (EOFError, OSError):
+        return True
+    return False

@@ -179,6 +179,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grace", "float", 30.0, "seconds to let in-flight calls finish on SIGTERM", minimum=0),
     Setting("workers", "int", 32, "threads handling calls", minimum=1),
     Setting(
+        "processes",
+        "int",
+        1,
+        "server processes on the one database, process k on the listen port + k (metrics port + k); "
+        "one per core serves the most (docs/scaling.md, Several processes on one machine)",
+        minimum=1,
+    ),
+    Setting(
         "health_probe",
         "float",
         2.0,

@@ -127,6 +127,7 @@ __all__ = [
     "TransferLimitReached",
     "Unauthenticated",
     "Unavailable",
+    "channel_target",
     "tls_credentials",
 ]
 
@@ -735,6 +736,39 @@ def _payment_method(method: str) -> order_pb2.PaymentMethod.ValueType:
     return order_pb2.PaymentMethod.Value(f"PAYMENT_METHOD_{method.upper()}")
 
 
+_SCHEMES = ("ipv4", "ipv6", "dns", "unix", "unix-abstract", "vsock")
+
+
+def channel_target(addr: str) -> tuple[str, list[tuple[str, Any]]]:
+    """The grpc target and channel options for ``addr``: one ``HOST:PORT`` as it is; several,
+    comma-separated (the processes of ``cardmint serve --processes N``, each ``IP:PORT``),
+    as one ``ipv4:``/``ipv6:`` target whose calls gRPC's round_robin spreads over all of
+    them, skipping any that is down; a target with its own scheme (``dns:…``) as it is,
+    round robin when it names several."""
+    if "," not in addr:
+        return addr, []
+    balanced: list[tuple[str, Any]] = [("grpc.lb_policy_name", "round_robin")]
+    if addr.split(":", 1)[0] in _SCHEMES:
+        return addr, balanced
+    parts = [p.strip() for p in addr.split(",") if p.strip()]
+    if all(p.startswith("[") for p in parts):
+        return "ipv6:" + ",".join(parts), balanced
+    if all(_ipv4_port(p) for p in parts):
+        return "ipv4:" + ",".join(parts), balanced
+    raise ValueError(f"several addresses are IP:PORT each (a host name: one dns: target), not {addr!r}")
+
+
+def _ipv4_port(part: str) -> bool:
+    host, sep, port = part.rpartition(":")
+    octets = host.split(".")
+    return (
+        bool(sep)
+        and port.isdigit()
+        and len(octets) == 4
+        and all(o.isdigit() and int(o) < 256 for o in octets)
+    )
+
+
 def tls_credentials(
     ca: str | os.PathLike[str] | None = None,
     cert: str | os.PathLike[str] | None = None,
@@ -755,7 +789,8 @@ def tls_credentials(
 
 
 class Client:
-    """A connection to one cardmint server, acting as the holder of ``token``."""
+    """A connection to a cardmint server, acting as the holder of ``token``. ``addr``:
+    ``HOST:PORT``, or several ``IP:PORT`` comma-separated (``channel_target``)."""
 
     def __init__(
         self,
@@ -777,10 +812,13 @@ class Client:
         ]
         if channel is not None:
             self._channel = channel
-        elif tls is not None:
-            self._channel = grpc.secure_channel(addr, tls, options=options)
         else:
-            self._channel = grpc.insecure_channel(addr, options=options)
+            target, balancing = channel_target(addr)
+            options += balancing
+            if tls is not None:
+                self._channel = grpc.secure_channel(target, tls, options=options)
+            else:
+                self._channel = grpc.insecure_channel(target, options=options)
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),)
         if device_id:  # lets the server count failed guesses per device as well
             self._metadata += (("x-device-id", device_id),)

@@ -79,12 +79,17 @@ def cli(server: Running, bindir: Path, tmp_path: Path) -> Callable[..., subproce
 
 
 def wait_for_port(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
-    """The port a ``cardmint serve`` child logs ("serving on 127.0.0.1:PORT") on stderr.
+    """The port a ``cardmint serve`` child logs ("serving on 127.0.0.1:PORT") on stderr."""
+    return int(wait_for_line(proc, r"serving on 127\.0\.0\.1:(\d+)", timeout).group(1))
+
+
+def wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 60.0) -> re.Match[str]:
+    """The first line ``proc`` writes to stderr that ``pattern`` matches, as matched.
 
     Reads the pipe a byte at a time straight from its file descriptor: a buffered
     ``readline`` may pull the next lines into its buffer, where ``select`` no longer sees
-    them (the serving line then arrives unnoticed when another log line shares its write).
-    Nothing past the serving line is consumed: the caller may go on reading ``proc.stderr``."""
+    them (the line then arrives unnoticed when another log line shares its write).
+    Nothing past that line is consumed: the caller may go on reading ``proc.stderr``."""
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
     deadline = time.monotonic() + timeout
@@ -101,9 +106,9 @@ def wait_for_port(proc: subprocess.Popen[str], timeout: float = 60.0) -> int:
                 text = line.decode(errors="replace")
                 seen.append(text)
                 line = b""
-                m = re.search(r"serving on 127\.0\.0\.1:(\d+)", text)
+                m = re.search(pattern, text)
                 if m:
-                    return int(m.group(1))
+                    return m
         elif proc.poll() is not None:
             break
     raise AssertionError(f"cardmint serve did not start: {''.join(seen) + line.decode(errors='replace')!r}")

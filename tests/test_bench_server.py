@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROWS = {
     ("echo (8 clients)", "bare grpcio"),
     ("lot create+export", "sqlite"),
@@ -77,20 +79,44 @@ def test_lot_rows_read_like_the_list_of_pairs_they_replace() -> None:
 
 
 def test_servers_apart_tiny() -> None:
-    """`--apart`: echo and a cardmint server each in a spawned process, the clients here;
-    each row answered every call and names the server process's CPU per call, read from it."""
-    from cardmint.cli.bench_server import TINY, measure_apart
+    """`--apart`: echo servers and cardmint servers of 1 and 2 processes (each process
+    spawned, calls spread round robin), the clients here. Every row answered every call;
+    the closed-loop rows name the server processes' CPU per call, read from them; the
+    largest fleet also carries the paced rows and the card shop's rows, its race exact;
+    'x echo' is against the fastest echo."""
+    from cardmint.cli.bench_server import ORDERS_TINY, TINY, OrderRace, measure_apart
 
-    rows = measure_apart(TINY)
+    races: list[tuple[str, OrderRace]] = []
+    rows = measure_apart(TINY, fleets=(1, 2), order_sizes=ORDERS_TINY, order_races=races)
+    one, two = "1 server process apart", "2 server processes apart"
     assert [(r.operation, r.backend) for r in rows] == [
-        ("echo (8 clients, server apart)", "bare grpcio"),
-        ("GetBalance (8 clients, server apart)", "sqlite"),
-        ("Redeem (8 clients, server apart)", "sqlite"),
-        ("BindCard (8 clients, server apart)", "sqlite"),
+        (f"echo (8 clients, {one})", "bare grpcio"),
+        (f"echo (8 clients, {two})", "bare grpcio"),
+        (f"GetBalance (8 clients, {one})", "sqlite"),
+        (f"Redeem (8 clients, {one})", "sqlite"),
+        (f"BindCard (8 clients, {one})", "sqlite"),
+        (f"GetBalance (8 clients, {two})", "sqlite"),
+        (f"Redeem (8 clients, {two})", "sqlite"),
+        (f"BindCard (8 clients, {two})", "sqlite"),
+        (f"Redeem (8 clients, paced, {two})", "sqlite"),
+        (f"BindCard (8 clients, paced, {two})", "sqlite"),
+        (f"order round trip (8 clients, {two})", "sqlite"),
+        (f"order round trip (8 clients, paced, {two})", "sqlite"),
+        (f"order race (20 buyers, {two})", "sqlite"),
     ]
+    echoes = [r for r in rows if r.backend == "bare grpcio"]
+    assert max(r.vs_baseline or 0 for r in echoes) == 1.0
+    fastest = max(r.rate for r in echoes)
     for r in rows:
-        assert r.n == TINY.calls and r.rate > 0 and r.vs_baseline is not None and r.vs_baseline > 0, r
-        assert "0 refused" in r.note or r.backend == "bare grpcio", r
-        if sys.platform == "linux":
-            cpu = float(r.note.split("server process ")[1].split(" us CPU per call")[0])
+        assert r.rate > 0, r
+        assert r.vs_baseline is not None or "race" in r.operation, r
+        if r.operation.startswith(("echo", "GetBalance", "Redeem", "BindCard")):
+            assert r.n == TINY.calls, r
+            assert "0 refused" in r.note or r.backend == "bare grpcio", r
+            assert r.vs_baseline == pytest.approx(r.rate / fastest), r
+        if sys.platform == "linux" and "paced" not in r.operation and "order" not in r.operation:
+            cpu = float(r.note.split("server processes ")[1].split(" us CPU per call")[0])
             assert cpu > 0, r
+    assert "0 failed" in rows[-3].note and "0 failed" in rows[-2].note
+    assert [label for label, _ in races] == [f"sqlite, {two}"] and races[0][1].exact
+    assert rows[-1].met is True

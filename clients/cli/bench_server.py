@@ -212,7 +212,13 @@ def echo_server(workers: int = 32) -> Iterator[str]:
 
 @contextmanager
 def channels(addr: str, n: int) -> Iterator[list[grpc.Channel]]:
-    opened = [grpc.insecure_channel(addr) for _ in range(max(1, n))]
+    """``n`` channels to ``addr`` (several comma-separated: round robin over them, as
+    ``cardmint.client.Client``). Channels to one target share grpc's subchannels: one
+    connection per server address, whatever ``n``."""
+    from cardmint.client import channel_target
+
+    target, options = channel_target(addr)
+    opened = [grpc.insecure_channel(target, options=options) for _ in range(max(1, n))]
     try:
         for ch in opened:
             grpc.channel_ready_future(ch).result(timeout=10)
@@ -594,53 +600,61 @@ def _order_rows(
     with tempfile.TemporaryDirectory(prefix="cardmint-bench-") as tmp:
         url = db_url or f"sqlite://{Path(tmp) / 'cardmint.db'}"
         with cardmint_server(url, Path(tmp) / "var") as (addr, token):
-            tag = f"o{os.getpid()}-{time.time_ns()}"
-            sku = f"SHOP-{tag}"[:32]
-            stock_pool(addr, token, sku, 2 * sizes.round_trips)
-            load = measure_orders(addr, token, sizes, sku, tag)
-            share = 2 * load.rate / echo_rate  # calls/s over echo calls/s
-            trip = _row(
-                f"order round trip ({sizes.threads} clients)",
-                label,
-                load.done,
-                load.seconds,
-                target="saturation (closed loop)",
-                p50_ms=round(load.p50_ms, 3),
-                p99_ms=round(load.p99_ms, 3),
-                note=f"{load.rate:.0f} round trips/s = {2 * load.rate:.0f} calls/s ({share:.0%} of echo calls/s);"
-                f" {_latency(load)}, {load.errors} failed",
-            )
-            trip.vs_baseline = share
-            offered = ORDER_SHARE * echo_rate / 2  # round trips/s: two calls each
-            paced = measure_orders(addr, token, sizes, sku, f"{tag}p", paced_rate=offered)
-            kept = paced.rate >= 0.99 * offered and paced.errors == 0
-            paced_row = _row(
-                f"order round trip ({sizes.threads} clients, paced)",
-                label,
-                paced.done,
-                paced.seconds,
-                target=f">= {ORDER_SHARE:.0%} echo at p99 <= {ORDER_P99_MS:g} ms",
-                met=kept and paced.p99_ms <= ORDER_P99_MS if sizes.threads >= 64 else None,
-                p50_ms=round(paced.p50_ms, 3),
-                p99_ms=round(paced.p99_ms, 3),
-                note=f"offered {offered:.0f} round trips/s = {2 * offered:.0f} calls/s ({ORDER_SHARE:.0%} of echo"
-                f" calls/s), carried {paced.rate:.0f}/s; {_latency(paced)}"
-                f" from each round trip's due time, {paced.errors} failed",
-            )
-            paced_row.vs_baseline = 2 * paced.rate / echo_rate
-            race = measure_order_race(
-                addr, token, sizes.buyers, sizes.pool, f"{sku}-R"[:32], tag, limit_s=sizes.limit_s
-            )
-            done = _row(
-                f"order race ({race.buyers} buyers)",
-                label,
-                race.delivered,
-                race.seconds,
-                target="pool sold once, rest sold out",
-                met=race.exact,
-                note=f"{race.delivered} delivered of {race.pool} ({race.distinct} distinct), "
-                f"{race.sold_out} sold out, {race.other} other endings",
-            )
+            return _order_rows_at(label, addr, token, sizes, echo_rate)
+
+
+def _order_rows_at(
+    label: str, addr: str, token: str, sizes: OrderSizes, echo_rate: float, where: str = ""
+) -> tuple[list[ServerRow], OrderRace]:
+    """The card shop's rows against the server at ``addr``: the round trip closed loop and
+    paced, and the buyers' race."""
+    tag = f"o{os.getpid()}-{time.time_ns()}"
+    sku = f"SHOP-{tag}"[:32]
+    stock_pool(addr, token, sku, 2 * sizes.round_trips)
+    load = measure_orders(addr, token, sizes, sku, tag)
+    share = 2 * load.rate / echo_rate  # calls/s over echo calls/s
+    trip = _row(
+        f"order round trip ({sizes.threads} clients{_also(where)})",
+        label,
+        load.done,
+        load.seconds,
+        target="saturation (closed loop)",
+        p50_ms=round(load.p50_ms, 3),
+        p99_ms=round(load.p99_ms, 3),
+        note=f"{load.rate:.0f} round trips/s = {2 * load.rate:.0f} calls/s ({share:.0%} of echo calls/s);"
+        f" {_latency(load)}, {load.errors} failed",
+    )
+    trip.vs_baseline = share
+    offered = ORDER_SHARE * echo_rate / 2  # round trips/s: two calls each
+    paced = measure_orders(addr, token, sizes, sku, f"{tag}p", paced_rate=offered)
+    kept = paced.rate >= 0.99 * offered and paced.errors == 0
+    paced_row = _row(
+        f"order round trip ({sizes.threads} clients, paced{_also(where)})",
+        label,
+        paced.done,
+        paced.seconds,
+        target=f">= {ORDER_SHARE:.0%} echo at p99 <= {ORDER_P99_MS:g} ms",
+        met=kept and paced.p99_ms <= ORDER_P99_MS if sizes.threads >= 64 else None,
+        p50_ms=round(paced.p50_ms, 3),
+        p99_ms=round(paced.p99_ms, 3),
+        note=f"offered {offered:.0f} round trips/s = {2 * offered:.0f} calls/s ({ORDER_SHARE:.0%} of echo"
+        f" calls/s), carried {paced.rate:.0f}/s; {_latency(paced)}"
+        f" from each round trip's due time, {paced.errors} failed",
+    )
+    paced_row.vs_baseline = 2 * paced.rate / echo_rate
+    race = measure_order_race(
+        addr, token, sizes.buyers, sizes.pool, f"{sku}-R"[:32], tag, limit_s=sizes.limit_s
+    )
+    done = _row(
+        f"order race ({race.buyers} buyers{_also(where)})",
+        label,
+        race.delivered,
+        race.seconds,
+        target="pool sold once, rest sold out",
+        met=race.exact,
+        note=f"{race.delivered} delivered of {race.pool} ({race.distinct} distinct), "
+        f"{race.sold_out} sold out, {race.other} other endings",
+    )
     return [trip, paced_row, done], race
 
 
@@ -667,79 +681,100 @@ def measure_orders_rows(
     return rows, races
 
 
-# -- servers apart: each in a process of its own ---------------------------------------------
+# -- servers apart: in processes of their own ------------------------------------------------
 
 
-def _serve_apart(kind: str, db_url: str | None, var_dir: str | None, conn: Any) -> None:
-    """A spawned child's body: the echo server or a cardmint server on 127.0.0.1, its
-    address (and an admin token) sent up ``conn``; serves until the parent says stop or
-    goes away (the pipe's end)."""
-    if kind == "echo":
-        with echo_server() as addr:
-            conn.send((addr, ""))
-            with suppress(EOFError):
-                conn.recv()
-        return
-    from cardmint.server.app import start
-
-    running = start(db_url, "127.0.0.1:0", Path(var_dir or "."), workers=32)
-    try:
-        token = running.domain.auth.create_token("admin", label="bench apart").token
-        conn.send((f"127.0.0.1:{running.port}", token))
+def _serve_echo(conn: Any) -> None:
+    """A spawned child's body: the echo server on 127.0.0.1, its address sent up ``conn``;
+    serves until the parent says stop or goes away (the pipe's end)."""
+    with echo_server() as addr:
+        conn.send(addr)
         with suppress(EOFError):
             conn.recv()
-    finally:
-        running.stop(grace=0)
 
 
 @dataclass
 class Apart:
-    """A server in a process of its own: its address, an admin token (cardmint), its pid."""
+    """Servers in processes of their own: the address clients name (several
+    comma-separated), an admin token (cardmint), the pids."""
 
     addr: str
     token: str
-    pid: int
+    pids: tuple[int, ...]
 
     def cpu_seconds(self) -> float | None:
-        """The process's user + system CPU so far (Linux /proc); None where there is none."""
-        try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """The processes' user + system CPU so far (Linux /proc); None where there is none."""
+        total = 0.0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
 
 @contextmanager
-def server_apart(kind: str, db_url: str | None = None, var_dir: Path | None = None) -> Iterator[Apart]:
-    """``kind`` "echo" or "cardmint" served by a spawned process (not forked: grpc's
-    threads do not survive a fork), stopped and joined on the way out."""
+def echo_apart(processes: int = 1) -> Iterator[Apart]:
+    """``processes`` echo servers, each a spawned process (not forked: grpc's threads do
+    not survive a fork) on a port of its own; stopped and joined on the way out."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(
-        target=_serve_apart, args=(kind, db_url, str(var_dir) if var_dir else None, child), daemon=True
-    )
-    proc.start()
-    child.close()
+    started: list[tuple[Any, Any]] = []
     try:
-        if not parent.poll(120):
-            raise RuntimeError(f"the {kind} server process did not start within 120 s")
-        addr, token = parent.recv()
-        yield Apart(addr, token, proc.pid or 0)
+        for _ in range(processes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve_echo, args=(child,), daemon=True)
+            proc.start()
+            child.close()
+            started.append((proc, parent))
+        addrs = []
+        for _, parent in started:
+            if not parent.poll(120):
+                raise RuntimeError("an echo server process did not start within 120 s")
+            addrs.append(parent.recv())
+        yield Apart(",".join(addrs), "", tuple(proc.pid or 0 for proc, _ in started))
     finally:
-        with suppress(OSError):
-            parent.send("stop")
-        parent.close()
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=10)
+        for _, parent in started:
+            with suppress(OSError):
+                parent.send("stop")
+            parent.close()
+        for proc, _ in started:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=10)
+
+
+@contextmanager
+def cardmint_apart(var_dir: Path, db_url: str | None = None, processes: int = 1) -> Iterator[Apart]:
+    """A cardmint server of ``processes`` processes (``cardmint serve --processes``,
+    cardmint.server.fleet) on 127.0.0.1, free ports, the database ``db_url`` (default
+    SQLite under ``var_dir``); with an admin token. Drained and joined on the way out."""
+    from cardmint.server.app import open_domain
+    from cardmint.server.config import ServeConfig, default_config
+    from cardmint.server.fleet import start_fleet
+
+    defaults = default_config()
+    values = dict(defaults.values)
+    values.update(db=db_url, var=str(var_dir), listen="127.0.0.1:0", processes=processes, log_level="warning")
+    cfg = ServeConfig(values, dict(defaults.sources))
+    storage, domain = open_domain(db_url, var_dir)
+    try:
+        token = domain.auth.create_token("admin", label="bench apart").token
+    finally:
+        storage.close()
+    fleet = start_fleet(cfg)
+    try:
+        yield Apart(fleet.target, token, tuple(fleet.pids))
+    finally:
+        fleet.stop(5.0)
 
 
 class _CpuPerCall:
-    """``around`` for measure_unary: a server process's CPU seconds per phase."""
+    """``around`` for measure_unary: the server processes' CPU seconds per phase."""
 
     def __init__(self, server: Apart) -> None:
         self.server = server
@@ -756,38 +791,74 @@ class _CpuPerCall:
 
 
 def _cpu_note(seconds: float | None) -> str:
-    return "" if seconds is None else f"; server process {seconds * 1e6:.0f} us CPU per call"
+    return "" if seconds is None else f"; server processes {seconds * 1e6:.0f} us CPU per call"
 
 
-def measure_apart(sizes: ServerSizes) -> list[ServerRow]:
-    """The echo server and a cardmint server (SQLite, a temporary directory) each in a
-    process of its own, the clients in this one, as other services reach a deployed server:
-    echo, then GetBalance, Redeem and BindCard closed loop, each with the server process's
-    CPU per call. One GIL per process here; in the in-process rows the clients share the
-    server's, which holds echo back more than the cardmint calls."""
-    with server_apart("echo") as echo_srv:
-        probe = _CpuPerCall(echo_srv)
-        echo = probe("echo", lambda: measure_echo(echo_srv.addr, sizes))
-    rows = [
-        echo_row(f"echo ({sizes.threads} clients, server apart)", echo, _cpu_note(probe.per_call["echo"]))
-    ]
-    with tempfile.TemporaryDirectory(prefix="cardmint-bench-") as tmp:
-        url = f"sqlite://{Path(tmp) / 'cardmint.db'}"
-        with server_apart("cardmint", url, Path(tmp) / "var") as srv:
-            tag = f"a{os.getpid()}-{time.time_ns()}"
-            sku = f"APART-{tag}"[:32]
-            lot_rows, _ = make_lot(srv.addr, srv.token, sku, sizes.threads + sizes.calls)
-            probe = _CpuPerCall(srv)
-            loads = measure_unary(srv.addr, srv.token, lot_rows, sizes, tag, around=probe)
-    for op, load in loads.items():
-        r = load_row(
-            f"{op} ({sizes.threads} clients, server apart)",
-            "sqlite",
-            load,
-            f"{_latency(load)}, {load.errors} refused{_cpu_note(probe.per_call.get(op))}",
-        )
-        r.vs_baseline = load.rate / echo.rate
+def _apart(processes: int) -> str:
+    return f"{processes} server process{'es' if processes > 1 else ''} apart"
+
+
+def fleet_sizes() -> tuple[int, ...]:
+    """The server process counts ``--apart`` measures: 1, and one per core."""
+    return tuple(sorted({1, os.cpu_count() or 1}))
+
+
+def measure_apart(
+    sizes: ServerSizes,
+    fleets: Sequence[int] | None = None,
+    order_sizes: OrderSizes | None = None,
+    order_races: list[tuple[str, OrderRace]] | None = None,
+) -> list[ServerRow]:
+    """Servers in processes of their own, the clients in this one, as other services reach
+    a deployed server. For each count in ``fleets`` (default: 1 and one per core): echo
+    servers of that many processes, then a cardmint server (SQLite, a temporary directory)
+    of that many processes, GetBalance, Redeem and BindCard closed loop, each with the
+    server processes' CPU per call. The clients spread their calls over the processes
+    round robin. One GIL per process here; in the in-process rows the clients share the
+    server's, which holds echo back more than the cardmint calls.
+
+    'x echo' compares with the fastest echo of the run, whatever its process count. The
+    largest fleet also carries the judged rows: Redeem and BindCard paced at half of that
+    echo's calls/s and, with ``order_sizes``, the card shop's rows (round trip, paced round
+    trip at 40% of echo's calls/s, the buyers' race; the race lands in ``order_races``)."""
+    counts = sorted(set(fleets or fleet_sizes()))
+    rows: list[ServerRow] = []
+    echoes: dict[int, Load] = {}
+    cpu: dict[int, float | None] = {}
+    for n in counts:
+        with echo_apart(n) as echo_srv:
+            probe = _CpuPerCall(echo_srv)
+            echoes[n] = probe("echo", lambda: measure_echo(echo_srv.addr, sizes))
+            cpu[n] = probe.per_call["echo"]
+    best = max(echoes.values(), key=lambda load: load.rate)
+    for n in counts:
+        r = echo_row(f"echo ({sizes.threads} clients, {_apart(n)})", echoes[n], _cpu_note(cpu[n]))
+        r.vs_baseline = echoes[n].rate / best.rate
         rows.append(r)
+    for n in counts:
+        judged = n == counts[-1]
+        paced = UNARY_SHARE * best.rate if judged else None
+        with (
+            tempfile.TemporaryDirectory(prefix="cardmint-bench-") as tmp,
+            cardmint_apart(Path(tmp) / "var", processes=n) as srv,
+        ):
+            tag = f"a{n}-{os.getpid()}-{time.time_ns()}"
+            sku = f"APART-{tag}"[:32]
+            need = sizes.threads + sizes.calls * (2 if paced else 1)
+            lot_rows, _ = make_lot(srv.addr, srv.token, sku, need)
+            probe = _CpuPerCall(srv)
+            loads = measure_unary(srv.addr, srv.token, lot_rows, sizes, tag, paced_rate=paced, around=probe)
+            for op, load in loads.items():
+                r = _unary_row(op, "sqlite", load, sizes.threads, best.rate, paced or 0.0, where=_apart(n))
+                r.note += _cpu_note(probe.per_call.get(op))
+                rows.append(r)
+            if judged and order_sizes is not None:
+                more, race = _order_rows_at(
+                    "sqlite", srv.addr, srv.token, order_sizes, best.rate, where=_apart(n)
+                )
+                rows += more
+                if order_races is not None:
+                    order_races.append((f"sqlite, {_apart(n)}", race))
     return rows
 
 
@@ -830,11 +901,17 @@ def echo_row(op: str, load: Load, extra: str = "") -> ServerRow:
     return base
 
 
+def _also(where: str) -> str:
+    return f", {where}" if where else ""
+
+
 UNARY_SHARE = 0.5  # Bind and Redeem: carry this share of echo's calls/s ...
 UNARY_P99_MS = 25.0  # ... with 64 clients, at this p99
 
 
-def _unary_row(op: str, label: str, load: Load, threads: int, echo_rate: float, paced: float) -> ServerRow:
+def _unary_row(
+    op: str, label: str, load: Load, threads: int, echo_rate: float, paced: float, where: str = ""
+) -> ServerRow:
     """One unary row. The targets are judged on the paced rows: the clients offer half of
     echo's calls/s, and the server must carry all of it (no errors, the rate kept) at the
     p99. The closed-loop rows show the saturation rate; at saturation, 64 callers always
@@ -852,12 +929,12 @@ def _unary_row(op: str, label: str, load: Load, threads: int, echo_rate: float, 
             f"{_latency(load)} from each call's due time, "
             f"{load.errors} refused"
         )
-        name = f"{op.removesuffix(' paced')} ({threads} clients, paced)"
+        name = f"{op.removesuffix(' paced')} ({threads} clients, paced{_also(where)})"
     else:
         if op in ("Redeem", "BindCard"):
             target = "saturation (closed loop)"
         note = f"{_latency(load)}, {load.errors} refused"
-        name = f"{op} ({threads} clients)"
+        name = f"{op} ({threads} clients{_also(where)})"
     r = _row(
         name,
         label,
@@ -965,7 +1042,7 @@ def run(args: argparse.Namespace) -> int:
     order_sizes = ORDERS_TINY if tiny else ORDERS_FULL
     rows = measure_server(sizes, getattr(args, "pg", None), races, order_sizes, order_races)
     if getattr(args, "apart", False):
-        rows += measure_apart(sizes)
+        rows += measure_apart(sizes, order_sizes=order_sizes, order_races=order_races)
     print(
         f"cardmint bench --server ({'tiny' if tiny else 'quick' if args.quick else 'full'}): "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, grpcio {grpc.__version__}, "
@@ -1025,10 +1102,13 @@ __all__ = [
     "Race",
     "ServerRow",
     "ServerSizes",
+    "cardmint_apart",
     "cardmint_server",
+    "echo_apart",
     "echo_row",
     "echo_server",
     "fill_issued",
+    "fleet_sizes",
     "load_row",
     "make_lot",
     "measure_apart",
@@ -1043,6 +1123,5 @@ __all__ = [
     "run",
     "run_concurrent",
     "run_paced",
-    "server_apart",
     "stock_pool",
 ]

@@ -122,7 +122,11 @@ class _WriterGate:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Idempotent: a storage closed twice must not close a descriptor number that
+        something opened since."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class _Unit:

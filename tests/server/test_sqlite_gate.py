@@ -91,3 +91,16 @@ def test_the_gate_is_let_go_when_its_holder_is_killed(tmp_path: Path) -> None:
         assert ours.group_commits == 1
     finally:
         ours.close()
+
+
+def test_closing_twice_leaves_other_descriptors_alone(tmp_path: Path) -> None:
+    """A storage closed twice (a test's own close, then its fixture's) must not close the
+    descriptor number its gate had, which the next file opened may have been given."""
+    first = SQLiteStorage(tmp_path / "a.db")
+    first.close()
+    second = SQLiteStorage(tmp_path / "a.db")
+    try:
+        first.close()
+        second.run(lambda tx: tx.probe())  # its gate and connection still work
+    finally:
+        second.close()

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROWS = {
     ("echo (8 clients)", "bare grpcio"),
@@ -82,8 +84,8 @@ def test_servers_apart_tiny() -> None:
     """`--apart`: echo servers and cardmint servers of 1 and 2 processes (each process
     spawned, calls spread round robin), the clients here. Every row answered every call;
     the closed-loop rows name the server processes' CPU per call, read from them; the
-    largest fleet also carries the paced rows and the card shop's rows, its race exact;
-    'x echo' is against the fastest echo."""
+    largest fleet also carries the paced rows, the highest paced rates within the p99s
+    and the card shop's rows, its race exact; 'x echo' is against the fastest echo."""
     from cardmint.cli.bench_server import ORDERS_TINY, TINY, OrderRace, measure_apart
 
     races: list[tuple[str, OrderRace]] = []
@@ -100,16 +102,24 @@ def test_servers_apart_tiny() -> None:
         (f"BindCard (8 clients, {two})", "sqlite"),
         (f"Redeem (8 clients, paced, {two})", "sqlite"),
         (f"BindCard (8 clients, paced, {two})", "sqlite"),
+        (f"Redeem (8 clients, p99 <= 25 ms, {two})", "sqlite"),
+        (f"BindCard (8 clients, p99 <= 25 ms, {two})", "sqlite"),
         (f"order round trip (8 clients, {two})", "sqlite"),
         (f"order round trip (8 clients, paced, {two})", "sqlite"),
+        (f"order round trip (8 clients, p99 <= 40 ms, {two})", "sqlite"),
         (f"order race (20 buyers, {two})", "sqlite"),
     ]
     echoes = [r for r in rows if r.backend == "bare grpcio"]
     assert max(r.vs_baseline or 0 for r in echoes) == 1.0
     fastest = max(r.rate for r in echoes)
     for r in rows:
-        assert r.rate > 0, r
         assert r.vs_baseline is not None or "race" in r.operation, r
+        knee = "p99 <=" in r.operation
+        if knee:  # the highest paced rate within the p99: its phases are named, it may be 0
+            assert "highest paced rate within p99" in r.note and "tried " in r.note, r
+            assert r.rate >= 0, r
+            continue
+        assert r.rate > 0, r
         if r.operation.startswith(("echo", "GetBalance", "Redeem", "BindCard")):
             assert r.n == TINY.calls, r
             assert "0 refused" in r.note or r.backend == "bare grpcio", r
@@ -117,6 +127,38 @@ def test_servers_apart_tiny() -> None:
         if sys.platform == "linux" and "paced" not in r.operation and "order" not in r.operation:
             cpu = float(r.note.split("server processes ")[1].split(" us CPU per call")[0])
             assert cpu > 0, r
-    assert "0 failed" in rows[-3].note and "0 failed" in rows[-2].note
+    assert "0 failed" in rows[-4].note and "0 failed" in rows[-3].note
     assert [label for label, _ in races] == [f"sqlite, {two}"] and races[0][1].exact
     assert rows[-1].met is True
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.floats(0, 3000),
+    ceiling=st.floats(50, 2000),
+    steps=st.integers(1, 8),
+    flaky=st.sets(st.integers(0, 12), max_size=4),
+)
+def test_the_knee_search_finds_the_capacity_within_its_resolution(
+    capacity: float, ceiling: float, steps: int, flaky: set[int]
+) -> None:
+    """``highest_paced`` against a fake server: within the p99 up to ``capacity`` calls/s,
+    over it above; the phases numbered in ``flaky`` fail once whatever the rate (another
+    process's pause), which a retry must absorb. It reports the ceiling when that passes,
+    else a rate that passed, within ceiling / 2**steps of the capacity once the flukes are
+    used up, and never a rate that failed twice."""
+    from cardmint.cli.bench_server import Load, highest_paced
+
+    def phase(rate: float, k: int) -> Load:
+        over = rate > capacity or k in flaky
+        return Load(100, 0, 1.0, 5.0, 100.0 if over else 10.0)
+
+    knee = highest_paced(phase, ceiling, 25.0, steps)
+    assert len(knee.tried) <= 1 + steps + 2  # the ceiling, the bisections, two retries
+    if capacity >= ceiling and 0 not in flaky:
+        assert knee.rate == ceiling
+    assert knee.rate <= min(capacity, ceiling)  # only a rate that passed
+    passed = [r for r, load in knee.tried if load.p99_ms <= 25.0]
+    assert knee.rate == (max(passed) if passed else 0.0)
+    if not flaky:
+        assert knee.rate >= min(capacity, ceiling) - ceiling / 2**steps

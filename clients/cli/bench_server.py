@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, overload
 
@@ -185,6 +185,59 @@ def run_paced(
     seconds = max(ends) - start[0]
     flat = sorted(x for lat in latencies for x in lat)
     return Load(len(flat), sum(errors), seconds, _percentile(flat, 0.5) * 1e3, _percentile(flat, 0.99) * 1e3)
+
+
+@dataclass(frozen=True)
+class Knee:
+    """The highest offered rate a paced phase carried within a p99 (``highest_paced``)."""
+
+    rate: float  # calls/s offered and carried within the p99; 0 when none was
+    p99_ms: float
+    tried: tuple[tuple[float, Load], ...]  # every phase: (offered rate, what it did)
+
+    @property
+    def phases(self) -> str:
+        return "; ".join(
+            f"{r:.0f}/s {'within' if _within(load, self.p99_ms) else 'over'} (p99 {load.p99_ms:.0f} ms)"
+            for r, load in self.tried
+        )
+
+
+def _within(load: Load, p99_ms: float) -> bool:
+    """A paced phase whose every call succeeded within ``p99_ms`` of its due time, 99 in
+    100 of them. (A server that falls behind the offered rate makes every later call late,
+    which its p99 shows: no rate check needed, which a short phase would fail anyway, its
+    wall time ending with the last call's latency.)"""
+    return load.errors == 0 and load.p99_ms <= p99_ms
+
+
+def highest_paced(phase: Callable[[float, int], Load], ceiling: float, p99_ms: float, steps: int = 5) -> Knee:
+    """The highest rate up to ``ceiling`` at which ``phase(rate, k)`` (the k-th phase: a
+    paced run at ``rate``, fresh work each time) keeps its p99 within ``p99_ms`` with no
+    errors: ``ceiling`` itself if it passes, else the last passing rate of ``steps``
+    bisections between 0 and it (within ``ceiling / 2**steps`` of the true one). A rate
+    that fails is tried once more before it counts as failed, twice in a search at most
+    (a pause of another process on a shared machine is not the server's limit)."""
+    tried: list[tuple[float, Load]] = []
+    good, bad = 0.0, ceiling
+    rate, bisections, retries, retried = ceiling, 0, 0, False
+    while True:
+        load = phase(rate, len(tried))
+        tried.append((rate, load))
+        if _within(load, p99_ms):
+            good, retried = rate, False
+            if rate >= ceiling:
+                break
+        elif not retried and retries < _KNEE_RETRIES:
+            retried, retries = True, retries + 1
+            continue
+        else:
+            bad, retried = rate, False
+        if bisections == steps:
+            break
+        bisections += 1
+        rate = (good + bad) / 2
+    return Knee(good, p99_ms, tuple(tried))
 
 
 # -- the echo baseline ----------------------------------------------------------------------
@@ -370,6 +423,91 @@ def measure_unary(
                 bind(threads + sizes.calls, "pacct"), paced_rate, sizes.calls, threads, sizes.limit_s
             )
     return out
+
+
+UNARY_SHARE = 0.5  # Bind and Redeem: carry this share of echo's calls/s ...
+UNARY_P99_MS = 25.0  # ... with 64 clients, at this p99
+KNEE_SECONDS = 3.0  # a phase of the knee search offers about this many seconds of calls ...
+KNEE_STEPS = 5  # ... over this many bisection steps at most
+_KNEE_RETRIES = 2  # failed phases tried again in one search
+
+
+def _knee_calls(rate: float, most: int, threads: int) -> int:
+    return max(threads, min(most, int(rate * KNEE_SECONDS)))
+
+
+def measure_knees(
+    addr: str,
+    token: str,
+    rows: Sequence[tuple[str, str]],
+    sizes: ServerSizes,
+    tag: str,
+    ceiling: float,
+    bind_from: int,
+    p99_ms: float = UNARY_P99_MS,
+) -> dict[str, Knee]:
+    """Redeem and BindCard: the highest rate up to ``ceiling`` the ``sizes.threads``
+    clients can offer paced with the p99 within ``p99_ms`` (``highest_paced``). Redeems
+    come from the first ``sizes.threads`` cards, one each; binds take fresh cards from
+    ``rows[bind_from:]`` onto fresh accounts."""
+    from cardmint.client import Client
+
+    threads = sizes.threads
+    out: dict[str, Knee] = {}
+    with channels(addr, sizes.channels) as chans:
+        clients = [Client(addr, token, timeout=30.0, channel=chans[t % len(chans)]) for t in range(threads)]
+        own = [rows[t][0] for t in range(threads)]
+
+        def redeem(rate: float, k: int) -> Load:
+            return run_paced(
+                lambda t, i: clients[t].redeem(own[t], 1, CURRENCY, request_id=f"{tag}-k{k}-{i}"),
+                rate,
+                _knee_calls(rate, sizes.calls, threads),
+                threads,
+                sizes.limit_s,
+            )
+
+        out["Redeem"] = highest_paced(redeem, ceiling, p99_ms, KNEE_STEPS)
+        used = [bind_from]
+
+        def bind(rate: float, k: int) -> Load:
+            n = _knee_calls(rate, sizes.calls, threads)
+            first, used[0] = used[0], used[0] + n
+            if used[0] > len(rows):
+                raise ValueError(f"the lot has {len(rows)} cards, the binds need {used[0]}")
+            cards = rows[first : first + n]
+            return run_paced(
+                lambda t, i: clients[t].bind_card(cards[i][1], account=f"{tag}-k{k}-{i}"),
+                rate,
+                n,
+                threads,
+                sizes.limit_s,
+            )
+
+        out["BindCard"] = highest_paced(bind, ceiling, p99_ms, KNEE_STEPS)
+    return out
+
+
+def knee_row(
+    op: str, label: str, knee: Knee, echo_rate: float, per: int = 1, unit: str = "calls"
+) -> ServerRow:
+    """A knee's row: its rate the highest within the p99 (in ``unit``s of ``per`` calls
+    each), 'x echo' its calls/s over echo's."""
+    passed = [load for rate, load in knee.tried if rate == knee.rate and _within(load, knee.p99_ms)]
+    best = passed[-1] if passed else None
+    row = ServerRow(
+        op,
+        label,
+        best.done if best else 0,
+        best.seconds if best else 0.0,
+        knee.rate,
+        per * knee.rate / echo_rate,
+        note=f"highest paced rate within p99 {knee.p99_ms:g} ms: {knee.rate:.0f} {unit}/s "
+        f"({per * knee.rate / echo_rate:.0%} of echo calls/s); tried {knee.phases}",
+        p50_ms=round(best.p50_ms, 3) if best else None,
+        p99_ms=round(best.p99_ms, 3) if best else None,
+    )
+    return row
 
 
 @dataclass(frozen=True)
@@ -604,13 +742,20 @@ def _order_rows(
 
 
 def _order_rows_at(
-    label: str, addr: str, token: str, sizes: OrderSizes, echo_rate: float, where: str = ""
+    label: str,
+    addr: str,
+    token: str,
+    sizes: OrderSizes,
+    echo_rate: float,
+    where: str = "",
+    knee: bool = False,
 ) -> tuple[list[ServerRow], OrderRace]:
     """The card shop's rows against the server at ``addr``: the round trip closed loop and
-    paced, and the buyers' race."""
+    paced, with ``knee`` the highest paced rate within the p99 (``highest_paced``), and
+    the buyers' race."""
     tag = f"o{os.getpid()}-{time.time_ns()}"
     sku = f"SHOP-{tag}"[:32]
-    stock_pool(addr, token, sku, 2 * sizes.round_trips)
+    stock_pool(addr, token, sku, (2 + (KNEE_STEPS + 1 + _KNEE_RETRIES if knee else 0)) * sizes.round_trips)
     load = measure_orders(addr, token, sizes, sku, tag)
     share = 2 * load.rate / echo_rate  # calls/s over echo calls/s
     trip = _row(
@@ -642,6 +787,18 @@ def _order_rows_at(
         f" from each round trip's due time, {paced.errors} failed",
     )
     paced_row.vs_baseline = 2 * paced.rate / echo_rate
+    knees: list[ServerRow] = []
+    if knee:
+
+        def phase(rate: float, k: int) -> Load:
+            n = _knee_calls(rate, sizes.round_trips, sizes.threads)
+            return measure_orders(
+                addr, token, replace(sizes, round_trips=n), sku, f"{tag}k{k}", paced_rate=rate
+            )
+
+        found = highest_paced(phase, offered, ORDER_P99_MS, KNEE_STEPS)
+        name = f"order round trip ({sizes.threads} clients, p99 <= {ORDER_P99_MS:g} ms{_also(where)})"
+        knees.append(knee_row(name, label, found, echo_rate, per=2, unit="round trips"))
     race = measure_order_race(
         addr, token, sizes.buyers, sizes.pool, f"{sku}-R"[:32], tag, limit_s=sizes.limit_s
     )
@@ -655,7 +812,7 @@ def _order_rows_at(
         note=f"{race.delivered} delivered of {race.pool} ({race.distinct} distinct), "
         f"{race.sold_out} sold out, {race.other} other endings",
     )
-    return [trip, paced_row, done], race
+    return [trip, paced_row, *knees, done], race
 
 
 def measure_orders_rows(
@@ -844,7 +1001,8 @@ def measure_apart(
         ):
             tag = f"a{n}-{os.getpid()}-{time.time_ns()}"
             sku = f"APART-{tag}"[:32]
-            need = sizes.threads + sizes.calls * (2 if paced else 1)
+            unary = sizes.threads + sizes.calls * (2 if paced else 1)
+            need = unary + (sizes.calls * (KNEE_STEPS + 1 + _KNEE_RETRIES) if paced else 0)
             lot_rows, _ = make_lot(srv.addr, srv.token, sku, need)
             probe = _CpuPerCall(srv)
             loads = measure_unary(srv.addr, srv.token, lot_rows, sizes, tag, paced_rate=paced, around=probe)
@@ -852,9 +1010,14 @@ def measure_apart(
                 r = _unary_row(op, "sqlite", load, sizes.threads, best.rate, paced or 0.0, where=_apart(n))
                 r.note += _cpu_note(probe.per_call.get(op))
                 rows.append(r)
+            if paced:
+                knees = measure_knees(srv.addr, srv.token, lot_rows, sizes, tag, paced, bind_from=unary)
+                for op, knee in knees.items():
+                    name = f"{op} ({sizes.threads} clients, p99 <= {UNARY_P99_MS:g} ms, {_apart(n)})"
+                    rows.append(knee_row(name, "sqlite", knee, best.rate))
             if judged and order_sizes is not None:
                 more, race = _order_rows_at(
-                    "sqlite", srv.addr, srv.token, order_sizes, best.rate, where=_apart(n)
+                    "sqlite", srv.addr, srv.token, order_sizes, best.rate, where=_apart(n), knee=True
                 )
                 rows += more
                 if order_races is not None:
@@ -903,10 +1066,6 @@ def echo_row(op: str, load: Load, extra: str = "") -> ServerRow:
 
 def _also(where: str) -> str:
     return f", {where}" if where else ""
-
-
-UNARY_SHARE = 0.5  # Bind and Redeem: carry this share of echo's calls/s ...
-UNARY_P99_MS = 25.0  # ... with 64 clients, at this p99
 
 
 def _unary_row(

@@ -136,11 +136,14 @@ class CardService:
         self._lengths: list[int] | None = None
 
     # -- views
-    def view(self, card: Card, now: datetime) -> CardView:
-        ctx = self._ctx
-        sealed = np.frombuffer(card.sealed, np.uint8).reshape(1, -1)
-        digest = np.frombuffer(card.digest, np.uint8).reshape(1, -1)
-        code = ctx.kernel.open(sealed, digest, ctx.keyring.seal_keys[card.key_id])[0].decode("ascii")
+    def view(self, card: Card, now: datetime, code: str | None = None) -> CardView:
+        """What a holder may see of ``card``. ``code``: its code in canonical form, when the
+        caller just proved it (a bind): no need to open the sealed copy for the mask."""
+        if code is None:
+            ctx = self._ctx
+            sealed = np.frombuffer(card.sealed, np.uint8).reshape(1, -1)
+            digest = np.frombuffer(card.digest, np.uint8).reshape(1, -1)
+            code = ctx.kernel.open(sealed, digest, ctx.keyring.seal_keys[card.key_id])[0].decode("ascii")
         masked = display("*" * (len(code) - 4) + code[-4:])
         return CardView(
             serial=card.serial,
@@ -370,7 +373,7 @@ class CardService:
         outcome = self._find(tx, code, serial, pre)
         if isinstance(outcome, DomainError):
             return self._failed(tx, acct, serial, origin, outcome, now)
-        card = outcome
+        card, canon = outcome
 
         transferred = card.transfers > 0
         if transferred and card.account_id is None:
@@ -396,7 +399,9 @@ class CardService:
                         detail(account=acct.external_id, transferred=transferred),
                     )
                 return BindReceipt(
-                    self.view(res.card, now), res.outcome is BindOutcome.ALREADY_BOUND_HERE, transferred
+                    self.view(res.card, now, canon),
+                    res.outcome is BindOutcome.ALREADY_BOUND_HERE,
+                    transferred,
                 )
             case BindOutcome.ALREADY_BOUND:
                 return CardAlreadyBound()
@@ -435,9 +440,10 @@ class CardService:
 
     def _find(
         self, tx: UnitOfWork, code: object, serial: str | None, pre: _Prechecked | None = None
-    ) -> Card | DomainError:
-        """The card the typed code names, or the guess-type failure it is. ``pre``: the
-        check and digests worked out before the transaction, used when they still hold."""
+    ) -> tuple[Card, str] | DomainError:
+        """The card the typed code names and that code in canonical form, or the guess-type
+        failure it is. ``pre``: the check and digests worked out before the transaction,
+        used when they still hold."""
         ctx = self._ctx
         if not _typed(code):
             return MalformedCode(violations=(FieldViolation("code", "not a code"),))
@@ -472,7 +478,7 @@ class CardService:
         card = found[0] if found else None
         if card is None or (serial is not None and card.serial != serial):
             return CardNotFound()
-        return card
+        return card, canon.decode("ascii")
 
     def _tier(self, kind: AttemptKind) -> RiskTier:
         risk = self._ctx.profile.risk

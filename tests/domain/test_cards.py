@@ -67,8 +67,12 @@ def test_bind_then_get_card_masks_the_code(
     assert (
         view.masked_code.endswith(code[-4:]) and view.masked_code.count("*") == len(code.replace("-", "")) - 4
     )
+    # The bind's answer masks the code as the card's sealed copy does (the typed, lowercased
+    # and spaced form normalized to the same), also when it was bound already.
+    assert receipt.card.masked_code == view.masked_code
     # A retry of the same bind is not an error.
-    assert domain.cards.bind(who.alice, code).already_bound_here
+    again = domain.cards.bind(who.alice, code)
+    assert again.already_bound_here and again.card.masked_code == view.masked_code
     # Someone else's card does not exist, as far as another customer can tell.
     with pytest.raises(CardNotFound):
         domain.cards.get_card(who.bob, serial)

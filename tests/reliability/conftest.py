@@ -40,6 +40,9 @@ class Sizes:
     channels: int = 4
     race_balance: int = 1_000
     race_attempts: int = 10_000
+    # card-to-card moves on a ring of 4 cards: every attempt queues on two hot rows, which
+    # PostgreSQL serves at ~120 moves/s; the redeem race keeps the full 10,000 at CI size
+    transfer_attempts: int = 2_560
     limit_s: float = 120.0  # no phase of a test runs longer than this
     # item 5: codes in the pool, orders placed on them (more than the codes), in rounds
     pool_codes: int = 1_000
@@ -67,6 +70,7 @@ def sizes(request: pytest.FixtureRequest) -> Sizes:
             True,
             race_balance=5_000,
             race_attempts=50_000,
+            transfer_attempts=50_000,
             limit_s=600.0,
             pool_codes=10_000,
             pool_orders=12_000,

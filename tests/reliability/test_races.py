@@ -171,7 +171,7 @@ def test_card_to_card_race(
     admin_token = token("admin")
     admin = clients(admin_token)[0]
     ring_size, per_edge_clients = 4, sizes.clients // 8
-    per = sizes.race_attempts // sizes.clients
+    per = sizes.transfer_attempts // sizes.clients
     half = max(per * per_edge_clients * 2, 1)  # the most a card can give (and take) in phase one
     face = 2 * half
     holder = f"{seed}-ring"

@@ -16,6 +16,7 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -308,11 +309,11 @@ def serve_one(
     listen: str,
     metrics: str | None,
     stopping: threading.Event,
-    parent: Any = None,
+    on_serving: Callable[[int, int | None], object] | None = None,
 ) -> int:
     """One server process with ``cfg`` on ``listen`` (metrics on ``metrics``) until
-    ``stopping`` is set, then drain; 0. ``parent`` (a fleet's child, cardmint.server.fleet):
-    the pipe to tell the bound ports up, and whose end (the parent gone) stops this too."""
+    ``stopping`` is set, then drain; 0. ``on_serving(port, metrics_port)`` once it serves
+    (a fleet's child tells its parent, cardmint.server.fleet)."""
     provider: Any = None
     if cfg.trace is not None:
         from cardmint.server.tracing import tracer_provider
@@ -348,25 +349,13 @@ def serve_one(
     )
     if metrics is not None:
         log.info("metrics on http://%s:%d/metrics", observe.parse_address(metrics)[0], running.metrics_port)
-    if parent is not None:
-        parent.send((running.port, running.metrics_port))
+    if on_serving is not None:
+        on_serving(running.port, running.metrics_port)
     while not stopping.wait(0.5):  # wakes up so the main thread can run signal handlers
-        if parent is not None and parent.poll():  # "stop", or the end of a parent that died
-            if _gone(parent):
-                log.warning("the fleet's parent process is gone")
-            break
+        pass
     log.info("stopping; draining in-flight calls for up to %g s", cfg.grace)
     running.stop(cfg.grace)
     if provider is not None:
         provider.shutdown()  # exports the spans still batched
     log.info("stopped")
     return 0
-
-
-def _gone(pipe: Any) -> bool:
-    """True when ``pipe``'s other end closed (its process ended); False for a message."""
-    try:
-        pipe.recv()
-    except (EOFError, OSError):
-        return True
-    return False

@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -62,7 +63,9 @@ def addresses(listen: str, processes: int) -> list[str]:
 
 
 def _child(values: dict[str, Any], sources: dict[str, str], file: str | None, k: int, conn: Any) -> None:
-    """A spawned child's body: one server process (cardmint.server.app.serve_one)."""
+    """A spawned child's body: one server process (cardmint.server.app.serve_one), its
+    ports sent up ``conn``; it drains on SIGTERM/SIGINT, on the parent's "stop" and when
+    the parent is gone (the pipe's end)."""
     import signal
     import sys
 
@@ -73,20 +76,61 @@ def _child(values: dict[str, Any], sources: dict[str, str], file: str | None, k:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
+
+    def watch_parent() -> None:
+        try:
+            conn.recv()  # "stop"
+        except (EOFError, OSError):
+            log.warning("the fleet's parent process is gone")
+        stopping.set()
+
+    threading.Thread(target=watch_parent, name="cardmint-fleet-parent", daemon=True).start()
     listen = addresses(cfg.listen, cfg.processes)[k]
     metrics = addresses(cfg.metrics, cfg.processes)[k] if cfg.metrics is not None else None
-    sys.exit(serve_one(cfg, listen, metrics, stopping, parent=conn))
+    sys.exit(serve_one(cfg, listen, metrics, stopping, on_serving=lambda *ports: conn.send(ports)))
 
 
 @dataclass
 class Fleet:
-    """Started server processes: their pids, bound ports and metrics ports."""
+    """Spawned server processes, a pipe to each (a child sends its ports up once it
+    serves, and stops on "stop" or at the pipe's end): pids, bound ports, metrics ports."""
 
     host: str
     processes: list[Any]  # multiprocessing.Process
     pipes: list[Any]
     ports: list[int] = field(default_factory=list)
     metrics_ports: list[int | None] = field(default_factory=list)
+
+    @classmethod
+    def spawn(cls, host: str, target: Callable[..., None], args: list[tuple[Any, ...]], name: str) -> Fleet:
+        """One spawned process per ``args`` (not forked: grpc's threads do not survive a
+        fork), each running ``target(*args, pipe)``."""
+        ctx = multiprocessing.get_context("spawn")
+        fleet = cls(host, [], [])
+        for k, a in enumerate(args):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=target, args=(*a, theirs), name=f"{name}-{k}")
+            proc.start()
+            theirs.close()
+            fleet.processes.append(proc)
+            fleet.pipes.append(mine)
+        return fleet
+
+    def reports(self, timeout: float, stopping: threading.Event | None = None) -> list[Any]:
+        """What each child sent up first (once it serves), waiting up to ``timeout`` s in
+        all; RuntimeError when one exits first, or ``stopping`` is set meanwhile."""
+        deadline = time.monotonic() + timeout
+        sent = []
+        for k, (proc, pipe) in enumerate(zip(self.processes, self.pipes, strict=True)):
+            while not pipe.poll(0.2):
+                if proc.exitcode is not None:
+                    raise RuntimeError(f"server process {k} exited with {proc.exitcode} while starting")
+                if stopping is not None and stopping.is_set():
+                    raise RuntimeError("stopped while starting")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server process {k} did not start within {timeout:g} s")
+            sent.append(pipe.recv())
+        return sent
 
     @property
     def addresses(self) -> list[str]:
@@ -148,32 +192,15 @@ def start_fleet(cfg: ServeConfig, stopping: threading.Event | None = None) -> Fl
     and none left running when one fails to start, or ``stopping`` is set meanwhile)."""
     addresses(cfg.listen, cfg.processes)  # a bad port range fails before anything starts
     prepare(cfg)
-    ctx = multiprocessing.get_context("spawn")
-    host = _split(cfg.listen)[0]
-    fleet = Fleet(host, [], [])
     file = str(cfg.file) if cfg.file is not None else None
-    for k in range(cfg.processes):
-        mine, theirs = ctx.Pipe()
-        proc = ctx.Process(
-            target=_child,
-            args=(dict(cfg.values), dict(cfg.sources), file, k, theirs),
-            name=f"cardmint-serve-{k}",
-        )
-        proc.start()
-        theirs.close()
-        fleet.processes.append(proc)
-        fleet.pipes.append(mine)
-    deadline = time.monotonic() + START_TIMEOUT
+    fleet = Fleet.spawn(
+        _split(cfg.listen)[0],
+        _child,
+        [(dict(cfg.values), dict(cfg.sources), file, k) for k in range(cfg.processes)],
+        "cardmint-serve",
+    )
     try:
-        for k, (proc, pipe) in enumerate(zip(fleet.processes, fleet.pipes, strict=True)):
-            while not pipe.poll(0.2):
-                if proc.exitcode is not None:
-                    raise RuntimeError(f"server process {k} exited with {proc.exitcode} while starting")
-                if stopping is not None and stopping.is_set():
-                    raise RuntimeError("stopped while starting")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server process {k} did not start within {START_TIMEOUT:g} s")
-            port, metrics_port = pipe.recv()
+        for port, metrics_port in fleet.reports(START_TIMEOUT, stopping):
             fleet.ports.append(port)
             fleet.metrics_ports.append(metrics_port)
     except BaseException:

@@ -495,7 +495,7 @@ def knee_row(
     each), 'x echo' its calls/s over echo's."""
     passed = [load for rate, load in knee.tried if rate == knee.rate and _within(load, knee.p99_ms)]
     best = passed[-1] if passed else None
-    row = ServerRow(
+    return ServerRow(
         op,
         label,
         best.done if best else 0,
@@ -507,7 +507,6 @@ def knee_row(
         p50_ms=round(best.p50_ms, 3) if best else None,
         p99_ms=round(best.p99_ms, 3) if best else None,
     )
-    return row
 
 
 @dataclass(frozen=True)
@@ -874,35 +873,16 @@ class Apart:
 
 @contextmanager
 def echo_apart(processes: int = 1) -> Iterator[Apart]:
-    """``processes`` echo servers, each a spawned process (not forked: grpc's threads do
-    not survive a fork) on a port of its own; stopped and joined on the way out."""
-    import multiprocessing
+    """``processes`` echo servers, each a spawned process on a port of its own
+    (cardmint.server.fleet's ``Fleet``); stopped and joined on the way out."""
+    from cardmint.server.fleet import Fleet
 
-    ctx = multiprocessing.get_context("spawn")
-    started: list[tuple[Any, Any]] = []
+    fleet = Fleet.spawn("127.0.0.1", _serve_echo, [()] * processes, "bench-echo")
     try:
-        for _ in range(processes):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve_echo, args=(child,), daemon=True)
-            proc.start()
-            child.close()
-            started.append((proc, parent))
-        addrs = []
-        for _, parent in started:
-            if not parent.poll(120):
-                raise RuntimeError("an echo server process did not start within 120 s")
-            addrs.append(parent.recv())
-        yield Apart(",".join(addrs), "", tuple(proc.pid or 0 for proc, _ in started))
+        addrs = fleet.reports(120.0)
+        yield Apart(",".join(addrs), "", tuple(fleet.pids))
     finally:
-        for _, parent in started:
-            with suppress(OSError):
-                parent.send("stop")
-            parent.close()
-        for proc, _ in started:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=10)
+        fleet.stop(5.0)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ status details: the server's table read backwards. The client imports nothing of
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import time
@@ -760,13 +761,11 @@ def channel_target(addr: str) -> tuple[str, list[tuple[str, Any]]]:
 
 def _ipv4_port(part: str) -> bool:
     host, sep, port = part.rpartition(":")
-    octets = host.split(".")
-    return (
-        bool(sep)
-        and port.isdigit()
-        and len(octets) == 4
-        and all(o.isdigit() and int(o) < 256 for o in octets)
-    )
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return bool(sep) and port.isdigit()
 
 
 def tls_credentials(

@@ -6,10 +6,10 @@ gate shared by every process on the file (``_WriterGate``) and ``BEGIN IMMEDIATE
 lock orders this process's threads without spinning on SQLITE_BUSY, the gate orders the
 processes' writers the same way, and ``BEGIN IMMEDIATE`` takes the database write lock up
 front, so a process without the gate still queues on the busy timeout instead of failing
-at its first write (which a deferred ``BEGIN`` that reads first would do). ``run`` group-commits: units of work queued
-by concurrent callers share one transaction (a SAVEPOINT each) and one fsync. Readers use
-their own read-only connections and, under WAL, see a consistent snapshot while the writer
-works.
+at its first write (which a deferred ``BEGIN`` that reads first would do). ``run``
+group-commits: units of work queued by concurrent callers share one transaction (a
+SAVEPOINT each) and one fsync. Readers use their own read-only connections and, under
+WAL, see a consistent snapshot while the writer works.
 """
 
 from __future__ import annotations
@@ -112,13 +112,13 @@ class _WriterGate:
         self.path = database.with_name(database.name + ".writers")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
-    def acquire(self) -> None:
+    def __enter__(self) -> None:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # another process writes: wait without the GIL
             fcntl.flock(self._fd, fcntl.LOCK_EX)
 
-    def release(self) -> None:
+    def __exit__(self, *exc: object) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
@@ -433,7 +433,7 @@ class SQLiteStorage:
         return conn
 
     def _migrate(self) -> None:
-        with self._gated():
+        with self._gate:
             self._migrate_gated()
 
     def _migrate_gated(self) -> None:
@@ -467,15 +467,6 @@ class SQLiteStorage:
             conn.execute("ROLLBACK")
             raise
 
-    @contextmanager
-    def _gated(self) -> Iterator[None]:
-        """Holding the writer gate (every process's writers queue on it)."""
-        self._gate.acquire()
-        try:
-            yield
-        finally:
-            self._gate.release()
-
     def now(self) -> datetime:
         """The storage's clock (the one transactions judge expiry by)."""
         return self._clock()
@@ -490,7 +481,7 @@ class SQLiteStorage:
         if getattr(self._owner, "active", False):
             raise StorageError("transactions do not nest; pass the open one down instead")
         try:
-            with self._write_lock, self._gated():
+            with self._write_lock, self._gate:
                 self._owner.active = True
                 conn = self._writer
                 try:
@@ -609,7 +600,7 @@ class SQLiteStorage:
             if self._write_lock.acquire(blocking=False):
                 try:
                     if not unit.done:  # nobody took it along yet: commit the queue, ours with it
-                        with self._gated():
+                        with self._gate:
                             self._commit_queued()
                 finally:
                     self._write_lock.release()

@@ -72,8 +72,8 @@ def test_without_the_gate_the_busy_timeout_refuses(tmp_path: Path, monkeypatch: 
     path = tmp_path / "gate.db"
     ours = SQLiteStorage(path, busy_timeout_ms=100)
     try:
-        monkeypatch.setattr(_WriterGate, "acquire", lambda self: None)
-        monkeypatch.setattr(_WriterGate, "release", lambda self: None)
+        monkeypatch.setattr(_WriterGate, "__enter__", lambda self: None)
+        monkeypatch.setattr(_WriterGate, "__exit__", lambda self, *exc: None)
         with holder(path, 5.0), pytest.raises(StorageError, match="locked"):
             ours.run(lambda tx: tx.probe(), attempts=1)
     finally:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from cardmint.server.storage import StorageError
+from cardmint.server.storage import sqlite as backend
 from cardmint.server.storage.sqlite import SQLiteStorage, _WriterGate
 
 # Another process: opens the database, holds a write transaction for argv[2] seconds.
@@ -104,3 +106,68 @@ def test_closing_twice_leaves_other_descriptors_alone(tmp_path: Path) -> None:
         second.run(lambda tx: tx.probe())  # its gate and connection still work
     finally:
         second.close()
+
+
+class _Recorder:
+    """Stands in for the writer gate, logging when it is taken and let go."""
+
+    def __init__(self, gate: _WriterGate, log: list[tuple[str, object]]) -> None:
+        self.gate, self.log = gate, log
+
+    def __enter__(self) -> None:
+        self.gate.__enter__()
+        self.log.append(("gate taken", None))
+
+    def __exit__(self, *exc: object) -> None:
+        self.log.append(("gate let go", None))
+        self.gate.__exit__(*exc)
+
+    def close(self) -> None:
+        self.gate.close()
+
+
+def test_callers_hear_back_only_once_the_gate_is_free(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's callers are woken after the leader let go of the gate: woken callers must
+    not compete with the leader for the CPU while the other processes wait on the gate."""
+    log: list[tuple[str, object]] = []
+    real_signal = backend._Unit.signal
+
+    def signal_logged(unit: backend._Unit) -> None:
+        log.append(("woken", unit) if unit.done else ("nudged", unit))
+        real_signal(unit)
+
+    monkeypatch.setattr(backend._Unit, "signal", signal_logged)
+    storage = SQLiteStorage(tmp_path / "wake.db")
+    try:
+        storage._gate = _Recorder(storage._gate, log)  # type: ignore[assignment]
+        go = threading.Barrier(16)
+        finished: list[int] = []
+
+        def caller(k: int) -> None:
+            go.wait()
+            for _ in range(20):
+                storage.run(lambda tx: tx.probe())
+            finished.append(k)
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert sorted(finished) == list(range(16))
+        assert storage.group_commits < 16 * 20  # batches did form: followers were woken
+        held = False
+        woken = 0
+        for what, _ in log:
+            if what == "gate taken":
+                held = True
+            elif what == "gate let go":
+                held = False
+            elif what == "woken":
+                woken += 1
+                assert not held, "a caller was woken while its leader still held the gate"
+        assert woken > 0
+    finally:
+        storage.close()

@@ -168,5 +168,10 @@ def resolve_account(tx: UnitOfWork, principal: Principal, account: str | None) -
     return tx.ensure_account(account_arg(account))
 
 
+# One encoder for every detail: json.dumps with options builds a new one per call, and
+# details are written inside the write transaction (on SQLite, the writer gate's turn).
+_DETAIL = json.JSONEncoder(sort_keys=True, default=str)
+
+
 def detail(**kw: object) -> str:
-    return json.dumps(kw, sort_keys=True, default=str)
+    return _DETAIL.encode(kw)

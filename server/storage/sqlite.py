@@ -371,6 +371,10 @@ class SQLiteStorage:
         self._readers: list[tuple[sqlite3.Connection, Any]] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        # The file holds sealed codes, digests and hashed tokens: its owner's only, like the
+        # keys. SQLite gives its -wal and -shm files the database file's mode; an existing
+        # file keeps the mode it has (an operator may have opened it to a backup group).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         self._gate = _WriterGate(self.path)
         self._writer = self._connect(readonly=False)
         # WAL is a property of the file: set once, before any transaction.

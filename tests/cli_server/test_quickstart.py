@@ -79,6 +79,11 @@ def test_quickstart_as_written(bindir: Path, tmp_path: Path) -> None:
         assert stat.S_IMODE(lot.stat().st_mode) == 0o600
         assert len(lot.read_text().splitlines()) == 101
         assert not list(work.glob(".*.part"))
+        # The database under ./var (sealed codes, digests, hashed tokens), its WAL and shared
+        # memory are the owner's only, as its keys are.
+        db = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (work / "var").glob("cardmint.db*")}
+        assert {"cardmint.db", "cardmint.db-wal", "cardmint.db-shm"} <= db.keys()
+        assert set(db.values()) == {0o600}, db
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -171,3 +171,19 @@ def test_callers_hear_back_only_once_the_gate_is_free(
         assert woken > 0
     finally:
         storage.close()
+
+
+def test_a_new_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """The database holds sealed codes, digests and hashed tokens: like the keys, the file,
+    its WAL and shared memory, and the gate are mode 0600, whatever the umask lets through."""
+    old = os.umask(0o002)
+    try:
+        storage = SQLiteStorage(tmp_path / "owner.db")
+    finally:
+        os.umask(old)
+    try:
+        storage.run(lambda tx: tx.probe())
+        names = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+        assert names == dict.fromkeys(("owner.db", "owner.db-wal", "owner.db-shm", "owner.db.writers"), 0o600)
+    finally:
+        storage.close()

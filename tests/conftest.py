@@ -178,6 +178,8 @@ PG_CLUSTERS: list[tuple[Path, float]] = []
 TIMINGS: list[str] = []
 # "RELIABILITY <id> key=value ..." lines of tests/reliability, printed at the end of the run.
 RELIABILITY: list[str] = []
+# pytest-timeout's limit for one reliability test at --soak sizes (pyproject's 300 s otherwise).
+SOAK_TIMEOUT_S = 1800
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -300,9 +302,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Under pytest-xdist (the Makefile runs two workers): the reliability suite runs on one
     # worker, one test at a time, as it would alone (its concurrency is its own), while
     # the other worker takes the rest of the suite.
+    # At --soak sizes a reliability test runs for minutes (the PostgreSQL card-to-card race:
+    # 50,000 moves on two hot rows at ~120-180/s), past the suite's 300 s limit per test;
+    # each of its phases still stops at Sizes.limit_s.
+    soak = config.getoption("--soak")
     for item in items:
         if "tests/reliability/" in item.nodeid:
             item.add_marker(pytest.mark.xdist_group("reliability"))
+            if soak and item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(SOAK_TIMEOUT_S))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

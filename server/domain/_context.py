@@ -70,7 +70,7 @@ class DomainConfig:
     # The idempotency window: a request id is answered as the first call for this many days,
     # then forgotten (0 = kept forever). Payment ids of orders are unique forever regardless.
     idempotency_days: int = 30
-    # Housekeeping (expired request ids, lots abandoned while minting) runs this often
+    # Housekeeping (expired request ids and attempt counters, lots abandoned while minting) runs this often
     # (0 = no housekeeping thread; the server also voids abandoned lots at start).
     housekeeping_seconds: float = 3600.0
 

@@ -237,12 +237,14 @@ class CardService:
             return CardVoid()
         acct = principal.account_id  # the viewer: the holder, or an organization's manager
         unusual: list[str] = []
-        views, _ = tx.record_attempt(AttemptKind.ACCOUNT, f"views:{acct}", _VIEW_WINDOW)
+        # Counted like failures: this hour's window and the one before it together, so a
+        # burst timed across the hour's edge is seen whole.
+        views = tx.record_attempt(AttemptKind.ACCOUNT, f"views:{acct}", _VIEW_WINDOW).recent
         if views > rules.full_views_per_hour:
             unusual.append("many views")
-        first, _ = tx.record_attempt(AttemptKind.ACCOUNT, f"viewed:{acct}:{card.id}", _VIEW_WINDOW)
+        first = tx.record_attempt(AttemptKind.ACCOUNT, f"viewed:{acct}:{card.id}", _VIEW_WINDOW).recent
         if first == 1:
-            cards, _ = tx.record_attempt(AttemptKind.ACCOUNT, f"cards-viewed:{acct}", _VIEW_WINDOW)
+            cards = tx.record_attempt(AttemptKind.ACCOUNT, f"cards-viewed:{acct}", _VIEW_WINDOW).recent
             if cards > rules.cards_per_hour:
                 unusual.append("many cards")
         if origin.device:
@@ -342,15 +344,17 @@ class CardService:
         # Hold the counters (account first, then card: one order, no deadlock) so that
         # concurrent guesses are judged one at a time against the true count.
         risk = self._ctx.profile.risk
-        n_acct, acct_until = tx.hold_attempts(AttemptKind.ACCOUNT, str(acct.id), risk.account.lock_seconds)
-        if n_acct >= risk.account.lock_after:
-            return AccountLocked(retry_after=(acct_until - now).total_seconds())
-        challenge = AttemptKind.ACCOUNT if risk.account.challenged(n_acct) else None
+        # Each count is the current window's and the previous one's together (Attempts), so
+        # a limit holds over any span as long as its window, edges included.
+        tries = tx.hold_attempts(AttemptKind.ACCOUNT, str(acct.id), risk.account.lock_seconds, now)
+        if tries.recent >= risk.account.lock_after:
+            return AccountLocked(retry_after=(tries.until(risk.account.lock_after) - now).total_seconds())
+        challenge = AttemptKind.ACCOUNT if risk.account.challenged(tries.recent) else None
         if serial is not None:
-            n, until = tx.hold_attempts(AttemptKind.CARD, serial, risk.card.lock_seconds)
-            if n >= risk.card.lock_after:
-                return CardLocked(retry_after=(until - now).total_seconds())
-            if challenge is None and risk.card.challenged(n):
+            tries = tx.hold_attempts(AttemptKind.CARD, serial, risk.card.lock_seconds, now)
+            if tries.recent >= risk.card.lock_after:
+                return CardLocked(retry_after=(tries.until(risk.card.lock_after) - now).total_seconds())
+            if challenge is None and risk.card.challenged(tries.recent):
                 challenge = AttemptKind.CARD
         # Client counters are read, not held: holding one would queue every bind from a
         # busy address (a NAT, a proxy) behind each other. So under concurrency a client may
@@ -358,10 +362,10 @@ class CardService:
         # exact.
         for kind, subject in origin.subjects():
             tier = self._tier(kind)
-            n, until = tx.attempt_count(kind, subject, tier.lock_seconds)
-            if n >= tier.lock_after:
-                return ClientLocked(retry_after=(until - now).total_seconds())
-            if challenge is None and tier.challenged(n):
+            tries = tx.attempt_count(kind, subject, tier.lock_seconds, now)
+            if tries.recent >= tier.lock_after:
+                return ClientLocked(retry_after=(tries.until(tier.lock_after) - now).total_seconds())
+            if challenge is None and tier.challenged(tries.recent):
                 challenge = kind
         # The middle tier: past `challenge_after` failures the guess is not even looked at
         # (nor counted) until the front end vouches that a person passed a challenge. Staff
@@ -502,18 +506,19 @@ class CardService:
         client_locked: datetime | None = None
         for kind, subject in origin.subjects():
             tier = self._tier(kind)
-            n, until = tx.record_attempt(kind, subject, tier.lock_seconds)
-            if n == tier.lock_after:
+            tries = tx.record_attempt(kind, subject, tier.lock_seconds, now)
+            until = tries.until(tier.lock_after)
+            if tries.recent == tier.lock_after:
                 emit(tx, EventKind.CLIENT_LOCKED, f"{kind.value}:{subject}", until=until.isoformat())
-            if n >= tier.lock_after:
+            if tries.recent >= tier.lock_after:
                 client_locked = max(client_locked or until, until)
         # Count against both subjects before deciding, so neither counter misses a guess.
-        n_acct, acct_until = tx.record_attempt(AttemptKind.ACCOUNT, str(acct.id), risk.account.lock_seconds)
-        n_card, card_until = (
-            tx.record_attempt(AttemptKind.CARD, serial, risk.card.lock_seconds)
-            if serial is not None
-            else (0, now)
-        )
+        tries = tx.record_attempt(AttemptKind.ACCOUNT, str(acct.id), risk.account.lock_seconds, now)
+        n_acct, acct_until = tries.recent, tries.until(risk.account.lock_after)
+        n_card, card_until = 0, now
+        if serial is not None:
+            tries = tx.record_attempt(AttemptKind.CARD, serial, risk.card.lock_seconds, now)
+            n_card, card_until = tries.recent, tries.until(risk.card.lock_after)
         # The guess that reaches a limit locks, and tells the notifiers (once per lock).
         if n_acct == risk.account.lock_after:
             emit(tx, EventKind.ACCOUNT_LOCKED, f"account:{acct.external_id}", until=acct_until.isoformat())

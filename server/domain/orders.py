@@ -853,11 +853,12 @@ class OrderService:
                     f"the order is {order.status.value}; codes are shown once delivered",
                     metadata={"status": order.status.value},
                 )
-            n, until = tx.record_attempt(AttemptKind.ACCOUNT, f"order-reveal:{order.account_id}", 3600)
-            if n > cfg.order_reveals_per_hour:
+            now = tx.now()
+            tries = tx.record_attempt(AttemptKind.ACCOUNT, f"order-reveal:{order.account_id}", 3600, now)
+            if tries.recent > cfg.order_reveals_per_hour:
                 # Returned, not raised: the counted attempt commits.
                 return RevealLimit(
-                    retry_after=(until - tx.now()).total_seconds(),
+                    retry_after=(tries.until(cfg.order_reveals_per_hour + 1) - now).total_seconds(),
                     metadata={"limit": str(cfg.order_reveals_per_hour)},
                 )
             loaded = self._load(tx, order, reveal=True)

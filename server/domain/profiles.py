@@ -73,7 +73,11 @@ class RiskTier:
     near miss: the hint tier). From ``challenge_after`` failures on, a bind is not even
     evaluated unless the request says the person passed a challenge (FAILED_PRECONDITION,
     reason CHALLENGE_REQUIRED); 0 = no challenge tier. At ``lock_after`` failures the
-    subject is locked until the window ends (RESOURCE_EXHAUSTED with RetryInfo).
+    subject is locked (RESOURCE_EXHAUSTED with RetryInfo). Failures are counted in windows
+    aligned to the clock and judged as the current window's plus the previous one's
+    (storage ``Attempts``): no span of ``lock_seconds`` ever holds more than ``lock_after``
+    evaluated failures, and a lock lasts until the sum is under the limit again (to the
+    current window's end, or the next one's when the current window alone reached it).
     """
 
     challenge_after: int

@@ -39,6 +39,7 @@ class Housekeeping:
 
     abandoned_lots: list[int]
     purged_request_ids: int
+    purged_attempt_counters: int
 
 
 class Domain:
@@ -109,9 +110,22 @@ class Domain:
                 break
         return total
 
+    def purge_attempts(self, batch: int = PURGE_BATCH) -> int:
+        """Forget attempt counters older than the window before the current one (no limit
+        reads them), ``batch`` per transaction; how many. Without this, every card number a
+        guesser names would leave its counters behind for good."""
+        total = 0
+        while not self._ctx.closing.is_set():
+            purged = self._ctx.run(lambda tx: tx.purge_attempts(tx.now(), limit=batch))
+            total += purged
+            if purged < batch:
+                break
+        return total
+
     def housekeeping(self) -> Housekeeping:
-        """One round: void lots a dead process left minting, forget expired request ids."""
-        return Housekeeping(self.abandon_stale_lots(), self.purge_idempotency())
+        """One round: void lots a dead process left minting, forget expired request ids and
+        the failed-attempt counters no limit reads any more."""
+        return Housekeeping(self.abandon_stale_lots(), self.purge_idempotency(), self.purge_attempts())
 
     def start_housekeeping(self, period: float) -> threading.Thread:
         """Run ``housekeeping`` every ``period`` seconds on a background thread until the
@@ -125,12 +139,14 @@ class Domain:
                 except Exception:  # retried next period
                     log.exception("housekeeping failed")
                     continue
-                if done.abandoned_lots or done.purged_request_ids:
+                if done.abandoned_lots or done.purged_request_ids or done.purged_attempt_counters:
                     log.info(
-                        "housekeeping: voided %d abandoned lot(s) %s, forgot %d expired request id(s)",
+                        "housekeeping: voided %d abandoned lot(s) %s, forgot %d expired request id(s)"
+                        " and %d expired attempt counter(s)",
                         len(done.abandoned_lots),
                         done.abandoned_lots,
                         done.purged_request_ids,
+                        done.purged_attempt_counters,
                     )
 
         thread = threading.Thread(target=loop, name="cardmint-housekeeping", daemon=True)

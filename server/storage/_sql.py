@@ -29,6 +29,7 @@ from .errors import IdempotencyConflictError, LotStateError, NotFoundError, Stor
 from .models import (
     Account,
     AttemptKind,
+    Attempts,
     AuditColumns,
     AuditEntry,
     BindOutcome,
@@ -1354,47 +1355,76 @@ class SqlTx(ABC):
         ).rowcount
 
     # -- failed-attempt counters
-    def _window(self, window_seconds: int) -> datetime:
-        now = self.now()
-        secs = (now - _EPOCH) // timedelta(seconds=1)
-        return _EPOCH + timedelta(seconds=secs - secs % window_seconds)
+    def _windows(self, window_seconds: int, at: datetime | None) -> tuple[datetime, datetime]:
+        """The starts of the window holding ``at`` (default: now) and of the one before."""
+        _positive(window_seconds, "window_seconds")
+        secs = ((self.now() if at is None else at) - _EPOCH) // timedelta(seconds=1)
+        start = _EPOCH + timedelta(seconds=secs - secs % window_seconds)
+        return start - timedelta(seconds=window_seconds), start
 
-    def record_attempt(self, kind: AttemptKind, subject: str, window_seconds: int) -> tuple[int, datetime]:
-        """Count one failed attempt; returns the count in the current window and when it ends.
+    def record_attempt(
+        self, kind: AttemptKind, subject: str, window_seconds: int, at: datetime | None = None
+    ) -> Attempts:
+        """Count one failed attempt in the current window; returns the counts after it.
 
         One upsert both increments and reads, so N concurrent failures see N distinct counts.
         """
-        start = self._window(window_seconds)
+        previous, start = self._windows(window_seconds, at)
+        key = (AttemptKind(kind).value, subject, window_seconds)
         row = self._one(
             "INSERT INTO attempt_counters (subject_kind, subject, window_seconds, window_start, count)"
             " VALUES (?, ?, ?, ?, 1) ON CONFLICT (subject_kind, subject, window_seconds, window_start)"
-            " DO UPDATE SET count = attempt_counters.count + 1 RETURNING count",
-            (AttemptKind(kind).value, subject, window_seconds, self._ts(start)),
+            " DO UPDATE SET count = attempt_counters.count + 1 RETURNING count,"
+            " (SELECT p.count FROM attempt_counters p WHERE p.subject_kind = ? AND p.subject = ?"
+            " AND p.window_seconds = ? AND p.window_start = ?)",
+            (*key, self._ts(start), *key, self._ts(previous)),
         )
-        return int(row[0]), start + timedelta(seconds=window_seconds)
+        return Attempts(
+            int(row[0]), int(row[1] or 0), start + timedelta(seconds=window_seconds), window_seconds
+        )
 
-    def hold_attempts(self, kind: AttemptKind, subject: str, window_seconds: int) -> tuple[int, datetime]:
-        """The failures counted in the current window, with the counter's row held until
-        commit: concurrent attempts on one subject then run one at a time, so none is
-        judged against a count that is about to grow (PostgreSQL; SQLite's single writer
-        serializes them anyway)."""
-        start = self._window(window_seconds)
-        row = self._one(
+    def hold_attempts(
+        self, kind: AttemptKind, subject: str, window_seconds: int, at: datetime | None = None
+    ) -> Attempts:
+        """The failures counted in the current and the previous window, with both counters'
+        rows held until commit: concurrent attempts on one subject then run one at a time,
+        so none is judged against a count that is about to grow (PostgreSQL; SQLite's single
+        writer serializes them anyway). Both rows, not just the current one: at a window
+        edge an attempt judged in the new window must wait for one still recording in the
+        old. Rows lock in window order, so two holders never wait on each other in a cycle."""
+        previous, start = self._windows(window_seconds, at)
+        key = (AttemptKind(kind).value, subject, window_seconds)
+        rows = self._all(
             "INSERT INTO attempt_counters (subject_kind, subject, window_seconds, window_start, count)"
-            " VALUES (?, ?, ?, ?, 0) ON CONFLICT (subject_kind, subject, window_seconds, window_start)"
-            " DO UPDATE SET count = attempt_counters.count RETURNING count",
-            (AttemptKind(kind).value, subject, window_seconds, self._ts(start)),
+            " VALUES (?, ?, ?, ?, 0), (?, ?, ?, ?, 0)"
+            " ON CONFLICT (subject_kind, subject, window_seconds, window_start)"
+            " DO UPDATE SET count = attempt_counters.count"
+            " RETURNING CASE WHEN window_start = ? THEN 1 ELSE 0 END, count",
+            (*key, self._ts(previous), *key, self._ts(start), self._ts(start)),
         )
-        return int(row[0]), start + timedelta(seconds=window_seconds)
+        counts = {int(current): int(n) for current, n in rows}
+        return Attempts(counts[1], counts[0], start + timedelta(seconds=window_seconds), window_seconds)
 
-    def attempt_count(self, kind: AttemptKind, subject: str, window_seconds: int) -> tuple[int, datetime]:
-        start = self._window(window_seconds)
+    def attempt_count(
+        self, kind: AttemptKind, subject: str, window_seconds: int, at: datetime | None = None
+    ) -> Attempts:
+        previous, start = self._windows(window_seconds, at)
         row = self._one(
-            "SELECT count FROM attempt_counters WHERE subject_kind = ? AND subject = ? AND window_seconds = ?"
-            " AND window_start = ?",
-            (AttemptKind(kind).value, subject, window_seconds, self._ts(start)),
+            "SELECT COALESCE(SUM(CASE WHEN window_start = ? THEN count ELSE 0 END), 0),"
+            " COALESCE(SUM(CASE WHEN window_start = ? THEN count ELSE 0 END), 0)"
+            " FROM attempt_counters WHERE subject_kind = ? AND subject = ? AND window_seconds = ?"
+            " AND window_start IN (?, ?)",
+            (
+                self._ts(start),
+                self._ts(previous),
+                AttemptKind(kind).value,
+                subject,
+                window_seconds,
+                self._ts(previous),
+                self._ts(start),
+            ),
         )
-        return (0 if row is None else int(row[0])), start + timedelta(seconds=window_seconds)
+        return Attempts(int(row[0]), int(row[1]), start + timedelta(seconds=window_seconds), window_seconds)
 
     def clear_attempts(self, kind: AttemptKind, subject: str) -> None:
         self._execute(
@@ -1402,10 +1432,31 @@ class SqlTx(ABC):
             (AttemptKind(kind).value, subject),
         )
 
-    def purge_attempts(self, before: datetime) -> int:
-        return self._execute(
-            "DELETE FROM attempt_counters WHERE window_start < ?", (self._ts(before),)
-        ).rowcount
+    def purge_attempts(self, at: datetime, limit: int | None = None) -> int:
+        """Forget the counters no judgement made at or after ``at`` reads: those whose
+        window is neither the current nor the previous one at ``at``. At most ``limit``
+        rows (None: all), so a purge runs in short transactions; how many went."""
+        if limit is not None:
+            _positive(limit, "limit")
+        total = 0
+        sizes = [int(w) for (w,) in self._all("SELECT DISTINCT window_seconds FROM attempt_counters")]
+        for window_seconds in sorted(sizes):
+            if limit is not None and total >= limit:
+                break
+            oldest_kept = self._ts(self._windows(window_seconds, at)[0])
+            if limit is None:
+                total += self._execute(
+                    "DELETE FROM attempt_counters WHERE window_seconds = ? AND window_start < ?",
+                    (window_seconds, oldest_kept),
+                ).rowcount
+                continue
+            total += self._execute(
+                "DELETE FROM attempt_counters WHERE (subject_kind, subject, window_seconds, window_start) IN"
+                " (SELECT subject_kind, subject, window_seconds, window_start FROM attempt_counters"
+                " WHERE window_seconds = ? AND window_start < ? LIMIT ?)",
+                (window_seconds, oldest_kept, limit - total),
+            ).rowcount
+        return total
 
     # -- metrics
     def gauges(self, tiers: Mapping[AttemptKind, tuple[int, int]]) -> Gauges:
@@ -1424,32 +1475,26 @@ class SqlTx(ABC):
             (self._ts(now),),
         )
         audit = self._one("SELECT COALESCE(MAX(id), 0) FROM audit_log")
-        # The counters of each kind's current lock window. Account subjects with a ':' are
-        # other counters kept in the same table (views, transfer binds), not failures.
-        where, params, limit, limits = [], [], [], []
-        for kind, (window, lock_after) in sorted(tiers.items()):
-            where.append(
-                "(subject_kind = ? AND window_seconds = ? AND window_start = ? AND subject NOT LIKE ?)"
-            )
-            # No subject of another kind has a ':' to exclude; '' matches nothing.
-            other = "%:%" if kind is AttemptKind.ACCOUNT else ""
-            params += [kind.value, window, self._ts(self._window(window)), other]
-            limit.append("WHEN ? THEN ?")
-            limits += [kind.value, lock_after]
+        # Per kind: the failures counted in its current lock window, and the subjects whose
+        # current and previous windows together reach the limit (locked, as the domain
+        # judges it). Account subjects with a ':' are other counters kept in the same table
+        # (views, transfer binds), not failures.
         attempts: dict[str, int] = {}
         locked: dict[str, int] = {}
-        if where:
-            rows = self._all(
-                "SELECT subject_kind, COALESCE(SUM(count), 0), SUM(CASE WHEN count >= (CASE subject_kind "
-                + " ".join(limit)
-                + " END) THEN 1 ELSE 0 END) FROM attempt_counters WHERE "
-                + " OR ".join(where)
-                + " GROUP BY subject_kind",
-                (*limits, *params),
+        for kind, (window, lock_after) in sorted(tiers.items()):
+            previous, start = self._windows(window, now)
+            # No subject of another kind has a ':' to exclude; '' matches nothing.
+            other = "%:%" if kind is AttemptKind.ACCOUNT else ""
+            row = self._one(
+                "SELECT COALESCE(SUM(current), 0), COALESCE(SUM(CASE WHEN recent >= ? THEN 1 ELSE 0 END), 0)"
+                " FROM (SELECT SUM(CASE WHEN window_start = ? THEN count ELSE 0 END) AS current,"
+                " SUM(count) AS recent FROM attempt_counters WHERE subject_kind = ? AND window_seconds = ?"
+                " AND window_start IN (?, ?) AND subject NOT LIKE ? GROUP BY subject) s",
+                (lock_after, self._ts(start), kind.value, window, self._ts(previous), self._ts(start), other),
             )
-            for kind_value, total, n_locked in rows:
-                attempts[kind_value] = int(total)
-                locked[kind_value] = int(n_locked or 0)
+            if int(row[0]) or int(row[1]):
+                attempts[kind.value] = int(row[0])
+                locked[kind.value] = int(row[1])
         return Gauges(pool, int(live[0]), int(live[1]), int(audit[0]), attempts, locked)
 
     # -- tokens

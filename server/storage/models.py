@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +13,7 @@ import numpy.typing as npt
 __all__ = [
     "Account",
     "AttemptKind",
+    "Attempts",
     "AuditEntry",
     "BindOutcome",
     "BindResult",
@@ -113,6 +114,35 @@ class AttemptKind(enum.StrEnum):
     ACCOUNT = "account"
     ADDRESS = "address"
     DEVICE = "device"
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """The failed attempts counted against one subject in its current fixed window and in
+    the window before it, judged together: ``recent`` is what a limit is held to.
+
+    Judging two windows, not one, keeps a limit true over any span as long as a window
+    (any such span lies within some window and the one before it): with the current window
+    alone a counter drops to 0 at each edge, and guesses timed across an edge get twice
+    the limit, or a lock ends a second after it began.
+    """
+
+    current: int
+    previous: int
+    ends: datetime  # the current window's end
+    window_seconds: int
+
+    @property
+    def recent(self) -> int:
+        return self.current + self.previous
+
+    def until(self, limit: int) -> datetime:
+        """When a subject at or past ``limit`` is under it again, unless it fails more:
+        when the previous window drops out, or, if the current window alone reaches the
+        limit, when that one drops out too."""
+        if self.current < limit:
+            return self.ends
+        return self.ends + timedelta(seconds=self.window_seconds)
 
 
 @dataclass(frozen=True)

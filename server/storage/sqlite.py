@@ -35,7 +35,7 @@ import numpy as np
 from ._sql import CARD_COLUMNS, CardRows, Clock, SqlTx, utcnow
 from .errors import ConflictError, MigrationError, StorageError, StorageUnavailableError, TransientError
 from .migrations import MIGRATIONS
-from .models import AttemptKind, AuditColumns
+from .models import AttemptKind, Attempts, AuditColumns
 
 _native_audit: types.ModuleType | None
 try:  # the native audit reader (Cython, libsqlite3); the SQL aggregate path without it
@@ -193,10 +193,12 @@ class _SQLiteTx(SqlTx):
     def _event_appended(self, event_id: int) -> None:
         self._heads["events"] = event_id
 
-    def hold_attempts(self, kind: AttemptKind, subject: str, window_seconds: int) -> tuple[int, datetime]:
-        # Holding the counter's row is PostgreSQL's need: here the one writer already runs
-        # this transaction alone, so a read is the same answer without writing a row.
-        return self.attempt_count(kind, subject, window_seconds)
+    def hold_attempts(
+        self, kind: AttemptKind, subject: str, window_seconds: int, at: datetime | None = None
+    ) -> Attempts:
+        # Holding the counters' rows is PostgreSQL's need: here the one writer already runs
+        # this transaction alone, so a read is the same answer without writing rows.
+        return self.attempt_count(kind, subject, window_seconds, at)
 
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 
+import pytest
 from cardmint.server.domain import Domain, DomainConfig, Keyring
 from cardmint.server.storage import IdempotencyClaim, Storage, UnitOfWork
 
@@ -62,3 +63,44 @@ def test_purges_run_in_batches_oldest_first(storage: Storage, keyring: Keyring, 
     assert domain.purge_idempotency(batch=5) == 22 - 4  # k4..k21, in several batches
     assert _keys(storage) == 3 + 1  # k22..k24 and the new k0
     assert Domain(storage, keyring, config=DomainConfig(idempotency_days=0)).purge_idempotency() == 0
+
+
+def _counters(storage: Storage, window_seconds: int) -> int:
+    with storage.read() as tx:
+        return int(
+            tx._one(  # type: ignore[attr-defined]
+                "SELECT count(*) FROM attempt_counters WHERE window_seconds = ?", (window_seconds,)
+            )[0]
+        )
+
+
+def test_attempt_counters_are_forgotten_once_no_limit_reads_them(
+    domain: Domain, who: Callers, make_lot: Callable[..., MintedLot], clock: FakeClock, storage: Storage
+) -> None:
+    from cardmint.server.domain import CardLocked, CardNotFound, Origin
+    from cardmint.server.storage import AttemptKind
+
+    from .test_cards import _unknown
+
+    risk = domain.profile.risk
+    assert (risk.account.lock_seconds, risk.card.lock_seconds) == (900, 3600)
+    serial, code = make_lot(1).pairs[0]
+    wrong = _unknown(code)
+    for answer in (CardNotFound, CardNotFound, CardLocked):  # one card guessed until it locks
+        with pytest.raises(answer):
+            domain.cards.bind(who.alice, wrong, serial=serial, origin=Origin(challenged=True))
+    account_rows = _counters(storage, 900)
+    assert account_rows >= 1 and _counters(storage, 3600) >= 1
+    # An hour on: the account's 15-minute windows are long past and go; the card's failures
+    # are the previous window's now, still judged, and stay.
+    clock.advance(seconds=3600)
+    assert domain.housekeeping().purged_attempt_counters >= account_rows
+    assert _counters(storage, 900) == 0
+    with storage.read() as tx:
+        assert tx.attempt_count(AttemptKind.CARD, serial, 3600).previous == 3
+    # Two windows on, no limit reads them: gone, in batches of one.
+    clock.advance(seconds=3600)
+    left = _counters(storage, 3600)
+    assert left >= 1 and domain.purge_attempts(batch=1) == left
+    assert _counters(storage, 3600) == 0
+    assert domain.housekeeping().purged_attempt_counters == 0

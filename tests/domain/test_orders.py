@@ -423,7 +423,8 @@ def test_reveal_is_rate_limited(storage: Storage, keyring: Keyring, who: Callers
         domain.orders.get_order(who.alice, order.id, reveal=True)
     with pytest.raises(RevealLimit) as info:
         domain.orders.get_order(who.alice, order.id, reveal=True)
-    assert info.value.retry_after is not None and 0 < info.value.retry_after <= 3600
+    # All three in this hour's window: the limit holds until the next window ends.
+    assert info.value.retry_after is not None and 3600 < info.value.retry_after <= 2 * 3600
     assert domain.orders.get_order(who.alice, order.id).codes[0].code.startswith("****")
 
 

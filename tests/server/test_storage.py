@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from cardmint.server.storage import (
     GENESIS_HASH,
     AttemptKind,
+    Attempts,
     BindOutcome,
     CardBatch,
     CardStatus,
@@ -523,23 +524,56 @@ def test_idempotency_claims(storage: Storage, clock: FakeClock) -> None:
 
 
 def test_attempt_windows(storage: Storage, clock: FakeClock) -> None:
+    acct = AttemptKind.ACCOUNT
+    clock.advance(seconds=-(int(clock().timestamp()) % 600) + 30)  # 30 s into a 600 s window
     with storage.transaction() as tx:
-        counts = [tx.record_attempt(AttemptKind.ACCOUNT, "acct-1", 600)[0] for _ in range(3)]
+        counts = [tx.record_attempt(acct, "acct-1", 600).current for _ in range(3)]
         assert counts == [1, 2, 3]
-        count, ends = tx.attempt_count(AttemptKind.ACCOUNT, "acct-1", 600)
-        assert count == 3 and ends > clock() and ends - clock() <= timedelta(seconds=600)
-        assert tx.attempt_count(AttemptKind.DEVICE, "acct-1", 600)[0] == 0  # kinds are separate
-        assert tx.record_attempt(AttemptKind.ACCOUNT, "acct-1", 86_400)[0] == 1  # so are window sizes
-    clock.advance(seconds=600)
+        tries = tx.attempt_count(acct, "acct-1", 600)
+        assert (tries.current, tries.previous, tries.recent) == (3, 0, 3)
+        assert tries.ends == clock() + timedelta(seconds=570) and tries.window_seconds == 600
+        assert tx.hold_attempts(acct, "acct-1", 600) == tries  # held or read: the same counts
+        assert tx.attempt_count(AttemptKind.DEVICE, "acct-1", 600).recent == 0  # kinds are separate
+        assert tx.record_attempt(acct, "acct-1", 86_400).current == 1  # so are window sizes
+    clock.advance(seconds=600)  # the next window: the earlier failures still count, as previous
     with storage.transaction() as tx:
-        assert tx.attempt_count(AttemptKind.ACCOUNT, "acct-1", 600)[0] == 0
-        assert tx.record_attempt(AttemptKind.ACCOUNT, "acct-1", 600)[0] == 1
-        tx.clear_attempts(AttemptKind.ACCOUNT, "acct-1")
-        assert tx.attempt_count(AttemptKind.ACCOUNT, "acct-1", 86_400)[0] == 0
+        tries = tx.attempt_count(acct, "acct-1", 600)
+        assert (tries.current, tries.previous) == (0, 3)
+        tries = tx.record_attempt(acct, "acct-1", 600)
+        assert (tries.current, tries.previous, tries.recent) == (1, 3, 4)
+        assert tx.hold_attempts(acct, "acct-1", 600) == tries
+        # `at` picks the window: one second before, the counts were the window before's.
+        earlier = tx.attempt_count(acct, "acct-1", 600, at=clock() - timedelta(seconds=31))
+        assert (earlier.current, earlier.previous) == (3, 0)
+    clock.advance(seconds=600)  # two windows on: the first no longer counts
+    with storage.transaction() as tx:
+        tries = tx.attempt_count(acct, "acct-1", 600)
+        assert (tries.current, tries.previous) == (0, 1)
         tx.record_attempt(AttemptKind.CARD, "c-9", 60)
-    clock.advance(days=1)
+        # Purged: the rows older than the previous window (acct-1's first 600 s window, and
+        # on PostgreSQL the empty one before it that holding made); the previous window's
+        # row, the current ones and the day window's row stay.
+        assert tx.purge_attempts(clock()) in (1, 2)
+        assert tx.attempt_count(acct, "acct-1", 600, at=clock() - timedelta(seconds=600)).previous == 0
+        assert tx.attempt_count(acct, "acct-1", 600) == tries
+        assert tx.attempt_count(acct, "acct-1", 86_400).current == 1
+        tx.clear_attempts(acct, "acct-1")
+        assert tx.attempt_count(acct, "acct-1", 86_400).recent == 0
+        assert tx.attempt_count(acct, "acct-1", 600).recent == 0
+    clock.advance(days=2)
     with storage.transaction() as tx:
-        assert tx.purge_attempts(clock() - timedelta(hours=1)) == 1
+        assert tx.purge_attempts(clock(), limit=1) == 1  # c-9's row, the last one
+        assert tx.purge_attempts(clock()) == 0
+        assert tx.attempt_count(AttemptKind.CARD, "c-9", 60, at=clock() - timedelta(days=2)).recent == 0
+
+
+def test_a_lock_lasts_until_the_two_windows_are_under_the_limit() -> None:
+    end = datetime(2026, 1, 15, 12, 15, tzinfo=UTC)
+    # Some of the failures are the previous window's: under the limit once it drops out.
+    assert Attempts(2, 3, end, 900).until(5) == end
+    # The current window alone reached the limit: locked until it drops out too.
+    assert Attempts(5, 0, end, 900).until(5) == end + timedelta(seconds=900)
+    assert Attempts(4, 9, end, 900).until(5) == end and Attempts(4, 9, end, 900).recent == 13
 
 
 def test_tokens(storage: Storage) -> None:

@@ -111,7 +111,9 @@ def test_idempotent_redeem_has_one_effect(opener: Callable[[], Storage]) -> None
 def test_attempt_counter_counts_every_concurrent_failure(opener: Callable[[], Storage]) -> None:
     handles = [opener(), opener()]
     counts = _hammer(
-        handles, lambda s, i: s.run(lambda tx: tx.record_attempt(AttemptKind.CARD, "card-7", 3600))[0], 64
+        handles,
+        lambda s, i: s.run(lambda tx: tx.record_attempt(AttemptKind.CARD, "card-7", 3600)).current,
+        64,
     )
     assert sorted(counts) == list(range(1, 65))  # type: ignore[type-var]
 

@@ -52,13 +52,21 @@ log = logging.getLogger("cardmint.server")
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_VAR = Path("var")
 DEFAULT_GRACE = 30.0
-DEFAULT_WORKERS = 32
+# Threads for unary calls. Few on purpose: every runnable worker is one more thread grpcio's
+# one serving thread queues behind for the GIL; past a handful, a server offered more than it
+# answers stops taking calls from grpc core fast enough to refuse the excess at once
+# (server/api/admission.py, AdmissionExecutor). Raise it when each call waits long on a far
+# database (network round trips), not for speed on a near one.
+DEFAULT_WORKERS = 4
+# Threads for streaming calls (subscriptions, bulk checks, lot minting and export): they
+# hold a thread for as long as they last and mostly wait.
+DEFAULT_STREAM_WORKERS = 32
 DEFAULT_MAX_UNSERVED = 2  # seconds; see start()
-# Calls in flight (queued for a worker or running) before new ones are refused OVERLOADED
-# (server/api/admission.py). Above any fleet of clients a test or a shop front runs at once
-# (64 to a few hundred), low enough that the queue ahead of a call is a fraction of a second
-# at the few hundred to thousand calls/s a 2-core server answers.
-DEFAULT_MAX_IN_FLIGHT = 256
+# Calls in flight (queued for a worker or running) before new ones are refused at once
+# (RESOURCE_EXHAUSTED; server/api/admission.py). Twice the 64 concurrent clients the
+# benchmarks run, low enough that the queue ahead of an admitted call stays a fraction of a
+# second at the few hundred calls/s a process answers.
+DEFAULT_MAX_IN_FLIGHT = 128
 DEFAULT_HEALTH_PROBE = 2.0  # s between storage health probes (server/health.py)
 # Bulk Check chunks are up to 32 MiB of codes; grpc's 4 MiB default would refuse them.
 MAX_MESSAGE_BYTES = 64 << 20
@@ -159,6 +167,7 @@ def start(
     var_dir: Path = DEFAULT_VAR,
     *,
     workers: int = DEFAULT_WORKERS,
+    stream_workers: int = DEFAULT_STREAM_WORKERS,
     config: DomainConfig | None = None,
     metrics: str | None = None,
     tracer_provider: Any = None,
@@ -175,8 +184,10 @@ def start(
     OpenTelemetry ``TracerProvider`` to trace calls and storage with (cardmint.server.tracing),
     or None for no tracing. ``tls``: serve TLS (mutual TLS with a client CA) instead of
     plaintext (cardmint.server.tls). ``keyring`` and ``storage_options``: as open_domain.
-    ``max_in_flight``: calls in flight before new ones are refused ``OVERLOADED``
-    (server/api/admission.py); None or 0: no limit (calls queue unbounded).
+    ``workers``/``stream_workers``: threads for unary and for streaming calls (the
+    defaults' reasons: DEFAULT_WORKERS). ``max_in_flight``: calls in flight before new ones
+    are refused at once with RESOURCE_EXHAUSTED (server/api/admission.py); None or 0: no
+    limit (calls queue unbounded).
     ``max_unserved_seconds``: how long grpc core may hold a call the serving thread has not
     taken yet before dropping it (0: grpc's default, 30 s). ``clock``: what
     time it is for the rules (``open_domain``). ``health_probe_seconds``: how often the
@@ -210,11 +221,16 @@ def start(
             # offered several times what it answers), those calls would wait until their
             # deadline; past this age grpc drops them instead (CANCELLED, no code of ours ran).
             options.append(("grpc.server_max_unrequested_time_in_server", max_unserved_seconds))
+        pool = AdmissionExecutor(workers, thread_name_prefix="cardmint-rpc", stream_workers=stream_workers)
+        # Routes each call to its lane (unary or stream), and counts the refusals.
+        admission = AdmissionInterceptor(pool, max_in_flight or None)
         rpc_metrics: observe.RpcMetrics | None = None
         if metrics is not None:
-            registry, rpc_metrics = observe.metrics_registry(storage, lambda: attempt_tiers(domain))
-        pool = AdmissionExecutor(workers, thread_name_prefix="cardmint-rpc")
-        admission = AdmissionInterceptor(pool, max_in_flight) if max_in_flight else None
+            registry, rpc_metrics = observe.metrics_registry(
+                storage,
+                lambda: attempt_tiers(domain),
+                observe.AdmissionCollector(lambda: pool.in_flight, lambda: admission.refused),
+            )
         health_servicer = health.HealthServicer()
         # SERVING while the storage takes writes, NOT_SERVING while it fails.
         storage_health = StorageHealth(health_servicer, storage, SERVICE_NAMES, health_probe_seconds)
@@ -224,9 +240,15 @@ def start(
                 domain, rpc_metrics, tracer, admission, on_storage_failure=storage_health.failed
             ),
             options=options,
-            # grpc's own limit, refusing in its serving thread without running any Python of
-            # ours: the backstop once as many refusals as there are workers are queued.
-            maximum_concurrent_rpcs=max_in_flight + workers if max_in_flight else None,
+            # The limit itself: grpc refuses in its serving thread (RESOURCE_EXHAUSTED, no
+            # details), before any handler or worker; the cheapest refusal grpcio has, so
+            # that under several times the load it answers, a server still turns the excess
+            # away at once. (A refusal of ours, with RetryInfo, costs a worker and two more
+            # trips through the serving thread: measured, it halved what an overloaded
+            # server answered and left its refusals waiting ~2 s.) The admission
+            # interceptor counts on the same in-flight count, so it refuses only in the
+            # moment its count runs one ahead of grpc's.
+            maximum_concurrent_rpcs=max_in_flight or None,
         )
         add_services(server, domain)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -325,6 +347,7 @@ def serve_one(
         listen,
         cfg.var_dir,
         workers=cfg.workers,
+        stream_workers=cfg.stream_workers,
         config=cfg.domain_config(),
         metrics=metrics,
         tracer_provider=provider,

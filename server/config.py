@@ -177,7 +177,21 @@ SETTINGS: tuple[Setting, ...] = (
         optional=True,
     ),
     Setting("grace", "float", 30.0, "seconds to let in-flight calls finish on SIGTERM", minimum=0),
-    Setting("workers", "int", 32, "threads handling calls", minimum=1),
+    Setting(
+        "workers",
+        "int",
+        4,
+        "threads handling unary calls; few on purpose (docs/operations.md, Load and overload): "
+        "raise it only when calls wait long on a far database",
+        minimum=1,
+    ),
+    Setting(
+        "stream_workers",
+        "int",
+        32,
+        "threads handling streaming calls (event subscriptions, bulk checks, lot minting and export)",
+        minimum=1,
+    ),
     Setting(
         "processes",
         "int",
@@ -197,9 +211,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_in_flight",
         "int",
-        256,
-        "calls queued or running before new ones are refused at once with RESOURCE_EXHAUSTED "
-        "(OVERLOADED, RetryInfo); 0: no limit",
+        128,
+        "calls queued or running before new ones are refused at once with RESOURCE_EXHAUSTED; 0: no limit",
         minimum=0,
     ),
     Setting(

@@ -304,20 +304,51 @@ METRIC_FAMILIES: dict[str, tuple[str, ...]] = {
         "cardmint_audit_chain_length",
         "cardmint_failed_attempts",
         "cardmint_locked_subjects",
+        "cardmint_admission_in_flight",
+        "cardmint_admission_refused",
     ),
     "postgres": ("cardmint_db_pool_connections", "cardmint_db_pool_requests_waiting"),
     "sqlite": ("cardmint_db_writer_queue", "cardmint_db_group_commits"),
 }
 
 
+class AdmissionCollector(Collector):
+    """The calls in flight and the calls refused past the limit, read at a scrape. Refused
+    calls never reach the RPC metrics' interceptor alive (grpc refuses most of them in its
+    serving thread, before any handler), so they are counted apart."""
+
+    def __init__(self, in_flight: Callable[[], int], refused: Callable[[], int]) -> None:
+        self._in_flight = in_flight
+        self._refused = refused
+
+    def collect(self) -> Iterable[Any]:
+        flight = GaugeMetricFamily(
+            "cardmint_admission_in_flight",
+            "Calls queued for a worker or running: the count the in-flight limit is held to.",
+        )
+        flight.add_metric([], self._in_flight())
+        refused = CounterMetricFamily(
+            "cardmint_admission_refused",
+            "Calls refused at once (RESOURCE_EXHAUSTED) because the in-flight limit was reached; "
+            "health and reflection calls not counted.",
+        )
+        refused.add_metric([], self._refused())
+        yield from (flight, refused)
+
+
 def metrics_registry(
-    storage: Any, tiers: Callable[[], Mapping[Any, tuple[int, int]]]
+    storage: Any,
+    tiers: Callable[[], Mapping[Any, tuple[int, int]]],
+    admission: AdmissionCollector | None = None,
 ) -> tuple[CollectorRegistry, RpcMetrics]:
-    """A server's registry: its RPC metrics, the process counters and the database gauges."""
+    """A server's registry: its RPC metrics, the process counters, the database gauges and
+    (when given) the admission figures."""
     registry = CollectorRegistry(auto_describe=False)
     rpc = RpcMetrics(registry)
     registry.register(ProcessCollector())
     registry.register(StorageCollector(storage, tiers))
+    if admission is not None:
+        registry.register(admission)
     return registry, rpc
 
 

@@ -306,11 +306,12 @@ class Prepared:
 
 
 @contextmanager
-def cardmint_server(db_url: str | None, var_dir: Path, workers: int = 32) -> Iterator[tuple[str, str]]:
-    """An in-process cardmint server on 127.0.0.1; yields (address, admin token)."""
+def cardmint_server(db_url: str | None, var_dir: Path) -> Iterator[tuple[str, str]]:
+    """An in-process cardmint server on 127.0.0.1, as shipped (its default threads and
+    in-flight limit); yields (address, admin token)."""
     from cardmint.server.app import start
 
-    running = start(db_url, "127.0.0.1:0", var_dir, workers=workers)
+    running = start(db_url, "127.0.0.1:0", var_dir)
     try:
         token = running.domain.auth.create_token("admin", label="bench").token
         yield f"127.0.0.1:{running.port}", token

@@ -446,8 +446,10 @@ class Contention(CardmintError):  # noqa: N818 - named after the status, like th
 
 class Overloaded(CardmintError):  # noqa: N818 - named after the reason, like the server's
     """The server had its limit of calls in flight and refused this one before doing
-    anything; ``retry_after`` (seconds, from RetryInfo) says when to try again. Also raised
-    for a RESOURCE_EXHAUSTED without details: grpc's own concurrency backstop."""
+    anything; ``retry_after`` (seconds, from RetryInfo, when the server sent one) says when
+    to try again. Also raised for a RESOURCE_EXHAUSTED without details: grpc's own
+    concurrency limit, the server's usual refusal. ``Client``'s unary calls retry it
+    themselves, with backoff, until their timeout: raised only when that ran out."""
 
     reason = "OVERLOADED"
 
@@ -856,16 +858,27 @@ class Client:
         extra: tuple[tuple[str, str], ...] = (),
     ) -> T:
         attempt = 0
+        give_up = time.monotonic() + self.timeout
         while True:
             try:
                 return method(request, timeout=self.timeout, metadata=self._metadata + extra)
             except grpc.RpcError as e:
                 err = error_from(e)
-                if not retry or err.code not in _RETRYABLE or attempt >= self.retries:
+                # Jittered exponential backoff: 64 clients retrying a hot card must not stay in step.
+                delay = min(2.0, 0.05 * 2 ** (attempt + 1)) * (0.5 + random.random())
+                if isinstance(err, Overloaded):
+                    # Refused before it did anything (the server was at its limit of calls in
+                    # flight): any call may be sent again, idempotent or not. Retried after the
+                    # server's RetryInfo or the backoff, for as long as the call's own timeout
+                    # allows; this thread sends nothing else meanwhile, so a crowd of clients
+                    # backs off instead of piling on.
+                    delay = max(delay, err.retry_after or 0.0)
+                    if time.monotonic() + delay >= give_up:
+                        raise err from None
+                elif not retry or err.code not in _RETRYABLE or attempt >= self.retries:
                     raise err from None
             attempt += 1
-            # Jittered exponential backoff: 64 clients retrying a hot card must not stay in step.
-            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+            time.sleep(delay)
 
     def _stream(self, responses: Iterable[T]) -> Iterator[T]:
         try:

@@ -4,29 +4,31 @@ A grpcio server hands every call it accepts to its thread pool, whose queue has 
 offered more calls than it can answer, a server would queue them until every caller's
 deadline had passed, answering nobody in time. Instead, at most ``limit`` calls are in
 flight (queued for a worker or running) per server process; a call that arrives while
-``limit`` are in flight is refused straight away with RESOURCE_EXHAUSTED, reason
-``OVERLOADED``, and a ``RetryInfo`` (``Overloaded`` in the domain's error table). It has
-done nothing, so any call may be retried after the delay, on this or another server.
+``limit`` are in flight is refused straight away with RESOURCE_EXHAUSTED. It has done
+nothing, so any call may be retried, on this or another server.
 
 The count is kept by ``AdmissionExecutor``, the server's thread pool: +1 when grpc submits
 a call, -1 when the call's work item ends, however it ends (answered, refused, or cancelled
-before a worker took it), so it cannot drift. ``AdmissionInterceptor`` reads it when a call
-arrives, in grpc's serving thread, before the call is queued. Health and reflection calls
-are counted but never refused: a load balancer must see an overloaded server as alive.
-Long-lived streams (event subscriptions) hold a worker, and are counted like any call.
+before a worker took it), so it cannot drift. grpcio keeps the same count
+(``active_rpc_count``: +1 at submit, -1 when the work item is done), and the shipped server
+(``app.start``) sets grpc's ``maximum_concurrent_rpcs`` to the limit: grpc then refuses
+in its serving thread, before the interceptors' handler runs, with no worker and no second
+trip through that thread. That is the cheapest refusal a grpcio server has, and under
+several times the load a server answers, the only one fast enough: measured, a refusal
+of ours (below) halved what an overloaded server answered and left refusals waiting ~2 s
+(docs/operations.md, Load and overload). It carries no details; the client reads it as
+``Overloaded`` all the same.
 
-Refusals are answered by a worker too (grpcio answers only from its pool), but from a queue
-of their own, served in turn with the admitted calls: a refusal waits for about the next free
-worker, not behind the whole queue, and takes a fraction of a millisecond. It never reads the
+``AdmissionInterceptor`` runs on every call, in grpc's serving thread, just before grpc
+hands the call to the executor. It routes the call to its lane (unary or stream, see
+``AdmissionExecutor``), counts the refusals, and refuses itself when its count is at the
+limit while grpc's is not (the moment a finished item has left grpc's count but not yet
+ours; or always, on a server built without grpc's limit): then with reason ``OVERLOADED``
+and a ``RetryInfo`` (``Overloaded`` in the domain's error table), health and reflection
+exempt. Those refusals are answered by a worker (grpcio answers only from its pool), but
+from a queue of their own, served in turn with the admitted calls, and never read the
 request: grpcio reads a unary request in its serving thread before a worker may run the
-handler, a second trip through that one thread (the slowest part of a GIL-bound server under
-overload) for a message the refusal does not use, so a refused call's handler is made
-request-streaming and answers without it, as grpc's own refusals do. Refusals cost the
-server work all the same (the access log, metrics, a status with details); so that a flood
-of them cannot take the workers from admitted calls, ``grpc.server(maximum_concurrent_rpcs=
-limit + workers)`` is the backstop (``app.start``): past it grpc refuses in its serving
-thread itself, cheaply (RESOURCE_EXHAUSTED without details, which the client also maps to
-``Overloaded``, with no retry delay).
+handler, so a refused call's handler is made request-streaming and answers without it.
 """
 
 from __future__ import annotations
@@ -156,34 +158,81 @@ class CallFuture(Generic[T]):
         self._done.release()  # free again: every waiter passes
 
 
+class _Lane:
+    """Threads and queues for one kind of call: a queue for admitted calls, a first-served
+    one for refusals, and a SimpleQueue of wake-ups (one token per queued item)."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self.max_threads = threads
+        self.name = name
+        self.wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self.urgent: deque[_Item] = deque()
+        self.normal: deque[_Item] = deque()
+        self.threads: list[threading.Thread] = []
+        self.urgent_turn = True
+
+    def take(self) -> _Item | None:
+        """The next item: refusals and admitted calls take turns, so a refusal waits for a
+        free worker, never behind the whole queue, and a flood of refusals cannot starve
+        the calls already admitted. (The turn is a hint: two workers may both read it.)"""
+        if self.urgent and (self.urgent_turn or not self.normal):
+            try:
+                item = self.urgent.popleft()
+                self.urgent_turn = False
+                return item
+            except IndexError:
+                pass
+        try:
+            item = self.normal.popleft()
+            self.urgent_turn = True
+            return item
+        except IndexError:
+            pass
+        try:
+            return self.urgent.popleft()
+        except IndexError:
+            return None  # a shutdown's wake-up, or the token of an item shutdown cancelled
+
+
 class AdmissionExecutor:
-    """The server's thread pool: ``workers`` threads, a count of the work items not yet
-    finished (queued or running), and a second, first-served queue for refusals.
+    """The server's thread pool: ``workers`` threads for unary calls, ``stream_workers``
+    more for calls that stream (event subscriptions, bulk checks, lot minting and export),
+    a count of the work items not yet finished (queued or running), and a first-served
+    queue for refusals.
+
+    Few unary workers, on purpose: a grpcio server is one process under one GIL, and
+    grpcio's one serving thread (the thread that takes every call from grpc core and
+    dispatches every answer) needs the GIL several times per call. Each more runnable
+    worker is one more thread it queues behind for the GIL: with 32 workers, a server
+    offered 3x what it answers took calls from grpc core at a fraction of its rate, and
+    the rest waited there until dropped; with 4 it keeps up, and the limit refuses the
+    excess at once (docs/operations.md, Load and overload). Streams get threads of their
+    own: they hold one for as long as they last (a subscription, for hours) and mostly
+    wait, so they neither starve unary calls of workers nor compete for the GIL.
 
     grpcio submits each call's work right after running the interceptors for it, in the
-    same (serving) thread: ``AdmissionInterceptor`` marks a refused call there (``urgent``),
-    and this pool serves marked items and admitted ones in turn, so a refusal is answered
-    about when a worker next becomes free, not after every call queued ahead of it.
+    same (serving) thread: ``AdmissionInterceptor`` marks the call there (refused, or a
+    stream), and this pool serves marked refusals and admitted calls of the unary lane in
+    turn, so a refusal is answered about when a worker next becomes free, not after every
+    call queued ahead of it.
 
     Every step a call takes here is a C operation (deque append and pop, a SimpleQueue of
-    wake-ups, a list as the in-flight count), not a Python-level Condition: each queued item
-    puts one token on the wake-up queue after it is queued, and a worker that takes a token
-    takes one item, so a worker that holds a token always finds an item (or, once shut
-    down, exits)."""
+    wake-ups per lane, a list as the in-flight count), not a Python-level Condition: each
+    queued item puts one token on its lane's wake-up queue after it is queued, and a worker
+    that takes a token takes one item, so a worker that holds a token always finds an item
+    (or, once shut down, exits)."""
 
-    def __init__(self, workers: int, thread_name_prefix: str = "cardmint-rpc") -> None:
-        if workers < 1:
-            raise ValueError("at least one worker")
-        self._workers = workers
-        self._prefix = thread_name_prefix
-        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._urgent: deque[_Item] = deque()
-        self._normal: deque[_Item] = deque()
+    def __init__(
+        self, workers: int, thread_name_prefix: str = "cardmint-rpc", stream_workers: int = 0
+    ) -> None:
+        """``stream_workers``: threads for streaming calls; 0: they share the ``workers``."""
+        if workers < 1 or stream_workers < 0:
+            raise ValueError("at least one worker (and no negative count of stream workers)")
+        self._unary = _Lane(workers, thread_name_prefix)
+        self._streams = _Lane(stream_workers, f"{thread_name_prefix}-stream") if stream_workers else None
         self._flight: list[None] = []  # one entry per unfinished item: len() is the count
-        self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
         self._shutdown = False
-        self._urgent_turn = True
         self._mark = threading.local()
 
     @property
@@ -192,54 +241,41 @@ class AdmissionExecutor:
 
     def mark_urgent(self, urgent: bool) -> None:
         """Whether the next item this thread submits is served first (a refusal)."""
+        self.mark_call(urgent=urgent)
+
+    def mark_call(self, *, urgent: bool, stream: bool = False) -> None:
+        """What the next item this thread submits is: a refusal (served first) or a
+        streaming call (served by the stream workers)."""
         self._mark.urgent = urgent
+        self._mark.stream = stream
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> CallFuture[T]:
-        urgent = getattr(self._mark, "urgent", False)
-        self._mark.urgent = False
+        mark = self._mark
+        urgent, stream = getattr(mark, "urgent", False), getattr(mark, "stream", False)
+        mark.urgent = mark.stream = False
         if self._shutdown:
             raise RuntimeError("cannot schedule new calls after shutdown")
+        # A refusal is answered at once whatever the call's shape: the unary lane serves it.
+        lane = self._streams if stream and not urgent and self._streams is not None else self._unary
         future: CallFuture[T] = CallFuture()
         self._flight.append(None)
-        (self._urgent if urgent else self._normal).append((future, fn, args, kwargs))
-        if len(self._threads) < self._workers:
-            self._add_worker()
-        self._wake.put(None)
+        (lane.urgent if urgent else lane.normal).append((future, fn, args, kwargs))
+        if len(lane.threads) < lane.max_threads:
+            self._add_worker(lane)
+        lane.wake.put(None)
         return future
 
-    def _add_worker(self) -> None:
+    def _add_worker(self, lane: _Lane) -> None:
         with self._threads_lock:
-            if len(self._threads) < self._workers and not self._shutdown:
+            if len(lane.threads) < lane.max_threads and not self._shutdown:
                 t = threading.Thread(
-                    target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True
+                    target=self._work, args=(lane,), name=f"{lane.name}_{len(lane.threads)}", daemon=True
                 )
-                self._threads.append(t)
+                lane.threads.append(t)
                 t.start()
 
-    def _take(self) -> _Item | None:
-        """The next item: refusals and admitted calls take turns, so a refusal waits for a
-        free worker, never behind the whole queue, and a flood of refusals cannot starve
-        the calls already admitted. (The turn is a hint: two workers may both read it.)"""
-        if self._urgent and (self._urgent_turn or not self._normal):
-            try:
-                item = self._urgent.popleft()
-                self._urgent_turn = False
-                return item
-            except IndexError:
-                pass
-        try:
-            item = self._normal.popleft()
-            self._urgent_turn = True
-            return item
-        except IndexError:
-            pass
-        try:
-            return self._urgent.popleft()
-        except IndexError:
-            return None  # a shutdown's wake-up, or the token of an item shutdown cancelled
-
-    def _work(self) -> None:
-        get, take, flight = self._wake.get, self._take, self._flight
+    def _work(self, lane: _Lane) -> None:
+        get, take, flight = lane.wake.get, lane.take, self._flight
         while True:
             get()
             item = take()
@@ -259,23 +295,27 @@ class AdmissionExecutor:
             del item, future, fn, args, kwargs
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        lanes = [lane for lane in (self._unary, self._streams) if lane is not None]
         with self._threads_lock:
             self._shutdown = True
-            threads = list(self._threads)
+            threads = [(lane, list(lane.threads)) for lane in lanes]
         if cancel_futures:
-            for q in (self._urgent, self._normal):
-                while True:
-                    try:
-                        future, *_ = q.popleft()
-                    except IndexError:
-                        break
-                    future.cancel()
-                    self._flight.pop()
-        for _ in threads:
-            self._wake.put(None)  # one wake-up without an item per worker: it exits
+            for lane in lanes:
+                for q in (lane.urgent, lane.normal):
+                    while True:
+                        try:
+                            future, *_ = q.popleft()
+                        except IndexError:
+                            break
+                        future.cancel()
+                        self._flight.pop()
+        for lane, ts in threads:
+            for _ in ts:
+                lane.wake.put(None)  # one wake-up without an item per worker: it exits
         if wait:
-            for t in threads:
-                t.join()
+            for _, ts in threads:
+                for t in ts:
+                    t.join()
 
 
 class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
@@ -284,8 +324,11 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     Placed inside ``ErrorInterceptor`` (which turns the refusal into its status and
     details) and outside authentication (a refused call costs no token lookup)."""
 
-    def __init__(self, pool: AdmissionExecutor, limit: int, retry_after: float = DEFAULT_RETRY_AFTER) -> None:
-        if limit < 1:
+    def __init__(
+        self, pool: AdmissionExecutor, limit: int | None, retry_after: float = DEFAULT_RETRY_AFTER
+    ) -> None:
+        """``limit`` None: no call is refused; calls are only routed to their lane."""
+        if limit is not None and limit < 1:
             raise ValueError("the in-flight limit must be at least 1")
         self._pool = pool
         self.limit = limit
@@ -294,17 +337,24 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         self.refused = 0  # calls refused since start, for tests and figures
         self._refusals = HandlerCache()
 
-    def refuses(self, method: str) -> bool:
-        """Whether a call of ``method`` (one the server has) arriving now is refused. Marks
-        the call's place in the executor's queues and counts the refusal: call it once per
-        call, in grpc's serving thread, just before grpc hands the call to the executor."""
+    def refuses(self, method: str, stream: bool = False) -> bool:
+        """Whether a call of ``method`` (one the server has; ``stream``: it streams requests
+        or answers) arriving now is refused. Marks the call's place in the executor's
+        queues and counts the refusal: call it once per call, in grpc's serving thread,
+        just before grpc hands the call to the executor.
+
+        A call grpc itself refuses (``maximum_concurrent_rpcs``, the same limit on the same
+        count, checked just before the interceptors run) is counted here too: it arrived
+        with as many calls in flight."""
+        limit = self.limit
         refuse = (
-            not method.startswith(OPEN_SERVICES)
+            limit is not None
+            and not method.startswith(OPEN_SERVICES)
             # Not under a lock: grpcio calls interceptors from its one serving thread, and
             # a count read a moment early or late moves the limit by a call, never more.
-            and self._pool.in_flight >= self.limit
+            and self._pool.in_flight >= limit
         )
-        self._pool.mark_urgent(refuse)  # set for every call: a stale mark never lingers
+        self._pool.mark_call(urgent=refuse, stream=stream)  # set for every call: never stale
         if refuse:
             with self._refused_lock:
                 self.refused += 1
@@ -322,7 +372,8 @@ class AdmissionInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         handler = continuation(handler_call_details)
         if handler is None:  # unknown method: grpc answers UNIMPLEMENTED, no worker involved
             return None
-        return self.refusal(handler) if self.refuses(handler_call_details.method) else handler
+        stream = handler.request_streaming or handler.response_streaming
+        return self.refusal(handler) if self.refuses(handler_call_details.method, stream) else handler
 
     def _refusal(
         self, handler: grpc.RpcMethodHandler[Any, Any], _method: str

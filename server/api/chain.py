@@ -52,7 +52,8 @@ class Chain(grpc.ServerInterceptor):  # type: ignore[type-arg]
             admitted = self._handler(continuation, handler_call_details, refused=False)
             if admitted is None:  # not a method of this server: grpc answers UNIMPLEMENTED
                 return None
-        if self._admission is None or not self._admission.refuses(method):
+        stream = admitted.request_streaming or admitted.response_streaming
+        if self._admission is None or not self._admission.refuses(method, stream):
             return admitted
         refused = self._built.get((method, True))
         return (

@@ -29,7 +29,13 @@ from typing import Any, NoReturn
 
 import grpc
 from cardmint.server.domain._context import CALL_DEADLINE
-from cardmint.server.domain.errors import DomainError, ErrorKind, InvalidArgument, StorageUnavailable
+from cardmint.server.domain.errors import (
+    DeadlinePassed,
+    DomainError,
+    ErrorKind,
+    InvalidArgument,
+    StorageUnavailable,
+)
 from cardmint.server.storage import storage_failure
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
@@ -299,6 +305,10 @@ def _guard_unary(
         remaining = context.time_remaining()
         mark = CALL_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
         try:
+            if remaining is not None and remaining <= 0:
+                # It waited past its deadline for a worker (an overloaded server): the
+                # caller has its DEADLINE_EXCEEDED already, and no work is done for nobody.
+                raise DeadlinePassed()
             if isinstance(request, Undecodable):
                 raise request.error()
             return behavior(_checked(request) if streamed else request, context)

@@ -256,12 +256,12 @@ def test_a_call_grpc_core_held_past_max_unserved_seconds_is_dropped_unseen(
     seen: list[str] = []
     refuses = AdmissionInterceptor.refuses
 
-    def held(self: AdmissionInterceptor, method: str) -> bool:
+    def held(self: AdmissionInterceptor, method: str, stream: bool = False) -> bool:
         seen.append(method)
         if len(seen) == 1:  # grpc's serving thread stays here until released
             entered.set()
             release.wait(30)
-        return refuses(self, method)
+        return refuses(self, method, stream)
 
     monkeypatch.setattr(AdmissionInterceptor, "refuses", held)
     running = start(None, "127.0.0.1:0", tmp_path / "var", workers=2, max_unserved_seconds=max_unserved)
@@ -426,3 +426,142 @@ def test_executor_shuts_down_with_queued_work_cancelled_or_done() -> None:
     ran = [drained.submit(time.sleep, 0.001) for _ in range(20)]
     drained.shutdown(wait=True)  # without cancel_futures: every queued item still runs
     assert all(f.done() and not f.cancelled() for f in ran) and drained.in_flight == 0
+
+
+def test_streams_run_on_threads_of_their_own() -> None:
+    """A streaming call holds its thread for as long as it lasts: the stream lane's, so
+    a handful of streams never takes the few unary workers."""
+    pool = AdmissionExecutor(1, stream_workers=2)
+    gate = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hold() -> str:
+        started.release()
+        gate.wait(30)
+        return "held"
+
+    try:
+        pool.mark_call(urgent=False, stream=True)
+        streams = [pool.submit(hold)]
+        pool.mark_call(urgent=False, stream=True)
+        streams.append(pool.submit(hold))
+        assert started.acquire(timeout=30) and started.acquire(timeout=30)  # both stream threads busy
+        # The one unary worker is free all the same; the mark is spent by one submit.
+        assert pool.submit(lambda: "unary").result(timeout=30) == "unary"
+        assert pool.in_flight == 2
+        pool.mark_call(urgent=True, stream=True)  # a refused stream: answered on the unary lane
+        assert pool.submit(lambda: "refusal").result(timeout=30) == "refusal"
+        gate.set()
+        assert [f.result(timeout=30) for f in streams] == ["held", "held"]
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
+def _subscriptions(ch: grpc.Channel, token: str, n: int) -> list[Any]:
+    from cardmint.v1 import event_pb2, event_pb2_grpc
+
+    stub = event_pb2_grpc.EventServiceStub(ch)
+    auth = (("authorization", f"Bearer {token}"),)
+    return [stub.Subscribe(event_pb2.SubscribeRequest(), metadata=auth, timeout=60) for _ in range(n)]
+
+
+def _until(cond: Any) -> None:
+    deadline = time.monotonic() + 30
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cond()
+
+
+def test_the_shipped_server_keeps_unary_calls_going_beside_open_streams(tmp_path: Path) -> None:
+    """On ``start``: three subscriptions held open, the one unary worker still answers."""
+    from cardmint.v1 import event_pb2, event_pb2_grpc
+
+    running = start(None, "127.0.0.1:0", tmp_path / "var", workers=1, stream_workers=4)
+    try:
+        assert running.pool is not None
+        token = running.domain.auth.create_token("admin").token
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            subs = _subscriptions(ch, token, 3)
+            pool = running.pool
+            _until(lambda: pool.in_flight == 3)
+            head = event_pb2_grpc.EventServiceStub(ch).GetHead(
+                event_pb2.GetHeadRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=30
+            )
+            assert head.head_id >= 0
+            for s in subs:
+                s.cancel()
+    finally:
+        running.stop(grace=0)
+
+
+def test_the_shipped_server_refuses_past_its_limit_in_grpcs_serving_thread(tmp_path: Path) -> None:
+    """On ``start``: the limit is grpc's own (``maximum_concurrent_rpcs``), so a call past it
+    is refused before any handler or worker (RESOURCE_EXHAUSTED, read as ``Overloaded``),
+    health included: at its limit a server says so. The refusal is counted."""
+    from cardmint.v1 import event_pb2, event_pb2_grpc
+
+    running = start(None, "127.0.0.1:0", tmp_path / "var", workers=1, max_in_flight=2)
+    try:
+        assert running.pool is not None and running.admission is not None
+        token = running.domain.auth.create_token("admin").token
+        auth = (("authorization", f"Bearer {token}"),)
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            subs = _subscriptions(ch, token, 2)
+            pool = running.pool
+            _until(lambda: pool.in_flight == 2)
+            head = event_pb2_grpc.EventServiceStub(ch).GetHead
+            with pytest.raises(grpc.RpcError) as refused:
+                head(event_pb2.GetHeadRequest(), metadata=auth, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert isinstance(client.error_from(refused.value), client.Overloaded)
+            with pytest.raises(grpc.RpcError) as health_refused:
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30)
+            assert health_refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert running.admission.refused == 1  # health is never counted as refused by us
+            assert pool.in_flight == 2  # neither refusal reached a worker
+            subs[0].cancel()
+            _until(lambda: pool.in_flight == 1)
+            assert head(event_pb2.GetHeadRequest(), metadata=auth, timeout=30).head_id >= 0
+            subs[1].cancel()
+    finally:
+        running.stop(grace=0)
+
+
+def test_the_client_sends_a_refused_call_again_until_its_timeout() -> None:
+    """``Client`` unary calls retry ``Overloaded`` (refused before anything was done: safe
+    for any call) with backoff, within the call's timeout; past it they raise it."""
+    from cardmint.v1 import event_pb2
+
+    refusals = [2]  # the first two calls are refused as grpc's own limit refuses them
+    seen: list[float] = []
+
+    def head(request: bytes, context: grpc.ServicerContext) -> bytes:
+        seen.append(time.monotonic())
+        if refusals[0] != 0:
+            refusals[0] -= 1
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, client.GRPC_CONCURRENCY_LIMIT)
+        return event_pb2.GetHeadResponse(head_id=7).SerializeToString()
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "cardmint.v1.EventService", {"GetHead": grpc.unary_unary_rpc_method_handler(head)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with client.Client(f"127.0.0.1:{port}", "t", timeout=30) as c:
+            assert c.event_head() == 7
+            assert len(seen) == 3 and seen[1] > seen[0] and seen[2] > seen[1]
+            refusals[0] = -1  # refused for good: the client gives up within its timeout
+        with client.Client(f"127.0.0.1:{port}", "t", timeout=1.0) as c:
+            before = len(seen)
+            with pytest.raises(client.Overloaded):
+                c.event_head()
+            assert len(seen) - before >= 2  # tried again before giving up
+    finally:
+        server.stop(0).wait()

@@ -33,7 +33,7 @@ def test_defaults_match_what_serve_did_before(tmp_path: Path, monkeypatch: pytes
     cfg = load_config(environ={})
     assert cfg.file is None
     assert cfg.listen == "127.0.0.1:50051" and cfg.var == "var" and cfg.db is None
-    assert cfg.workers == 32 and cfg.grace == 30.0 and cfg.profile == "platform"
+    assert cfg.workers == 4 and cfg.grace == 30.0 and cfg.profile == "platform"
     assert cfg.metrics is None and cfg.trace is None
     assert cfg.log_format == "auto" and cfg.log_level == "info"
     assert cfg.keys_path == Path("var/keys")
@@ -48,7 +48,18 @@ def test_defaults_match_what_serve_did_before(tmp_path: Path, monkeypatch: pytes
         cfg.var_dir,
         cfg.grace,
         cfg.workers,
-    ) == (app.DEFAULT_LISTEN, app.DEFAULT_VAR, app.DEFAULT_GRACE, app.DEFAULT_WORKERS)
+        cfg.stream_workers,
+        cfg.max_in_flight,
+        cfg.max_unserved_seconds,
+    ) == (
+        app.DEFAULT_LISTEN,
+        app.DEFAULT_VAR,
+        app.DEFAULT_GRACE,
+        app.DEFAULT_WORKERS,
+        app.DEFAULT_STREAM_WORKERS,
+        app.DEFAULT_MAX_IN_FLIGHT,
+        app.DEFAULT_MAX_UNSERVED,
+    )
 
 
 def test_every_domain_limit_is_a_setting() -> None:
@@ -86,7 +97,7 @@ def test_precedence_property(file_v: int | None, env_v: int | None, flag_v: int 
         file = write(Path(d) / "c.toml", "" if file_v is None else f"workers = {file_v}\n")
         env = {} if env_v is None else {"CARDMINT_WORKERS": str(env_v)}
         cfg = load_config(file, environ=env, flags={"workers": flag_v})
-        expected = next((v for v in (flag_v, env_v, file_v) if v is not None), 32)
+        expected = next((v for v in (flag_v, env_v, file_v) if v is not None), 4)
         assert cfg.workers == expected
 
 

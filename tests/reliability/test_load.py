@@ -21,10 +21,10 @@ And SIGTERM under the same load (``test_sigterm_under_load``): the calls in flig
 later ones are refused UNAVAILABLE, the server exits 0, and after a restart the same books
 show no partial effect.
 
-The server runs as shipped (32 workers, ``--max-in-flight`` 256): at the few hundred
-calls/s a 2-core machine answers, the queue it admits stays well under the calls' 5 s
-deadline, and a pause of another process while the load holds at 60% is absorbed by the
-queue instead of refused. ``--soak`` runs longer phases.
+The server runs as shipped (4 unary workers, ``--max-in-flight`` 128): at the few hundred
+calls/s a 2-core machine answers, the queue it admits stays well under the calls' deadline,
+and a pause of another process while the load holds at 60% is absorbed by the queue instead
+of refused. ``--soak`` runs longer phases.
 """
 
 from __future__ import annotations

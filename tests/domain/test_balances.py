@@ -213,3 +213,41 @@ def test_every_money_movement_is_audited_once(
         (who.operator.actor, "balance.reverse", f"card:{card_id}"),
     ]
     assert verify_storage(storage).ok
+
+
+def test_a_call_whose_deadline_passed_is_not_even_started(
+    domain: Domain,
+    who: Callers,
+    make_lot: Callable[..., MintedLot],
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under overload a call can reach a worker after its caller gave up: it is answered
+    DEADLINE_PASSED without its unit of work ever running (no writer time spent on it), and
+    its request id stays free."""
+    import time
+
+    from cardmint.server.domain._context import CALL_DEADLINE
+    from cardmint.server.domain.errors import DeadlinePassed
+
+    serial, _ = make_lot(1).pairs[0]
+    ran: list[int] = []
+    real_run = storage.run
+
+    def counted(*args: object, **kwargs: object) -> object:
+        ran.append(1)
+        return real_run(*args, **kwargs)  # type: ignore[arg-type]
+
+    mark = CALL_DEADLINE.set(time.monotonic() - 0.001)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(storage, "run", counted)
+            with pytest.raises(DeadlinePassed):
+                domain.balances.redeem(
+                    who.merchant, serial=serial, amount=5, currency="CNY", request_id="late"
+                )
+    finally:
+        CALL_DEADLINE.reset(mark)
+    assert ran == []
+    done = domain.balances.redeem(who.merchant, serial=serial, amount=5, currency="CNY", request_id="late")
+    assert (done.replayed, done.balance_after) == (False, 495)

@@ -160,7 +160,8 @@ class CallFuture(Generic[T]):
 
 class _Lane:
     """Threads and queues for one kind of call: a queue for admitted calls, a first-served
-    one for refusals, and a SimpleQueue of wake-ups (one token per queued item)."""
+    one for refusals, and a SimpleQueue of wake-ups (one token per queued item). Refusals
+    all go to the unary lane (``AdmissionExecutor.submit``): the stream lane's is empty."""
 
     def __init__(self, threads: int, name: str) -> None:
         self.max_threads = threads
@@ -238,10 +239,6 @@ class AdmissionExecutor:
     @property
     def in_flight(self) -> int:
         return len(self._flight)
-
-    def mark_urgent(self, urgent: bool) -> None:
-        """Whether the next item this thread submits is served first (a refusal)."""
-        self.mark_call(urgent=urgent)
 
     def mark_call(self, *, urgent: bool, stream: bool = False) -> None:
         """What the next item this thread submits is: a refusal (served first) or a

@@ -112,19 +112,20 @@ class Context:
         tag = self.profile.tag
         deadline = CALL_DEADLINE.get()
 
+        def in_time() -> None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlinePassed()
+
         def judged(tx: UnitOfWork) -> T:
             # Checked before the work too: under overload a unit may reach the writer after
             # its caller gave up, and its work would be done only to be rolled back.
-            if deadline is not None and time.monotonic() > deadline:
-                raise DeadlinePassed()
+            in_time()
             tx.judged_by = tag
             result = work(tx)
-            if deadline is not None and time.monotonic() > deadline:
-                raise DeadlinePassed()
+            in_time()
             return result
 
-        if deadline is not None and time.monotonic() > deadline:
-            raise DeadlinePassed()  # not even queued for the writer
+        in_time()  # not even queued for the writer
         try:
             return self.storage.run(judged)
         except TransientError as e:

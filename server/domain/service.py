@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -98,25 +99,22 @@ class Domain:
         days = self.config.idempotency_days
         if days <= 0:
             return 0
-        total = 0
-        while not self._ctx.closing.is_set():
-
-            def work(tx: UnitOfWork) -> int:
-                return tx.purge_idempotency(tx.now() - timedelta(days=days), limit=batch)
-
-            purged = self._ctx.run(work)
-            total += purged
-            if purged < batch:
-                break
-        return total
+        return self._purge(
+            lambda tx: tx.purge_idempotency(tx.now() - timedelta(days=days), limit=batch), batch
+        )
 
     def purge_attempts(self, batch: int = PURGE_BATCH) -> int:
         """Forget attempt counters older than the window before the current one (no limit
         reads them), ``batch`` per transaction; how many. Without this, every card number a
         guesser names would leave its counters behind for good."""
+        return self._purge(lambda tx: tx.purge_attempts(tx.now(), limit=batch), batch)
+
+    def _purge(self, step: Callable[[UnitOfWork], int], batch: int) -> int:
+        """``step`` (deletes at most ``batch`` rows) in transactions of its own until one
+        deletes fewer, or the domain closes; how many rows went in all."""
         total = 0
         while not self._ctx.closing.is_set():
-            purged = self._ctx.run(lambda tx: tx.purge_attempts(tx.now(), limit=batch))
+            purged = self._ctx.run(step)
             total += purged
             if purged < batch:
                 break

@@ -315,7 +315,7 @@ def test_executor_counts_every_ending_and_serves_refusals_in_turn() -> None:
         blocker = pool.submit(block)
         assert running.wait(30)  # the one worker is busy: everything below queues
         normal = [pool.submit(order.append, name) for name in ("a", "b")]
-        pool.mark_urgent(True)
+        pool.mark_call(urgent=True)
         urgent = pool.submit(order.append, "refusal")
         failing = pool.submit(lambda: 1 // 0)
         cancelled: CallFuture[None] = pool.submit(order.append, "never")

@@ -98,7 +98,7 @@ def test_reports_page_through(connect: Connect) -> None:
     got = list(admin.reports("aml", page_size=2))
     assert len(got) == 5 and [r.id for r in got] == sorted(r.id for r in got)
     assert {(r.subject, r.amount.minor_units, r.amount.currency, r.profile) for r in got} == {
-        (f"card:{serial}", 50_001 * YUAN, "CNY", "platform@3")
+        (f"card:{serial}", 50_001 * YUAN, "CNY", "platform@4")
     }
     assert list(admin.reports("alert")) == []
     with pytest.raises(InvalidArgument):

@@ -215,7 +215,7 @@ def test_the_profile_decides_which_cards_can_be_reported_lost(cn: Running) -> No
         fay.bind_card(reg[1])
         with pytest.raises(LossReportingNotAllowed) as refused:
             fay.report_loss(anon[0], "lost")
-        assert refused.value.metadata == {"profile": "cn-prepaid@3", "card_kind": "anonymous"}
+        assert refused.value.metadata == {"profile": "cn-prepaid@4", "card_kind": "anonymous"}
         assert fay.get_card(anon[0]).status == card_pb2.CARD_STATUS_ACTIVE  # nothing happened
         report = fay.report_loss(reg[0], "lost")
         done = admin.review_loss(report.id, approve=True, note="id card checked")

@@ -110,7 +110,7 @@ def custom(storage_url: str, tmp_path: Path) -> Iterator[Running]:
 def test_thresholds_come_from_a_custom_profile_file(custom: Running) -> None:
     addr = f"127.0.0.1:{custom.port}"
     risk = custom.domain.profile.risk
-    assert custom.domain.profile.tag == "strict@3"
+    assert custom.domain.profile.tag == "strict@4"
     assert (risk.account.challenge_after, risk.account.lock_after, risk.account.lock_seconds) == (1, 2, 60)
     auth = custom.domain.auth
     with Client(addr, auth.create_token("admin").token) as admin:

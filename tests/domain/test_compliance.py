@@ -23,7 +23,7 @@ PLATFORM = (Path(__file__).parents[2] / "server/domain/rules/platform.toml").rea
 
 def test_builtin_profiles_carry_the_published_figures() -> None:
     platform, cn = load_profile("platform"), load_profile("cn-prepaid")
-    assert BUILTIN == ("platform", "cn-prepaid") and (platform.tag, cn.tag) == ("platform@3", "cn-prepaid@3")
+    assert BUILTIN == ("platform", "cn-prepaid") and (platform.tag, cn.tag) == ("platform@4", "cn-prepaid@4")
     assert platform.validity_days_max == 1095 and platform.currencies == frozenset()
     assert platform.face_value_min.minor("CNY") == 1 * YUAN
     assert platform.daily_redeem_limit.minor("CNY") == 50_000 * YUAN == platform.aml_above.minor("CNY")
@@ -44,7 +44,7 @@ def test_builtin_profiles_carry_the_published_figures() -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("version = 3", "version = 3\nsurprise = true"), "unknown key"),
+        (("version = 4", "version = 4\nsurprise = true"), "unknown key"),
         (('daily_redeem_limit = "50000"', ""), "accounts.daily_redeem_limit: missing"),
         (('aml_above = "50000"', 'aml_above = "lots"'), "not a decimal"),
         (('aml_above = "50000"', 'aml_above = "-5"'), "positive"),
@@ -71,7 +71,7 @@ def test_profiles_by_path_and_unknown_names(tmp_path: Path) -> None:
     custom = tmp_path / "strict.toml"
     custom.write_text(PLATFORM.replace('name = "platform"', 'name = "strict"').replace('"50000"', '"100"'))
     strict = load_profile(str(custom))
-    assert strict.tag == "strict@3" and strict.daily_redeem_limit.minor("CNY") == 100 * YUAN
+    assert strict.tag == "strict@4" and strict.daily_redeem_limit.minor("CNY") == 100 * YUAN
     with pytest.raises(ProfileError, match="built in: platform, cn-prepaid"):
         load_profile("nonesuch")
 
@@ -205,8 +205,8 @@ def test_aml_reports_and_the_profile_on_every_movement(
     with storage.read() as tx:
         reports = tx.list_reports()
         assert [(r.kind, r.subject, r.amount, r.currency, r.profile) for r in reports] == [
-            ("aml", f"card:{serial}", 50_001 * YUAN, "CNY", "platform@3"),
-            ("aml", f"card:{serial}", 50_001 * YUAN, "CNY", "platform@3"),
+            ("aml", f"card:{serial}", 50_001 * YUAN, "CNY", "platform@4"),
+            ("aml", f"card:{serial}", 50_001 * YUAN, "CNY", "platform@4"),
         ]
         assert [r.id for r in tx.list_reports(kind="aml", after_id=reports[0].id)] == [reports[1].id]
         assert tx.list_reports(kind="alert") == []
@@ -214,7 +214,7 @@ def test_aml_reports_and_the_profile_on_every_movement(
         assert card is not None
         entries = tx.list_ledger(card_id=card.id, limit=10)
     # Every movement records the profile that judged it.
-    assert {e.id for e in entries} >= {above, back} and {e.profile for e in entries} == {"platform@3"}
+    assert {e.id for e in entries} >= {above, back} and {e.profile for e in entries} == {"platform@4"}
     events = list(domain.events.subscribe(who.admin, head, deadline=time.monotonic() + 0.2))
     assert [(e.kind, e.detail["movement"], e.detail["transaction"]) for e in events] == [
         ("aml.report", "redeem", above),

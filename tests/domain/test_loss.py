@@ -54,7 +54,7 @@ def test_the_reissued_balance_is_exactly_what_was_left(
     assert sum(e.amount for e in new_ledger) == new.balance == left
     (out,) = [e for e in old_ledger if e.kind is LedgerKind.REISSUE_OUT]
     (into,) = [e for e in new_ledger if e.kind is LedgerKind.REISSUE_IN]
-    assert into.reverses_id == out.id and out.amount == -left and into.profile == "platform@3"
+    assert into.reverses_id == out.id and out.amount == -left and into.profile == "platform@4"
 
 
 def test_the_new_card_reaches_another_process_index(

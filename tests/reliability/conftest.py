@@ -143,7 +143,10 @@ def clients(server: Running, sizes: Sizes) -> Iterator[Callable[[str], list[Clie
     addr = f"127.0.0.1:{server.port}"
 
     def make(bearer: str) -> list[Client]:
-        chans = [grpc.insecure_channel(addr) for _ in range(sizes.channels)]
+        # A connection each: channels to one target otherwise share grpc's global
+        # subchannel pool, i.e. one TCP connection whatever their number.
+        local = [("grpc.use_local_subchannel_pool", 1)]
+        chans = [grpc.insecure_channel(addr, options=local) for _ in range(sizes.channels)]
         opened.extend(chans)
         for ch in chans:
             grpc.channel_ready_future(ch).result(timeout=10)

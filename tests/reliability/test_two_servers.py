@@ -56,11 +56,13 @@ class Pair:
         return "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
     def channel(self, process: int | None = None) -> grpc.Channel:
-        """A channel spreading its calls round-robin over both processes, or to one only."""
+        """A channel spreading its calls round-robin over both processes, or to one only;
+        with connections of its own (not grpc's global subchannel pool, shared by channels)."""
+        local = ("grpc.use_local_subchannel_pool", 1)
         ch = (
-            grpc.insecure_channel(self.target, options=[("grpc.lb_policy_name", "round_robin")])
+            grpc.insecure_channel(self.target, options=[("grpc.lb_policy_name", "round_robin"), local])
             if process is None
-            else grpc.insecure_channel(f"127.0.0.1:{self.ports[process]}")
+            else grpc.insecure_channel(f"127.0.0.1:{self.ports[process]}", options=[local])
         )
         grpc.channel_ready_future(ch).result(timeout=10)
         self.channels.append(ch)

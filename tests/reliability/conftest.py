@@ -136,6 +136,11 @@ def token(server: Running) -> Callable[..., str]:
     return make
 
 
+# A channel option: a TCP connection of the channel's own. Channels to one target otherwise
+# share grpc's global subchannel pool, i.e. one connection whatever their number.
+OWN_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
+
+
 @pytest.fixture
 def clients(server: Running, sizes: Sizes) -> Iterator[Callable[[str], list[Client]]]:
     """``clients(token)``: ``sizes.clients`` clients over ``sizes.channels`` channels."""
@@ -143,10 +148,7 @@ def clients(server: Running, sizes: Sizes) -> Iterator[Callable[[str], list[Clie
     addr = f"127.0.0.1:{server.port}"
 
     def make(bearer: str) -> list[Client]:
-        # A connection each: channels to one target otherwise share grpc's global
-        # subchannel pool, i.e. one TCP connection whatever their number.
-        local = [("grpc.use_local_subchannel_pool", 1)]
-        chans = [grpc.insecure_channel(addr, options=local) for _ in range(sizes.channels)]
+        chans = [grpc.insecure_channel(addr, options=[OWN_CONNECTION]) for _ in range(sizes.channels)]
         opened.extend(chans)
         for ch in chans:
             grpc.channel_ready_future(ch).result(timeout=10)

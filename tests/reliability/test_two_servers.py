@@ -29,7 +29,7 @@ from cardmint.server.app import open_domain
 from . import test_brute_force as brute
 from . import test_pool as pool
 from . import test_races as races
-from .conftest import Report, Sizes, db_query
+from .conftest import OWN_CONNECTION, Report, Sizes, db_query
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"])
 
@@ -58,11 +58,12 @@ class Pair:
     def channel(self, process: int | None = None) -> grpc.Channel:
         """A channel spreading its calls round-robin over both processes, or to one only;
         with connections of its own (not grpc's global subchannel pool, shared by channels)."""
-        local = ("grpc.use_local_subchannel_pool", 1)
         ch = (
-            grpc.insecure_channel(self.target, options=[("grpc.lb_policy_name", "round_robin"), local])
+            grpc.insecure_channel(
+                self.target, options=[("grpc.lb_policy_name", "round_robin"), OWN_CONNECTION]
+            )
             if process is None
-            else grpc.insecure_channel(f"127.0.0.1:{self.ports[process]}", options=[local])
+            else grpc.insecure_channel(f"127.0.0.1:{self.ports[process]}", options=[OWN_CONNECTION])
         )
         grpc.channel_ready_future(ch).result(timeout=10)
         self.channels.append(ch)

@@ -28,7 +28,7 @@ from cardmint.server.api import SERVICE_NAMES, add_services, interceptors
 from cardmint.server.api.admission import AdmissionExecutor, AdmissionInterceptor
 from cardmint.server.config import ServeConfig, StorageOptions, default_config
 from cardmint.server.domain import Domain, DomainConfig, Keyring
-from cardmint.server.health import StorageHealth
+from cardmint.server.health import StorageHealth, health_port
 from cardmint.server.storage import AttemptKind, Clock, Storage, open_storage, utcnow
 from cardmint.server.tls import TlsFiles, server_credentials
 from grpc_health.v1 import health, health_pb2_grpc
@@ -144,6 +144,8 @@ class Running:
     admission: AdmissionInterceptor | None = None
     pool: AdmissionExecutor | None = None  # the workers; ended by stop()
     storage_health: StorageHealth | None = None
+    health_server: grpc.Server | None = None  # the health port's (``health_listen``)
+    health_port: int | None = None
 
     def stop(self, grace: float = DEFAULT_GRACE) -> None:
         """Refuse new calls, let in-flight ones finish for up to ``grace`` s, close storage."""
@@ -151,6 +153,8 @@ class Running:
         self.health.enter_graceful_shutdown()
         self.domain.close()  # event subscriptions end instead of holding the drain open
         self.server.stop(grace).wait()
+        if self.health_server is not None:  # answered NOT_SERVING through the drain
+            self.health_server.stop(0).wait()
         if self.pool is not None:  # its idle workers would otherwise wait for calls forever
             self.pool.shutdown(wait=False)
         if self.storage_health is not None:
@@ -178,6 +182,7 @@ def start(
     max_unserved_seconds: int = DEFAULT_MAX_UNSERVED,
     clock: Clock = utcnow,
     health_probe_seconds: float = DEFAULT_HEALTH_PROBE,
+    health_listen: str | None = None,
 ) -> Running:
     """``metrics``: ``HOST:PORT`` to serve Prometheus metrics at (``:0``: a free port), or
     None for no metrics endpoint (and no RPC metrics kept). ``tracer_provider``: an
@@ -191,7 +196,9 @@ def start(
     ``max_unserved_seconds``: how long grpc core may hold a call the serving thread has not
     taken yet before dropping it (0: grpc's default, 30 s). ``clock``: what
     time it is for the rules (``open_domain``). ``health_probe_seconds``: how often the
-    storage health probe writes (server/health.py; 0: once, at start)."""
+    storage health probe writes (server/health.py; 0: once, at start). ``health_listen``:
+    ``HOST:PORT`` to answer health checks at too, outside the in-flight limit
+    (server/health.py, ``health_port``; ``:0``: a free port), or None."""
     credentials = server_credentials(tls) if tls is not None else None  # bad files: before anything
     tracer = None if tracer_provider is None else tracer_provider.get_tracer("cardmint")
     storage, domain = open_domain(
@@ -204,6 +211,8 @@ def start(
         clock=clock,
     )
     metrics_http: Any = None
+    health_server: grpc.Server | None = None
+    storage_health: StorageHealth | None = None
     try:
         # Lots left "minting" by a process that died are voided, so they never look alive.
         abandoned = domain.abandon_stale_lots()
@@ -265,6 +274,9 @@ def start(
             raise OSError(f"cannot listen on {listen}: {e}") from None
         if port == 0:
             raise OSError(f"cannot listen on {listen}")
+        health_bound: int | None = None
+        if health_listen is not None:
+            health_server, health_bound = health_port(health_servicer, health_listen, credentials)
         metrics_port: int | None = None
         if metrics is not None:
             try:
@@ -272,6 +284,8 @@ def start(
             except OSError as e:
                 raise OSError(f"cannot serve metrics on {metrics}: {e}") from None
         server.start()
+        if health_server is not None:
+            health_server.start()
         if domain.config.order_sweep_seconds > 0:
             # Expires unpaid reservations and refunds late deliveries; Domain.close (in
             # Running.stop) ends it and waits for a sweep in progress.
@@ -279,6 +293,10 @@ def start(
         if domain.config.housekeeping_seconds > 0:
             domain.start_housekeeping(domain.config.housekeeping_seconds)
     except BaseException:
+        if storage_health is not None:  # its probe would go on writing to a closed storage
+            storage_health.stop()
+        if health_server is not None:
+            health_server.stop(0)
         if metrics_http is not None:
             metrics_http.shutdown()
             metrics_http.server_close()
@@ -295,6 +313,8 @@ def start(
         admission,
         pool,
         storage_health,
+        health_server,
+        health_bound,
     )
 
 
@@ -323,7 +343,7 @@ def serve(settings: ServeConfig | None = None) -> int:
         from cardmint.server.fleet import serve_fleet
 
         return serve_fleet(cfg, stopping)
-    return serve_one(cfg, cfg.listen, cfg.metrics, stopping)
+    return serve_one(cfg, cfg.listen, cfg.metrics, stopping, health_listen=cfg.health_listen)
 
 
 def serve_one(
@@ -332,8 +352,10 @@ def serve_one(
     metrics: str | None,
     stopping: threading.Event,
     on_serving: Callable[[int, int | None], object] | None = None,
+    health_listen: str | None = None,
 ) -> int:
-    """One server process with ``cfg`` on ``listen`` (metrics on ``metrics``) until
+    """One server process with ``cfg`` on ``listen`` (metrics on ``metrics``, health checks
+    also on ``health_listen``) until
     ``stopping`` is set, then drain; 0. ``on_serving(port, metrics_port)`` once it serves
     (a fleet's child tells its parent, cardmint.server.fleet)."""
     provider: Any = None
@@ -357,6 +379,7 @@ def serve_one(
         max_in_flight=cfg.max_in_flight,
         max_unserved_seconds=cfg.max_unserved_seconds,
         health_probe_seconds=cfg.health_probe,
+        health_listen=health_listen,
     )
     host = listen.rsplit(":", 1)[0]
     where = redact(cfg.db_url)
@@ -372,6 +395,8 @@ def serve_one(
     )
     if metrics is not None:
         log.info("metrics on http://%s:%d/metrics", observe.parse_address(metrics)[0], running.metrics_port)
+    if health_listen is not None:
+        log.info("health checks also on %s:%d", health_listen.rsplit(":", 1)[0], running.health_port)
     if on_serving is not None:
         on_serving(running.port, running.metrics_port)
     while not stopping.wait(0.5):  # wakes up so the main thread can run signal handlers

@@ -196,7 +196,7 @@ SETTINGS: tuple[Setting, ...] = (
         "processes",
         "int",
         1,
-        "server processes on the one database, process k on the listen port + k (metrics port + k); "
+        "server processes on the one database, process k on the listen port + k (metrics and health ports + k); "
         "one per core serves the most (docs/scaling.md, Several processes on one machine)",
         minimum=1,
     ),
@@ -207,6 +207,16 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds between storage health probes: health is NOT_SERVING while a probe write fails "
         "(0: one probe, at start)",
         minimum=0,
+    ),
+    Setting(
+        "health_listen",
+        "str",
+        None,
+        "also answer grpc.health.v1 Check at HOST:PORT, on threads of its own and outside the "
+        "in-flight limit, so a load balancer's probe is answered while the server is at its limit "
+        "(process k on this port + k; default: off)",
+        optional=True,
+        check=_address,
     ),
     Setting(
         "max_in_flight",

@@ -9,7 +9,7 @@ index follows lots other processes mint or void, and SQLite's writers queue on o
 for the whole machine (storage/sqlite.py, ``_WriterGate``).
 
 Process k listens on the configured port + k (each on a free port of its own with
-``:0``), and serves metrics, when they are on, on the metrics port + k. Clients spread
+``:0``), and serves metrics and health checks, when they are on, on those ports + k. Clients spread
 their calls over the processes with gRPC's round_robin over the addresses
 (``cardmint.client.Client("127.0.0.1:50051,127.0.0.1:50052", …)``) or through any TCP or
 HTTP/2 balancer in front; a client that names one address reaches that process only.
@@ -87,7 +87,12 @@ def _child(values: dict[str, Any], sources: dict[str, str], file: str | None, k:
     threading.Thread(target=watch_parent, name="cardmint-fleet-parent", daemon=True).start()
     listen = addresses(cfg.listen, cfg.processes)[k]
     metrics = addresses(cfg.metrics, cfg.processes)[k] if cfg.metrics is not None else None
-    sys.exit(serve_one(cfg, listen, metrics, stopping, on_serving=lambda *ports: conn.send(ports)))
+    health = addresses(cfg.health_listen, cfg.processes)[k] if cfg.health_listen is not None else None
+    sys.exit(
+        serve_one(
+            cfg, listen, metrics, stopping, on_serving=lambda *ports: conn.send(ports), health_listen=health
+        )
+    )
 
 
 @dataclass
@@ -190,7 +195,13 @@ def prepare(cfg: ServeConfig) -> None:
 def start_fleet(cfg: ServeConfig, stopping: threading.Event | None = None) -> Fleet:
     """``cfg.processes`` server processes, each serving once this returns (RuntimeError
     and none left running when one fails to start, or ``stopping`` is set meanwhile)."""
-    addresses(cfg.listen, cfg.processes)  # a bad port range fails before anything starts
+    for listen in (
+        cfg.listen,
+        cfg.metrics,
+        cfg.health_listen,
+    ):  # a bad port range fails before anything starts
+        if listen is not None:
+            addresses(listen, cfg.processes)
     prepare(cfg)
     file = str(cfg.file) if cfg.file is not None else None
     fleet = Fleet.spawn(

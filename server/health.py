@@ -7,6 +7,11 @@ is set NOT_SERVING; the next probe that writes sets them SERVING again. A load b
 health check thus moves traffic away while the disk is full or failing, and back once it
 recovers. After ``enter_graceful_shutdown`` the servicer keeps NOT_SERVING whatever the
 probe finds.
+
+``health_port`` serves the same answers' ``Check`` on a port of its own (``--health-listen``):
+threads of its own, no in-flight limit. The main port refuses every call past its limit,
+health checks included; a load balancer probing there would take a busy server for a
+dead one.
 """
 
 from __future__ import annotations
@@ -14,11 +19,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import grpc
 from cardmint.server.storage import Storage
 from grpc_health.v1 import health, health_pb2
 
-__all__ = ["StorageHealth"]
+__all__ = ["StorageHealth", "health_port"]
+
+# Threads answering Check on the health port: each answer is a dictionary lookup, so a
+# few serve any number of probes; Watch (which holds a thread for as long as it lasts) is
+# served on the main port only.
+HEALTH_PORT_WORKERS = 2
 
 log = logging.getLogger("cardmint.server.health")
 
@@ -93,3 +106,32 @@ class StorageHealth:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+def health_port(
+    servicer: health.HealthServicer, listen: str, credentials: grpc.ServerCredentials | None
+) -> tuple[grpc.Server, int]:
+    """A grpc server answering ``grpc.health.v1.Health/Check`` from ``servicer`` on ``listen``
+    (TLS with ``credentials``), not started yet; with its bound port. Watch and every other
+    method answer UNIMPLEMENTED there."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=HEALTH_PORT_WORKERS, thread_name_prefix="cardmint-health"),
+        options=[("grpc.so_reuseport", 0)],  # never share a port silently, as the main one
+    )
+    check: Any = grpc.unary_unary_rpc_method_handler(
+        servicer.Check,
+        request_deserializer=health_pb2.HealthCheckRequest.FromString,
+        response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(health.SERVICE_NAME, {"Check": check}),)
+    )
+    try:
+        port = (
+            server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+        )
+    except RuntimeError as e:
+        raise OSError(f"cannot serve health on {listen}: {e}") from None
+    if port == 0:
+        raise OSError(f"cannot serve health on {listen}")
+    return server, port

@@ -528,6 +528,81 @@ def test_the_shipped_server_refuses_past_its_limit_in_grpcs_serving_thread(tmp_p
         running.stop(grace=0)
 
 
+def test_the_health_port_answers_while_the_main_port_refuses_at_its_limit(tmp_path: Path) -> None:
+    """``health_listen``: Check on a port of its own, outside the in-flight limit. At the
+    limit the main port refuses health checks; the health port answers what the servicer
+    says, for the server and each service, NOT_SERVING once shutting down, and only Check
+    (Watch would hold one of its few threads). It closes with the server."""
+    from cardmint.server.api import SERVICE_NAMES
+    from cardmint.v1 import event_pb2, event_pb2_grpc
+
+    running = start(
+        None, "127.0.0.1:0", tmp_path / "var", workers=1, max_in_flight=2, health_listen="127.0.0.1:0"
+    )
+    stopped = False
+    try:
+        assert running.pool is not None and running.health_port not in (None, running.port)
+        token = running.domain.auth.create_token("admin").token
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch,
+            grpc.insecure_channel(f"127.0.0.1:{running.health_port}") as hch,
+        ):
+            subs = _subscriptions(ch, token, 2)
+            pool = running.pool
+            _until(lambda: pool.in_flight == 2)
+            with pytest.raises(grpc.RpcError) as refused:
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            check = health_pb2_grpc.HealthStub(hch).Check
+            for name in ("", *SERVICE_NAMES):
+                answer = check(health_pb2.HealthCheckRequest(service=name), timeout=30)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
+            with pytest.raises(grpc.RpcError) as unknown:
+                check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=30)
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+            watch = health_pb2_grpc.HealthStub(hch).Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            with pytest.raises(grpc.RpcError) as watched:
+                next(watch)
+            assert watched.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            with pytest.raises(grpc.RpcError) as other:  # nothing but health there
+                event_pb2_grpc.EventServiceStub(hch).GetHead(
+                    event_pb2.GetHeadRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=30
+                )
+            assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert pool.in_flight == 2  # the health port's calls took no worker of the main port
+            running.health.enter_graceful_shutdown()  # what stop() does first
+            assert check(health_pb2.HealthCheckRequest(), timeout=30).status == (
+                health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for sub in subs:
+                sub.cancel()
+            running.stop(grace=0)
+            stopped = True
+            with pytest.raises(grpc.RpcError) as closed:
+                check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert closed.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        if not stopped:
+            running.stop(grace=0)
+
+
+def test_a_health_port_that_cannot_be_bound_stops_the_start(tmp_path: Path) -> None:
+    """A taken health port fails ``start`` (OSError naming it) and leaves nothing behind:
+    no thread of its own (the storage probe's included) and the storage closed, so the
+    same var directory starts again at once."""
+    running = start(None, "127.0.0.1:0", tmp_path / "var", workers=1)
+    try:
+        taken = f"127.0.0.1:{running.port}"
+        before = sorted(t.name for t in threading.enumerate())
+        with pytest.raises(OSError, match="cannot serve health on"):
+            start(None, "127.0.0.1:0", tmp_path / "other", workers=1, health_listen=taken)
+        _until(lambda: sorted(t.name for t in threading.enumerate()) == before)  # no probe left writing
+    finally:
+        running.stop(grace=0)
+    again = start(None, "127.0.0.1:0", tmp_path / "other", workers=1, health_listen="127.0.0.1:0")
+    again.stop(grace=0)
+
+
 def test_the_client_sends_a_refused_call_again_until_its_timeout() -> None:
     """``Client`` unary calls retry ``Overloaded`` (refused before anything was done: safe
     for any call) with backoff, within the call's timeout; past it they raise it."""

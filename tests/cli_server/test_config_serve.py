@@ -9,6 +9,9 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tests.cli_server.conftest import CLI_TIMEOUT, cli_env, wait_for_port
 
 
@@ -51,7 +54,8 @@ def test_serve_with_a_config_file_and_env_overrides(bindir: Path, tmp_path: Path
     assert not (tmp_path / "state").exists()  # show creates nothing
 
     server = subprocess.Popen(
-        ["cardmint", "serve", "--log-format", "json"], cwd=work, env=cli_env(bindir, **env),
+        ["cardmint", "serve", "--log-format", "json", "--health-listen", "127.0.0.1:0"],
+        cwd=work, env=cli_env(bindir, **env),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -78,6 +82,14 @@ def test_serve_with_a_config_file_and_env_overrides(bindir: Path, tmp_path: Path
         url = record["msg"].removeprefix("metrics on ")
         with urllib.request.urlopen(url, timeout=30) as r:
             assert b"cardmint_rpc_calls_total" in r.read()
+        # health checks (from the flag) also on a port of their own, logged
+        record = json.loads(server.stderr.readline())
+        assert record["msg"].startswith("health checks also on 127.0.0.1:")
+        health_port = int(record["msg"].rsplit(":", 1)[1])
+        assert health_port not in (port, 0)
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as ch:
+            answer = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.send_signal(signal.SIGTERM)
         rc = server.wait(timeout=60)

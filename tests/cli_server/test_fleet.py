@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from cardmint.client import Client, InsufficientFunds, channel_target
-from cardmint.server.fleet import addresses
+from cardmint.server.config import ServeConfig, default_config
+from cardmint.server.fleet import addresses, start_fleet
 
 from .conftest import cli_env, wait_for_line
 
@@ -175,6 +176,17 @@ def test_each_process_listens_on_the_next_port() -> None:
         addresses("127.0.0.1:65535", 2)
     with pytest.raises(ValueError, match="HOST:PORT"):
         addresses("nowhere", 2)
+
+
+@pytest.mark.parametrize("setting", ["listen", "metrics", "health_listen"])
+def test_a_port_range_past_65535_fails_before_any_process_starts(tmp_path: Path, setting: str) -> None:
+    defaults = default_config()
+    values = dict(defaults.values)
+    values.update(var=str(tmp_path / "var"), listen="127.0.0.1:0", processes=2)
+    values[setting] = "127.0.0.1:65535"
+    with pytest.raises(ValueError, match="past port 65535"):
+        start_fleet(ServeConfig(values, dict(defaults.sources)))
+    assert not (tmp_path / "var").exists()  # nothing prepared, nothing spawned
 
 
 def test_a_client_spreads_calls_over_several_addresses() -> None:

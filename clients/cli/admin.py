@@ -7,8 +7,19 @@ install); the token is printed once and only its hash is stored.
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 
 ROLES = ("admin", "operator", "merchant", "customer")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def duration(text: str) -> int:
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` (argparse type)."""
+    m = re.fullmatch(r"\s*(\d{1,12})\s*([smhdw]?)\s*", text.lower())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration such as 3600, 15m, 12h, 30d or 2w")
+    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,6 +31,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     create.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
     create.add_argument("--account", help="the account a customer token acts for (customer role only)")
     create.add_argument("--label", default="", help="a note stored with the token")
+    create.add_argument(
+        "--expires-in",
+        type=duration,
+        default=0,
+        metavar="DURATION",
+        help="the token stops working after this long: seconds, or 15m, 12h, 30d, 2w (default: never)",
+    )
     add_store_flags(create)
 
 
@@ -31,10 +49,14 @@ def run(args: argparse.Namespace) -> int:
 
     storage, domain = open_configured(args)
     try:
-        issued = domain.auth.create_token(args.role, label=args.label, account=args.account)
+        issued = domain.auth.create_token(
+            args.role, label=args.label, account=args.account, expires_in=args.expires_in
+        )
     except DomainError as e:
         raise UsageError(e.message) from None
     finally:
         storage.close()
     print(issued.token)
+    if issued.expires_at is not None:  # stdout stays the token alone, for scripts
+        print(f"expires {issued.expires_at.isoformat()}", file=sys.stderr)
     return 0

@@ -124,6 +124,7 @@ __all__ = [
     "RevealLimit",
     "SoldOut",
     "StorageUnavailable",
+    "TokenExpired",
     "TransactionNotFound",
     "TransferLimitReached",
     "Unauthenticated",
@@ -188,6 +189,12 @@ class BadCheck(InvalidArgument):
 
 class Unauthenticated(CardmintError):  # noqa: N818 - named after the status, like the server's
     reason = "UNAUTHENTICATED"
+
+
+class TokenExpired(Unauthenticated):
+    """The token's lifetime is over (``metadata["expired_at"]``, ISO 8601): get a new one."""
+
+    reason = "TOKEN_EXPIRED"
 
 
 class PermissionDenied(CardmintError):  # noqa: N818 - named after the status, like the server's
@@ -488,6 +495,7 @@ ERRORS: dict[str, type[CardmintError]] = {
         MalformedCode,
         BadCheck,
         Unauthenticated,
+        TokenExpired,
         PermissionDenied,
         ExportNeedsAdmin,
         ProductNotFound,
@@ -1302,11 +1310,14 @@ class Client:
     # -- tokens ---------------------------------------------------------------------------
 
     def create_token(
-        self, role: str, *, label: str = "", account: str = ""
+        self, role: str, *, label: str = "", account: str = "", expires_in: int = 0
     ) -> account_pb2.CreateTokenResponse:
         """Mint a token (admin). The secret is in this answer only. Not retried: a retry
-        after a lost answer would mint a second token."""
-        request = account_pb2.CreateTokenRequest(role=role, label=label, account=account)
+        after a lost answer would mint a second token. ``expires_in``: seconds until it
+        stops working (0: never); calls with it then raise ``TokenExpired``."""
+        request = account_pb2.CreateTokenRequest(
+            role=role, label=label, account=account, expires_in_seconds=expires_in
+        )
         return self._call(self.accounts.CreateToken, request)
 
     def tokens(self, *, page_size: int = 100) -> Iterator[account_pb2.TokenInfo]:

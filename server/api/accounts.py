@@ -59,9 +59,15 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
         self, request: account_pb2.CreateTokenRequest, context: grpc.ServicerContext
     ) -> account_pb2.CreateTokenResponse:
         issued = self._auth.issue_token(
-            current_principal(), request.role, label=request.label, account=request.account or None
+            current_principal(),
+            request.role,
+            label=request.label,
+            account=request.account or None,
+            expires_in=request.expires_in_seconds or None,
         )
-        return account_pb2.CreateTokenResponse(token=issued.token, id=issued.token_id)
+        return account_pb2.CreateTokenResponse(
+            token=issued.token, id=issued.token_id, expires_at=timestamp(issued.expires_at)
+        )
 
     def ListTokens(  # noqa: N802 - grpc's generated method names
         self, request: account_pb2.ListTokensRequest, context: grpc.ServicerContext
@@ -80,6 +86,7 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
                     account=t.account or "",
                     created_at=timestamp(t.created_at),
                     revoked_at=timestamp(t.revoked_at),
+                    expires_at=timestamp(t.expires_at),
                 )
                 for t in page
             ],

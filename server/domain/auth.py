@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import enum
 import hmac
+import json
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import blake3
 from cardmint.server.storage import Membership, OrgRole, Role, Storage, Token, UnitOfWork
 
-from .errors import InvalidArgument, MemberNotFound, PermissionDenied, Unauthenticated
+from .errors import InvalidArgument, MemberNotFound, PermissionDenied, TokenExpired, Unauthenticated
 
 __all__ = [
     "PERMISSIONS",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 TOKEN_PREFIX = "cm_"  # noqa: S105 - a marker that makes leaked tokens greppable, not a secret
+MAX_TOKEN_LIFETIME = 10 * 366 * 86_400  # seconds: ``expires_in`` at most about ten years
 
 
 class Permission(enum.StrEnum):
@@ -131,6 +133,7 @@ class IssuedToken:
     token_id: int
     role: Role
     account: str | None
+    expires_at: datetime | None = None  # None: never
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class TokenInfo:
     account: str | None
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None  # None: never
 
 
 def hash_token(token: str) -> bytes:
@@ -182,15 +186,24 @@ class AuthService:
         self._cache_lock = threading.Lock()
 
     def issue_token(
-        self, principal: Principal, role: Role | str, *, label: str = "", account: str | None = None
+        self,
+        principal: Principal,
+        role: Role | str,
+        *,
+        label: str = "",
+        account: str | None = None,
+        expires_in: int | None = None,
     ) -> IssuedToken:
         """An admin mints a token over the API (the secret is shown once, only its hash kept).
 
         An organization member with MANAGE_TOKENS mints customer tokens for the members it
         manages; any other account is answered as not found (never "exists, not yours").
+        ``expires_in``: as ``create_token``.
         """
         if principal.role is Role.ADMIN:
-            return self.create_token(role, label=label, account=account, actor=principal.actor)
+            return self.create_token(
+                role, label=label, account=account, actor=principal.actor, expires_in=expires_in
+            )
         if not may(principal, Permission.MANAGE_TOKENS):
             raise PermissionDenied(metadata={"role": principal.role.value})
         if role != Role.CUSTOMER.value:
@@ -201,7 +214,9 @@ class AuthService:
             if found is None or not manages(principal, found):
                 raise MemberNotFound()
 
-        return self.create_token(role, label=label, account=account, actor=principal.actor, check=check)
+        return self.create_token(
+            role, label=label, account=account, actor=principal.actor, check=check, expires_in=expires_in
+        )
 
     def list_tokens(self, principal: Principal, *, after_id: int = 0, limit: int = 100) -> list[TokenInfo]:
         """Every token (never a secret: only hashes are stored), oldest first. Admins see
@@ -232,6 +247,7 @@ class AuthService:
                 names.get(r.account_id) if r.account_id else None,
                 r.created_at,
                 r.revoked_at,
+                r.expires_at,
             )
             for r in rows
         ]
@@ -244,9 +260,12 @@ class AuthService:
         account: str | None = None,
         actor: str = "cli",
         check: Callable[[UnitOfWork, int], None] | None = None,
+        expires_in: int | None = None,
     ) -> IssuedToken:
         """Mint a token. ``check`` (given the account id) may refuse by raising; with it the
-        account must exist already (it is not created)."""
+        account must exist already (it is not created). ``expires_in``: seconds until the
+        token stops working (1 to ``MAX_TOKEN_LIFETIME``), by the storage's clock; None or
+        0: never."""
         try:
             r = Role(role)
         except ValueError:
@@ -259,6 +278,12 @@ class AuthService:
             account_arg(account)
         if len(label) > 200:
             raise InvalidArgument.of("label", "at most 200 characters")
+        if expires_in is not None and (
+            isinstance(expires_in, bool)
+            or not isinstance(expires_in, int)
+            or not 0 <= expires_in <= MAX_TOKEN_LIFETIME
+        ):
+            raise InvalidArgument.of("expires_in_seconds", f"0 (never) to {MAX_TOKEN_LIFETIME}")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
 
         def work(tx: UnitOfWork) -> IssuedToken:
@@ -268,9 +293,21 @@ class AuthService:
                     raise MemberNotFound()
                 check(tx, found.id)
             acct = tx.ensure_account(account) if account else None
-            row = tx.create_token(hash_token(token), r, label, acct.id if acct else None)
-            tx.append_audit(actor, "token.create", f"token:{row.id}", f'{{"role": "{r.value}"}}')
-            return IssuedToken(token, row.id, r, account)
+            expires_at = tx.now() + timedelta(seconds=expires_in) if expires_in else None
+            row = tx.create_token(hash_token(token), r, label, acct.id if acct else None, expires_at)
+            tx.append_audit(
+                actor,
+                "token.create",
+                f"token:{row.id}",
+                json.dumps(
+                    {
+                        "expires_at": None if row.expires_at is None else row.expires_at.isoformat(),
+                        "role": r.value,
+                    },
+                    sort_keys=True,
+                ),
+            )
+            return IssuedToken(token, row.id, r, account, row.expires_at)
 
         return self._storage.run(work)
 
@@ -295,15 +332,21 @@ class AuthService:
         # answer's timing never depends on how much of a guessed hash matched.
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.token_hash, digest):
             raise Unauthenticated()
+        remember = self._cache_seconds
+        if row.expires_at is not None:
+            left = (row.expires_at - self._storage.now()).total_seconds()
+            if left <= 0:
+                raise TokenExpired(metadata={"expired_at": row.expires_at.isoformat()})
+            remember = min(remember, left)  # never answered from the cache past its expiry
         principal = member_principal(
             Principal(row.id, row.role, row.account_id, account.external_id if account else None, row.label),
             membership,
         )
-        if self._cache_seconds > 0:
+        if remember > 0:
             with self._cache_lock:
                 if len(self._cache) >= self.CACHE_MAX:
                     self._cache.clear()
-                self._cache[digest] = (self._clock() + self._cache_seconds, principal)
+                self._cache[digest] = (self._clock() + remember, principal)
         return principal
 
     def forget(self, token_id: int) -> None:

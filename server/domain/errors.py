@@ -72,6 +72,7 @@ __all__ = [
     "RevealLimit",
     "SoldOut",
     "StorageUnavailable",
+    "TokenExpired",
     "TransactionNotFound",
     "TransferLimitReached",
     "Unauthenticated",
@@ -154,6 +155,16 @@ class Unauthenticated(DomainError):
         ErrorKind.UNAUTHENTICATED,
         "UNAUTHENTICATED",
         "a valid 'authorization: Bearer <token>' is required",
+    )
+
+
+class TokenExpired(Unauthenticated):
+    # Said to the token's holder only: a guessed token is unknown, whatever its age.
+    # Metadata ``expired_at``: when it stopped working (ISO 8601, UTC).
+    kind, reason, default_message = (
+        ErrorKind.UNAUTHENTICATED,
+        "TOKEN_EXPIRED",
+        "this token has expired; ask for a new one",
     )
 
 
@@ -552,6 +563,7 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     MalformedCode,
     BadCheck,
     Unauthenticated,
+    TokenExpired,
     PermissionDenied,
     ExportNeedsAdmin,
     ProductNotFound,

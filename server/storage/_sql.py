@@ -285,7 +285,7 @@ _ENTRY = (
     "id, card_id, account_id, kind, amount, balance_after, currency, request_id, reverses_id, created_at,"
     " profile"
 )
-_TOKEN_ROW = "id, token_hash, role, label, account_id, created_at, revoked_at"  # noqa: S105 - column names, not a secret
+_TOKEN_ROW = "id, token_hash, role, label, account_id, created_at, revoked_at, expires_at"  # noqa: S105 - column names, not a secret
 _AUDIT = "id, at, actor, action, subject, detail, prev_hash, hash"
 _REPORT = "id, at, kind, subject, amount, currency, detail, profile"
 _LOSS = (
@@ -464,6 +464,7 @@ class SqlTx(ABC):
             account_id=row[4],
             created_at=self._dt(row[5]),
             revoked_at=self._odt(row[6]),
+            expires_at=self._odt(row[7]),
         )
 
     def _audit(self, row: Any) -> AuditEntry:
@@ -1499,12 +1500,24 @@ class SqlTx(ABC):
 
     # -- tokens
     def create_token(
-        self, token_hash: bytes, role: Role, label: str = "", account_id: int | None = None
+        self,
+        token_hash: bytes,
+        role: Role,
+        label: str = "",
+        account_id: int | None = None,
+        expires_at: datetime | None = None,
     ) -> Token:
         row = self._one(
-            f"INSERT INTO tokens (token_hash, role, label, account_id, created_at) VALUES (?, ?, ?, ?, ?)"
-            f" RETURNING {_TOKEN_ROW}",
-            (bytes(token_hash), Role(role).value, label, account_id, self._ts(self.now())),
+            "INSERT INTO tokens (token_hash, role, label, account_id, created_at, expires_at)"
+            f" VALUES (?, ?, ?, ?, ?, ?) RETURNING {_TOKEN_ROW}",
+            (
+                bytes(token_hash),
+                Role(role).value,
+                label,
+                account_id,
+                self._ts(self.now()),
+                None if expires_at is None else self._ts(expires_at),
+            ),
         )
         return self._token(row)
 

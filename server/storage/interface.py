@@ -208,7 +208,12 @@ class UnitOfWork(Protocol):
 
     # tokens
     def create_token(
-        self, token_hash: bytes, role: Role, label: str = "", account_id: int | None = None
+        self,
+        token_hash: bytes,
+        role: Role,
+        label: str = "",
+        account_id: int | None = None,
+        expires_at: datetime | None = None,
     ) -> Token: ...
     def find_token(self, token_hash: bytes) -> Token | None: ...
     def list_tokens(self, after_id: int = 0, limit: int = 100) -> list[Token]: ...

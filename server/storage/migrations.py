@@ -561,6 +561,11 @@ _V18 = """
 DROP INDEX IF EXISTS idempotency_keys_created;
 """
 
+# v19: tokens may expire (``cardmint token create --expires-in``); NULL: never.
+_V19 = """
+ALTER TABLE tokens ADD COLUMN expires_at {ts};
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
@@ -579,4 +584,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(15, "storage probe", _V15),
     Migration(17, "idempotency expiry", _V17),
     Migration(18, "drop a duplicate index", _V18),
+    Migration(19, "token expiry", _V19),
 )

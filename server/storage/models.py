@@ -322,6 +322,7 @@ class Token:
     account_id: int | None
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None  # None: never
 
 
 @dataclass(frozen=True)

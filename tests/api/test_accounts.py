@@ -3,10 +3,12 @@ tokens; a token's secret is shown once and a revoked token stops working at once
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from cardmint.client import Client, InvalidArgument, PermissionDenied, Unauthenticated
+from cardmint.client import Client, InvalidArgument, PermissionDenied, TokenExpired, Unauthenticated
 from cardmint.server.app import Running
 
 Connect = Callable[..., Client]
@@ -42,3 +44,35 @@ def test_tokens_are_minted_listed_and_revoked(connect: Connect, server: Running)
     assert ("token.revoke" in {a for _, a in actions}) and any(
         actor.startswith("token:") for actor, a in actions if a == "token.create"
     )
+
+
+def test_a_token_with_a_lifetime_works_until_it_expires(connect: Connect, server: Running) -> None:
+    """``expires_in_seconds``: the answer and the listing say when; past it every call is
+    refused UNAUTHENTICATED / TOKEN_EXPIRED (``client.TokenExpired``, an Unauthenticated)
+    with the moment it expired. 0 is never; out of range is refused by field."""
+    admin = connect("admin")
+    addr = f"127.0.0.1:{server.port}"
+    before = datetime.now(UTC)
+    day = admin.create_token("operator", expires_in=86_400)
+    brief = admin.create_token("merchant", expires_in=1)
+    forever = admin.create_token("merchant")
+    assert not forever.HasField("expires_at")
+    day_ends = day.expires_at.ToDatetime(tzinfo=UTC)
+    assert before + timedelta(days=1) <= day_ends <= datetime.now(UTC) + timedelta(days=1)
+    listed = {t.id: t for t in admin.tokens()}
+    assert listed[day.id].expires_at == day.expires_at and listed[brief.id].expires_at == brief.expires_at
+    assert not listed[forever.id].HasField("expires_at")
+    with Client(addr, day.token) as op:
+        assert op.create_product(sku="TTL", name="t", currency="CNY", denominations=[100]).sku == "TTL"
+    brief_ends = brief.expires_at.ToDatetime(tzinfo=UTC)
+    time.sleep(max(0.0, (brief_ends - datetime.now(UTC)).total_seconds()) + 0.05)
+    with Client(addr, brief.token) as shop, pytest.raises(TokenExpired) as expired:
+        shop.get_product("TTL")
+    assert isinstance(expired.value, Unauthenticated) and expired.value.reason == "TOKEN_EXPIRED"
+    assert datetime.fromisoformat(expired.value.metadata["expired_at"]) == brief_ends
+    with Client(addr, forever.token) as shop:
+        assert shop.get_product("TTL").sku == "TTL"
+    for bad in (-5, 316_224_001):
+        with pytest.raises(InvalidArgument) as refused:
+            admin.create_token("merchant", expires_in=bad)
+        assert [v.field for v in refused.value.violations] == ["expires_in_seconds"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import socket
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from subprocess import CompletedProcess
 
@@ -12,7 +15,9 @@ import grpc
 import pytest
 from cardmint.cli import UsageError
 from cardmint.cli._remote import describe, to_minor
+from cardmint.cli.admin import duration
 from cardmint.client import BadCheck, CardLocked, InsufficientFunds
+from cardmint.server.app import Running
 
 Cli = Callable[..., CompletedProcess[str]]
 
@@ -98,3 +103,42 @@ def test_amounts() -> None:
     for bad in ("1.001", "x", "nan", "inf"):
         with pytest.raises(UsageError):
             to_minor(bad, "CNY")
+
+
+def test_a_token_made_to_expire_is_refused_once_it_has(
+    cli: Cli, server: Running, storage_url: str, tmp_path: Path
+) -> None:
+    """``token create --expires-in``: the token on stdout alone, its expiry on stderr, and
+    the server takes it. A token past its expiry is answered TOKEN_EXPIRED (exit 2)."""
+    made = cli("token", "create", "--role", "operator", "--expires-in", "1h",
+               "--db", storage_url, "--var", str(tmp_path / "var"))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("cm_") and "\n" not in token
+    expires = datetime.fromisoformat(made.stderr.strip().removeprefix("expires "))
+    assert timedelta(minutes=59) < expires - datetime.now(UTC) <= timedelta(hours=1)
+    assert cli("product", "list", token=token).returncode == 0
+    brief = server.domain.auth.create_token("operator", expires_in=1)
+    assert brief.expires_at is not None
+    time.sleep(max(0.0, (brief.expires_at - datetime.now(UTC)).total_seconds()) + 0.05)
+    refused = _one_line(cli("product", "list", token=brief.token), 2)
+    assert refused == "cardmint: TOKEN_EXPIRED: this token has expired; ask for a new one"
+    bad = cli("token", "create", "--role", "operator", "--expires-in", "soon", "--db", storage_url)
+    assert bad.returncode == 2 and "a duration such as 3600, 15m, 12h, 30d or 2w" in bad.stderr
+    too_long = cli("token", "create", "--role", "operator", "--expires-in", "11000d",
+                   "--db", storage_url, "--var", str(tmp_path / "var"))  # fmt: skip
+    assert too_long.returncode == 2 and "expires_in_seconds" in too_long.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43_200), ("30d", 2_592_000), (" 2W ", 1_209_600)],
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "1.5h", "-5", "5y", "1 2"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration(text)

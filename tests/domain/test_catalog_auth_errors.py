@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,14 @@ from cardmint.server.domain import (
     ProductExists,
     ProductNotFound,
     Role,
+    TokenExpired,
     Unauthenticated,
 )
-from cardmint.server.domain.auth import AuthService, hash_token
+from cardmint.server.domain.auth import MAX_TOKEN_LIFETIME, AuthService, hash_token
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .conftest import Callers
+from .conftest import Callers, FakeClock
 
 
 def test_error_table_is_complete_and_consistent() -> None:
@@ -126,6 +128,54 @@ def test_revocation_by_another_process_takes_effect_within_the_cache_time(domain
     elsewhere.revoke_token(admin, other.token_id)
     with pytest.raises(Unauthenticated):
         uncached.authenticate(f"Bearer {other.token}")
+
+
+def test_a_token_stops_working_when_it_expires_by_the_storages_clock(
+    domain: Domain, clock: FakeClock
+) -> None:
+    """``expires_in``: seconds by the storage's clock. Before then the token works and is
+    cached at most until its expiry; after, TokenExpired (an Unauthenticated) with the
+    moment it expired, never answered from the cache. Listing and the audit show it."""
+    now = [100.0]
+    auth = AuthService(domain.storage, cache_seconds=60.0, clock=lambda: now[0])
+    admin = auth.authenticate("Bearer " + auth.create_token(Role.ADMIN).token)
+    issued = auth.issue_token(admin, "customer", account="zoe", label="app", expires_in=90)
+    assert issued.expires_at == clock() + timedelta(seconds=90)
+    bearer = f"Bearer {issued.token}"
+
+    def later(seconds: float) -> None:  # both clocks, as time passes for a server
+        clock.advance(seconds=seconds)
+        now[0] += seconds
+
+    assert auth.authenticate(bearer).account == "zoe"
+    later(89)  # past the cache time: read again, remembered for the 1 s it has left
+    assert auth.authenticate(bearer).account == "zoe"
+    later(0.5)
+    assert auth.authenticate(bearer).account == "zoe"
+    later(0.5)  # expired: not answered from the cache (60 s) any more
+    with pytest.raises(TokenExpired) as gone:
+        auth.authenticate(bearer)
+    assert isinstance(gone.value, Unauthenticated)
+    assert gone.value.metadata == {"expired_at": issued.expires_at.isoformat()}
+    forever = auth.create_token("merchant", expires_in=0)
+    assert forever.expires_at is None
+    clock.advance(days=3650)
+    assert auth.authenticate(f"Bearer {forever.token}").role is Role.MERCHANT
+    listed = {t.id: t for t in auth.list_tokens(admin)}
+    assert listed[issued.token_id].expires_at == issued.expires_at
+    assert listed[forever.token_id].expires_at is None
+    with domain.storage.read() as tx:
+        created = [
+            e
+            for e in tx.audit_entries(0)
+            if e.action == "token.create" and e.subject == f"token:{issued.token_id}"
+        ]
+    assert len(created) == 1 and issued.expires_at.isoformat() in created[0].detail
+    for bad in (-1, MAX_TOKEN_LIFETIME + 1, 1.5, True, "60"):
+        with pytest.raises(InvalidArgument) as e:
+            auth.create_token("merchant", expires_in=bad)  # type: ignore[arg-type]
+        assert [v.field for v in e.value.violations] == ["expires_in_seconds"]
+    assert auth.create_token("merchant", expires_in=MAX_TOKEN_LIFETIME).expires_at is not None
 
 
 def test_tokens(domain: Domain) -> None:

@@ -146,7 +146,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def _server(storage_url: str, tmp_path: Path, tls: TlsFiles) -> Iterator[Running]:
-    running = start(storage_url, "127.0.0.1:0", tmp_path / "var", workers=4, tls=tls)
+    running = start(
+        storage_url, "127.0.0.1:0", tmp_path / "var", workers=4, tls=tls, health_listen="127.0.0.1:0"
+    )
     try:
         yield running
     finally:
@@ -182,27 +184,27 @@ def _products(server: Running, tls: grpc.ChannelCredentials, token: str | None =
 
 @sqlite_only
 def test_tls_answers_clients_that_trust_its_ca_only(tls_server: Running, pki: Pki) -> None:
-    addr = f"127.0.0.1:{tls_server.port}"
-    with grpc.secure_channel(addr, tls_credentials(pki.ca)) as ch:
-        assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+    for addr in (f"127.0.0.1:{tls_server.port}", f"127.0.0.1:{tls_server.health_port}"):  # both ports
+        with grpc.secure_channel(addr, tls_credentials(pki.ca)) as ch:
+            assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+        with grpc.secure_channel(addr, tls_credentials(pki.rogue_ca)) as ch:
+            assert _refused(ch) == grpc.StatusCode.UNAVAILABLE  # the server's certificate is not trusted
+        with grpc.insecure_channel(addr) as ch:
+            assert _refused(ch) == grpc.StatusCode.UNAVAILABLE  # no plaintext beside TLS
     assert _products(tls_server, tls_credentials(pki.ca)) == 0
-    with grpc.secure_channel(addr, tls_credentials(pki.rogue_ca)) as ch:
-        assert _refused(ch) == grpc.StatusCode.UNAVAILABLE  # the server's certificate is not trusted
-    with grpc.insecure_channel(addr) as ch:
-        assert _refused(ch) == grpc.StatusCode.UNAVAILABLE  # no plaintext beside TLS
     with pytest.raises(Unauthenticated):
         _products(tls_server, tls_credentials(pki.ca), token="not-a-token")  # TLS is not a login
 
 
 @sqlite_only
 def test_mutual_tls_wants_a_client_certificate_from_its_ca(mtls_server: Running, pki: Pki) -> None:
-    addr = f"127.0.0.1:{mtls_server.port}"
-    for creds in (tls_credentials(pki.ca), tls_credentials(pki.ca, pki.rogue_cert, pki.rogue_key)):
-        with grpc.secure_channel(addr, creds) as ch:
-            assert _refused(ch) == grpc.StatusCode.UNAVAILABLE
     good = tls_credentials(pki.ca, pki.client_cert, pki.client_key)
-    with grpc.secure_channel(addr, good) as ch:
-        assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+    for addr in (f"127.0.0.1:{mtls_server.port}", f"127.0.0.1:{mtls_server.health_port}"):  # both ports
+        for creds in (tls_credentials(pki.ca), tls_credentials(pki.ca, pki.rogue_cert, pki.rogue_key)):
+            with grpc.secure_channel(addr, creds) as ch:
+                assert _refused(ch) == grpc.StatusCode.UNAVAILABLE
+        with grpc.secure_channel(addr, good) as ch:
+            assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
     assert _products(mtls_server, good) == 0
     with pytest.raises(Unauthenticated):
         _products(mtls_server, good, token="not-a-token")

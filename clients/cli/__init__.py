@@ -6,7 +6,8 @@
     cardmint serve [--config FILE] [--db URL] [--listen ADDR] [...every setting]
     cardmint config show [--config FILE] [...every setting]
     cardmint keys new|status|rotate [--to ID]|rehash [--batch N]|retire --key ID [--config FILE]
-    cardmint token create --role ROLE [--db URL]
+    cardmint token create --role ROLE [--account A] [--label L] [--expires-in 30d] [--db URL]
+    cardmint token list|revoke ID [--db URL]
     cardmint backup --out DIR [--db URL] [--var DIR] [--no-keys]
 
 Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .config import run as run_config
 
             return run_config(args)
-        if args.command == "token":  # its one subcommand, create, is required by the parser
+        if args.command == "token":  # create, list or revoke: the parser requires one
             from .admin import run as run_token
 
             return run_token(args)

@@ -24,6 +24,7 @@ from cardmint.server.storage import Membership, OrgRole, Role, Storage, Token, U
 from .errors import InvalidArgument, MemberNotFound, PermissionDenied, TokenExpired, Unauthenticated
 
 __all__ = [
+    "LOCAL_ADMIN",
     "PERMISSIONS",
     "AuthService",
     "IssuedToken",
@@ -36,6 +37,7 @@ __all__ = [
 
 TOKEN_PREFIX = "cm_"  # noqa: S105 - a marker that makes leaked tokens greppable, not a secret
 MAX_TOKEN_LIFETIME = 10 * 366 * 86_400  # seconds: ``expires_in`` at most about ten years
+LOCAL_TOKEN_ID = 0  # no stored token has it (ids start at 1): ``LOCAL_ADMIN``'s
 
 
 class Permission(enum.StrEnum):
@@ -79,7 +81,7 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        return f"token:{self.token_id}"
+        return "cli" if self.token_id == LOCAL_TOKEN_ID else f"token:{self.token_id}"
 
     @property
     def member(self) -> bool:
@@ -93,6 +95,11 @@ class Principal:
         if self.organization_id is None or organization_id != self.organization_id:
             return False
         return self.department_id is None or department_id == self.department_id
+
+
+# Whoever can open the database acts as an admin through the local commands (``cardmint
+# token list|revoke``), as ``token create`` does: audited as actor "cli".
+LOCAL_ADMIN = Principal(LOCAL_TOKEN_ID, Role.ADMIN, None, None, "cli")
 
 
 def may(principal: Principal, permission: Permission) -> bool:
@@ -362,9 +369,10 @@ class AuthService:
             for digest in [d for d, (_, p) in self._cache.items() if p.account_id == account_id]:
                 del self._cache[digest]
 
-    def revoke_token(self, principal: Principal, token_id: int) -> None:
+    def revoke_token(self, principal: Principal, token_id: int) -> bool:
         """Admins revoke any token; an organization member with MANAGE_TOKENS the tokens of
-        the members it manages. Any other token is left alone, answered like an unknown one."""
+        the members it manages. Any other token is left alone, answered like an unknown one.
+        Whether this call revoked it (False: unknown, revoked already, or not the caller's)."""
         if principal.role is not Role.ADMIN and not may(principal, Permission.MANAGE_TOKENS):
             raise PermissionDenied(metadata={"role": principal.role.value})
 
@@ -380,5 +388,6 @@ class AuthService:
             return done
 
         # Revoking an unknown or already revoked token is a no-op: the end state is the same.
-        self._storage.run(work)
+        done = self._storage.run(work)
         self.forget(token_id)
+        return done

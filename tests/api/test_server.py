@@ -22,6 +22,7 @@ from cardmint.cli import admin as admin_cli
 from cardmint.client import Client, InvalidArgument, PermissionDenied, Unauthenticated, error_from
 from cardmint.server.api import SERVICE_NAMES
 from cardmint.server.app import Running, open_domain
+from cardmint.server.domain import Unauthenticated as NotAuthenticated
 from cardmint.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, keys_pb2, keys_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -180,6 +181,57 @@ def test_token_create_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     try:
         principal = domain.auth.authenticate(f"Bearer {token}")
         assert (principal.role, principal.account) == ("customer", "dave")
+    finally:
+        storage.close()
+
+
+def test_token_list_and_revoke_cli(
+    storage_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``token list``: one line per token, oldest first, its state (active, expiring,
+    expired, revoked), never a secret. ``token revoke ID``: it stops working at once,
+    audited as "cli"; an unknown or revoked id exits 1 and changes nothing."""
+    parser = argparse.ArgumentParser()
+    admin_cli.add_parser(parser.add_subparsers(dest="command"))
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        args = parser.parse_args(["token", *argv, "--db", storage_url, "--var", str(tmp_path / "var")])
+        code = admin_cli.run(args)
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, shop, _ = cli("create", "--role", "merchant", "--label", "front desk")
+    code, brief, err = cli("create", "--role", "operator", "--expires-in", "1")
+    assert code == 0 and err.startswith("expires ")
+    code, dave, _ = cli("create", "--role", "customer", "--account", "dave", "--expires-in", "30d")
+    storage, domain = open_domain(storage_url, tmp_path / "var")
+    try:
+        ids = [domain.auth.authenticate(f"Bearer {t.strip()}").token_id for t in (shop, dave)]
+        time.sleep(1.1)  # brief expires
+        code, listed, _ = cli("list")
+        assert code == 0
+        rows = [line.split("\t") for line in listed.splitlines()]
+        assert [r[1:4] for r in rows] == [
+            ["merchant", "-", '"front desk"'],
+            ["operator", "-", '""'],
+            ["customer", "dave", '""'],
+        ]
+        assert [int(r[0]) for r in rows] == sorted(int(r[0]) for r in rows)
+        assert rows[0][5] == "active, never expires"
+        assert rows[1][5].startswith("expired ") and rows[2][5].startswith("active, expires ")
+        assert all(t.strip() not in listed for t in (shop, brief, dave))
+        assert cli("revoke", str(ids[0])) == (0, f"revoked token {ids[0]}\n", "")
+        with pytest.raises(NotAuthenticated):
+            domain.auth.authenticate(f"Bearer {shop.strip()}")
+        code, _, err = cli("revoke", str(ids[0]))
+        assert code == 1 and "no such token, or revoked already" in err
+        assert cli("revoke", "999999")[0] == 1
+        code, listed, _ = cli("list")
+        assert listed.splitlines()[0].split("\t")[5].startswith("revoked ")
+        with storage.read() as tx:
+            revokes = [(e.actor, e.subject) for e in tx.audit_entries() if e.action == "token.revoke"]
+        assert revokes == [("cli", f"token:{ids[0]}")]
+        assert domain.auth.authenticate(f"Bearer {dave.strip()}").account == "dave"
     finally:
         storage.close()
 

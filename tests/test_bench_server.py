@@ -82,7 +82,8 @@ def test_lot_rows_read_like_the_list_of_pairs_they_replace() -> None:
 
 def test_servers_apart_tiny() -> None:
     """`--apart`: echo servers and cardmint servers of 1 and 2 processes (each process
-    spawned, calls spread round robin), the clients here. Every row answered every call;
+    spawned, calls spread round robin), the clients here, and the durable write floor of
+    2 (one committed row per call). Every row answered every call;
     the closed-loop rows name the server processes' CPU per call, read from them; the
     largest fleet also carries the paced rows, the highest paced rates within the p99s
     and the card shop's rows, its race exact; 'x echo' is against the fastest echo."""
@@ -94,6 +95,8 @@ def test_servers_apart_tiny() -> None:
     assert [(r.operation, r.backend) for r in rows] == [
         (f"echo (8 clients, {one})", "bare grpcio"),
         (f"echo (8 clients, {two})", "bare grpcio"),
+        (f"durable write floor (8 clients, {two})", "sqlite"),
+        (f"durable write floor (8 clients, p99 <= 25 ms, {two})", "sqlite"),
         (f"GetBalance (8 clients, {one})", "sqlite"),
         (f"Redeem (8 clients, {one})", "sqlite"),
         (f"BindCard (8 clients, {one})", "sqlite"),
@@ -120,7 +123,7 @@ def test_servers_apart_tiny() -> None:
             assert r.rate >= 0, r
             continue
         assert r.rate > 0, r
-        if r.operation.startswith(("echo", "GetBalance", "Redeem", "BindCard")):
+        if r.operation.startswith(("echo", "durable", "GetBalance", "Redeem", "BindCard")):
             assert r.n == TINY.calls, r
             assert "0 refused" in r.note or r.backend == "bare grpcio", r
             assert r.vs_baseline == pytest.approx(r.rate / fastest), r
@@ -130,6 +133,28 @@ def test_servers_apart_tiny() -> None:
     assert "0 failed" in rows[-4].note and "0 failed" in rows[-3].note
     assert [label for label, _ in races] == [f"sqlite, {two}"] and races[0][1].exact
     assert rows[-1].met is True
+
+
+def test_the_durable_write_floor_commits_a_row_per_call(tmp_path: Path) -> None:
+    """The floor's one method commits through the storage before it answers: after each
+    call the probe row on disk holds a newer time (read by another connection)."""
+    import sqlite3
+
+    import grpc
+    from cardmint.cli.bench_server import FLOOR_METHOD, floor_apart
+
+    def probed() -> list[int]:
+        with sqlite3.connect(tmp_path / "var" / "cardmint.db") as db:
+            return [int(r[0]) for r in db.execute("SELECT probed_at FROM storage_probe")]
+
+    with floor_apart(tmp_path / "var", 1) as srv, grpc.insecure_channel(srv.addr) as ch:
+        write = ch.unary_unary(FLOOR_METHOD, None, None)
+        assert probed() == []
+        seen = []
+        for _ in range(3):
+            assert write(b"abc", timeout=10) == b"abc"
+            seen += probed()
+    assert len(seen) == 3 and seen == sorted(set(seen))
 
 
 @settings(max_examples=200, deadline=None)

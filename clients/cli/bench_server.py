@@ -6,7 +6,9 @@ directory (and on PostgreSQL when ``--pg DSN`` is given). Unary rows are measure
 concurrent client threads over a few channels; 'x echo' is a row's calls/s over the echo
 server's calls/s measured in the same run with the same client layout. ``--apart`` adds
 echo, GetBalance, Redeem and BindCard with each server in a spawned process of its own (the
-clients stay here), with each server process's CPU per call.
+clients stay here), with each server process's CPU per call, and the durable write floor:
+servers whose one method commits one row through cardmint's storage (group commit, fsync,
+the writers' gate) and nothing else, the least a durable write call can cost here.
 
 The issue's targets (2 cores): Bind and Redeem with 64 clients >= 50% of echo calls/s and
 p99 <= 25 ms; bulk Check >= 2M codes/s; a lot of 10^6 minted, stored and exported <= 20 s;
@@ -46,6 +48,7 @@ from .bench import Row, _median, table
 CURRENCY = "CNY"
 FACE = 10_000_000  # minor units on the unary cards: never runs out at one unit a call
 ECHO_METHOD = "/cardmint.bench.Echo/Echo"
+FLOOR_METHOD = "/cardmint.bench.Floor/Write"
 
 
 @dataclass(frozen=True)
@@ -281,15 +284,23 @@ def channels(addr: str, n: int) -> Iterator[list[grpc.Channel]]:
             ch.close()
 
 
-def measure_echo(addr: str, sizes: ServerSizes) -> Load:
+@contextmanager
+def _bytes_stubs(addr: str, sizes: ServerSizes, method: str) -> Iterator[Callable[[int], bytes]]:
+    """``call(t)``: client t's call of a bytes-in/bytes-out ``method`` (no protobuf), over
+    ``sizes.channels`` channels, each warmed up."""
     with channels(addr, sizes.channels) as chans:
-        stubs = [ch.unary_unary(ECHO_METHOD, None, None) for ch in chans]  # bytes as they are
+        stubs = [ch.unary_unary(method, None, None) for ch in chans]  # bytes as they are
         payload = b"x" * 32
         for s in stubs:  # warm up
             s(payload, timeout=10)
-        return run_concurrent(
-            lambda t, i: stubs[t % len(stubs)](payload, timeout=10), sizes.calls, sizes.threads, sizes.limit_s
-        )
+        yield lambda t: stubs[t % len(stubs)](payload, timeout=10)
+
+
+def measure_echo(addr: str, sizes: ServerSizes, method: str = ECHO_METHOD) -> Load:
+    """``sizes.threads`` clients calling ``method`` closed loop (the echo server's, or the
+    durable write floor's)."""
+    with _bytes_stubs(addr, sizes, method) as call:
+        return run_concurrent(lambda t, i: call(t), sizes.calls, sizes.threads, sizes.limit_s)
 
 
 # -- the cardmint server --------------------------------------------------------------------
@@ -886,6 +897,89 @@ def echo_apart(processes: int = 1) -> Iterator[Apart]:
         fleet.stop(5.0)
 
 
+def _serve_floor(db_url: str, workers: int, conn: Any) -> None:
+    """A spawned child's body: a grpcio server whose one method commits one write through
+    cardmint's storage and answers its bytes; its address sent up ``conn``. The write is
+    ``Storage.probe`` (the health probe's one-row upsert): a unit of work group-committed
+    and fsynced like every write call's, behind the same writers' gate. No interceptors,
+    no protobuf, no domain: the least a durable write call costs on this machine."""
+    from cardmint.server.storage import open_storage
+
+    storage = open_storage(db_url)
+
+    def write(request: bytes, context: grpc.ServicerContext) -> bytes:
+        storage.probe(timeout=10.0)
+        return request
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floor"))
+    handler = grpc.method_handlers_generic_handler(
+        "cardmint.bench.Floor", {"Write": grpc.unary_unary_rpc_method_handler(write)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        conn.send(f"127.0.0.1:{port}")
+        with suppress(EOFError):
+            conn.recv()
+    finally:
+        server.stop(0).wait()
+        storage.close()
+
+
+@contextmanager
+def floor_apart(var_dir: Path, processes: int = 1) -> Iterator[Apart]:
+    """``processes`` durable-write floor servers (``_serve_floor``) on one SQLite file
+    under ``var_dir``, each with cardmint's unary worker count; stopped on the way out."""
+    from cardmint.server.app import DEFAULT_WORKERS, default_db_url
+    from cardmint.server.fleet import Fleet
+    from cardmint.server.storage import open_storage
+
+    var_dir.mkdir(parents=True, exist_ok=True)
+    url = default_db_url(var_dir)
+    open_storage(url).close()  # migrated once, before the processes start
+    fleet = Fleet.spawn("127.0.0.1", _serve_floor, [(url, DEFAULT_WORKERS)] * processes, "bench-floor")
+    try:
+        yield Apart(",".join(fleet.reports(120.0)), "", tuple(fleet.pids))
+    finally:
+        fleet.stop(5.0)
+
+
+FLOOR_NOTE = "one group-committed, fsynced row per call; no interceptors, protobuf or domain"
+
+
+def floor_rows(sizes: ServerSizes, processes: int, echo_rate: float) -> list[ServerRow]:
+    """The durable write floor's two rows: closed loop ('x echo', CPU per call) and the
+    highest paced rate up to echo's own within the unary p99."""
+    with tempfile.TemporaryDirectory(prefix="cardmint-bench-") as tmp:
+        closed, cpu, knee = measure_floor(sizes, processes, echo_rate, Path(tmp) / "var")
+    where = _apart(processes)
+    note = f"{_latency(closed)}, {closed.errors} refused; {FLOOR_NOTE}{_cpu_note(cpu)}"
+    r = load_row(f"durable write floor ({sizes.threads} clients, {where})", "sqlite", closed, note)
+    r.vs_baseline = closed.rate / echo_rate
+    name = f"durable write floor ({sizes.threads} clients, p99 <= {UNARY_P99_MS:g} ms, {where})"
+    return [r, knee_row(name, "sqlite", knee, echo_rate)]
+
+
+def measure_floor(
+    sizes: ServerSizes, processes: int, ceiling: float, var_dir: Path
+) -> tuple[Load, float | None, Knee]:
+    """The durable write floor of ``processes`` processes: closed loop (its load and the
+    server processes' CPU per call), then the highest paced rate up to ``ceiling`` within
+    the unary p99 (``highest_paced``)."""
+    with floor_apart(var_dir, processes) as srv:
+        probe = _CpuPerCall(srv)
+        closed = probe("floor", lambda: measure_echo(srv.addr, sizes, FLOOR_METHOD))
+        with _bytes_stubs(srv.addr, sizes, FLOOR_METHOD) as call:
+
+            def phase(rate: float, k: int) -> Load:
+                calls = _knee_calls(rate, sizes.calls, sizes.threads)
+                return run_paced(lambda t, i: call(t), rate, calls, sizes.threads, sizes.limit_s)
+
+            knee = highest_paced(phase, ceiling, UNARY_P99_MS, KNEE_STEPS)
+    return closed, probe.per_call["floor"], knee
+
+
 @contextmanager
 def cardmint_apart(var_dir: Path, db_url: str | None = None, processes: int = 1) -> Iterator[Apart]:
     """A cardmint server of ``processes`` processes (``cardmint serve --processes``,
@@ -955,8 +1049,10 @@ def measure_apart(
     round robin. One GIL per process here; in the in-process rows the clients share the
     server's, which holds echo back more than the cardmint calls.
 
-    'x echo' compares with the fastest echo of the run, whatever its process count. The
-    largest fleet also carries the judged rows: Redeem and BindCard paced at half of that
+    'x echo' compares with the fastest echo of the run, whatever its process count. After
+    the echoes, the durable write floor of the largest count (``floor_rows``): what a write
+    call costs with nothing of cardmint's but the storage's group commit. The largest
+    fleet also carries the judged rows: Redeem and BindCard paced at half of that
     echo's calls/s and, with ``order_sizes``, the card shop's rows (round trip, paced round
     trip at 40% of echo's calls/s, the buyers' race; the race lands in ``order_races``)."""
     counts = sorted(set(fleets or fleet_sizes()))
@@ -973,6 +1069,7 @@ def measure_apart(
         r = echo_row(f"echo ({sizes.threads} clients, {_apart(n)})", echoes[n], _cpu_note(cpu[n]))
         r.vs_baseline = echoes[n].rate / best.rate
         rows.append(r)
+    rows += floor_rows(sizes, counts[-1], best.rate)
     for n in counts:
         judged = n == counts[-1]
         paced = UNARY_SHARE * best.rate if judged else None
@@ -1249,11 +1346,14 @@ __all__ = [
     "echo_server",
     "fill_issued",
     "fleet_sizes",
+    "floor_apart",
+    "floor_rows",
     "load_row",
     "make_lot",
     "measure_apart",
     "measure_check",
     "measure_echo",
+    "measure_floor",
     "measure_order_race",
     "measure_orders",
     "measure_orders_rows",

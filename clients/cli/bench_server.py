@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, overload
@@ -251,12 +251,14 @@ def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
 
 
 @contextmanager
-def echo_server(workers: int = 32) -> Iterator[str]:
-    """A bare grpcio server with one unary bytes-in/bytes-out method; yields its address."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="echo"))
-    handler = grpc.method_handlers_generic_handler(
-        "cardmint.bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
-    )
+def bytes_server(
+    method: str, fn: Callable[[bytes, grpc.ServicerContext], bytes], workers: int
+) -> Iterator[str]:
+    """A bare grpcio server on 127.0.0.1 with one unary bytes-in/bytes-out ``method``
+    (``/service/Method``) answered by ``fn``; yields its address."""
+    service, name = method.strip("/").split("/")
+    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name.lower()))
+    handler = grpc.method_handlers_generic_handler(service, {name: grpc.unary_unary_rpc_method_handler(fn)})
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -264,6 +266,11 @@ def echo_server(workers: int = 32) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(0).wait()
+
+
+def echo_server(workers: int = 32) -> AbstractContextManager[str]:
+    """The echo baseline: ``bytes_server`` answering each request with itself."""
+    return bytes_server(ECHO_METHOD, _echo, workers)
 
 
 @contextmanager
@@ -911,19 +918,12 @@ def _serve_floor(db_url: str, workers: int, conn: Any) -> None:
         storage.probe(timeout=10.0)
         return request
 
-    server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floor"))
-    handler = grpc.method_handlers_generic_handler(
-        "cardmint.bench.Floor", {"Write": grpc.unary_unary_rpc_method_handler(write)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
     try:
-        conn.send(f"127.0.0.1:{port}")
-        with suppress(EOFError):
-            conn.recv()
+        with bytes_server(FLOOR_METHOD, write, workers) as addr:
+            conn.send(addr)
+            with suppress(EOFError):
+                conn.recv()
     finally:
-        server.stop(0).wait()
         storage.close()
 
 
@@ -1339,6 +1339,7 @@ __all__ = [
     "Race",
     "ServerRow",
     "ServerSizes",
+    "bytes_server",
     "cardmint_apart",
     "cardmint_server",
     "echo_apart",

@@ -1380,6 +1380,7 @@ class Client:
         department: str = "",
         with_token: bool = False,
         token_label: str = "",
+        token_expires_in: int = 0,
     ) -> account_pb2.AddMemberResponse:
         """Make ``account`` a member (or re-scope it). A retry replays the answer, without the
         token's secret (it is shown once): ask for a token only where a lost answer is fine."""
@@ -1391,6 +1392,7 @@ class Client:
             request_id=request_id,
             with_token=with_token,
             token_label=token_label,
+            token_expires_in_seconds=token_expires_in,
         )
         return self._call(self.accounts.AddMember, request, retry=not with_token)
 

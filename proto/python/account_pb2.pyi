@@ -492,6 +492,7 @@ class AddMemberRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     WITH_TOKEN_FIELD_NUMBER: _builtins.int
     TOKEN_LABEL_FIELD_NUMBER: _builtins.int
+    TOKEN_EXPIRES_IN_SECONDS_FIELD_NUMBER: _builtins.int
     organization: _builtins.str
     """The organization's name."""
     account: _builtins.str
@@ -506,6 +507,8 @@ class AddMemberRequest(_message.Message):
     """Also mint a customer token for the member (returned once)."""
     token_label: _builtins.str
     """A note kept with that token."""
+    token_expires_in_seconds: _builtins.int
+    """That token's lifetime in seconds, as CreateTokenRequest.expires_in_seconds; 0: never."""
     def __init__(
         self,
         *,
@@ -516,10 +519,11 @@ class AddMemberRequest(_message.Message):
         request_id: _builtins.str = ...,
         with_token: _builtins.bool = ...,
         token_label: _builtins.str = ...,
+        token_expires_in_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "department", b"department", "organization", b"organization", "request_id", b"request_id", "role", b"role", "token_label", b"token_label", "with_token", b"with_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "department", b"department", "organization", b"organization", "request_id", b"request_id", "role", b"role", "token_expires_in_seconds", b"token_expires_in_seconds", "token_label", b"token_label", "with_token", b"with_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -535,6 +539,7 @@ class AddMemberResponse(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    TOKEN_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """The new token's secret, when asked for (empty on a replay: shown once only)."""
     token_id: _builtins.int
@@ -545,6 +550,10 @@ class AddMemberResponse(_message.Message):
     def member(self) -> Global___Member:
         """The membership as it now stands."""
 
+    @_builtins.property
+    def token_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the new token stops working; unset: never, or no token."""
+
     def __init__(
         self,
         *,
@@ -552,10 +561,11 @@ class AddMemberResponse(_message.Message):
         token: _builtins.str = ...,
         token_id: _builtins.int = ...,
         replayed: _builtins.bool = ...,
+        token_expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "token_expires_at", b"token_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "replayed", b"replayed", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["member", b"member", "replayed", b"replayed", "token", b"token", "token_expires_at", b"token_expires_at", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

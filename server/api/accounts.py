@@ -135,12 +135,14 @@ class AccountServicer(account_pb2_grpc.AccountServiceServicer):
             request_id=request.request_id,
             with_token=request.with_token,
             label=request.token_label,
+            token_expires_in=request.token_expires_in_seconds or None,
         )
         return account_pb2.AddMemberResponse(
             member=member_message(view.membership),
             token=view.token or "",
             token_id=view.token_id or 0,
             replayed=view.replayed,
+            token_expires_at=timestamp(view.token_expires_at),
         )
 
     def RemoveMember(  # noqa: N802 - grpc's generated method names

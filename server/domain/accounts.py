@@ -37,7 +37,7 @@ from cardmint.server.storage import (
 )
 
 from ._context import STAFF, Context, detail, int_arg, request_id_arg, require
-from .auth import AuthService, Permission, Principal, manages, may
+from .auth import AuthService, Permission, Principal, expires_in_arg, manages, may
 from .errors import (
     AccountUnavailable,
     DepartmentExists,
@@ -107,6 +107,7 @@ class MemberView:
     token: str | None = None  # a new member's token: returned once, never stored in plaintext
     token_id: int | None = None
     replayed: bool = False
+    token_expires_at: datetime | None = None  # None: never, or no token
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,7 @@ class AccountService:
         request_id: str,
         with_token: bool = True,
         label: str = "",
+        token_expires_in: int | None = None,
     ) -> MemberView:
         """Make ``account`` a member (creating it), or change a member's department and role.
 
@@ -298,7 +300,8 @@ class AccountService:
         MANAGE_MEMBERS creates new accounts only (an existing one that is not already a
         member it manages: ACCOUNT_UNAVAILABLE), inside its scope; a dept_manager adds plain
         members only. With ``with_token`` a new customer token for the member comes back
-        (once: a replay of the request returns the member without it).
+        (once: a replay of the request returns the member without it), living
+        ``token_expires_in`` seconds (None or 0: never; checked before anything changes).
         """
         if principal.role is not Role.ADMIN and not may(principal, Permission.MANAGE_MEMBERS):
             raise PermissionDenied(metadata={"role": principal.role.value})
@@ -308,6 +311,7 @@ class AccountService:
             raise InvalidArgument.of("role", f"one of {', '.join(r.value for r in OrgRole)}") from None
         account = _name_arg(account, "account")
         request_id = request_id_arg(request_id)
+        token_expires_in = expires_in_arg(token_expires_in, "token_expires_in_seconds")
         if org_role is OrgRole.ORG_ADMIN and department:
             raise InvalidArgument.of("department", "an org_admin acts for the whole organization")
         if principal.role is not Role.ADMIN and principal.org_role is not OrgRole.ORG_ADMIN:
@@ -373,8 +377,11 @@ class AccountService:
             label=label or f"member of {result.membership.organization}",
             account=account,
             actor=principal.actor,
+            expires_in=token_expires_in,
         )
-        return MemberView(result.membership, issued.token, issued.token_id)
+        return MemberView(
+            result.membership, issued.token, issued.token_id, token_expires_at=issued.expires_at
+        )
 
     def remove_member(
         self, principal: Principal, organization: str, account: str, *, request_id: str

@@ -156,6 +156,19 @@ class TokenInfo:
     expires_at: datetime | None = None  # None: never
 
 
+def expires_in_arg(expires_in: object, field: str = "expires_in_seconds") -> int | None:
+    """A token lifetime in whole seconds, 0 to ``MAX_TOKEN_LIFETIME``; None or 0: never."""
+    if expires_in is None:
+        return None
+    if (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int)
+        or not 0 <= expires_in <= MAX_TOKEN_LIFETIME
+    ):
+        raise InvalidArgument.of(field, f"0 (never) to {MAX_TOKEN_LIFETIME}")
+    return expires_in or None
+
+
 def hash_token(token: str) -> bytes:
     # Tokens carry 256 random bits, so an unkeyed hash suffices: nothing to brute-force,
     # and a stolen table of hashes cannot be turned back into tokens.
@@ -285,12 +298,7 @@ class AuthService:
             account_arg(account)
         if len(label) > 200:
             raise InvalidArgument.of("label", "at most 200 characters")
-        if expires_in is not None and (
-            isinstance(expires_in, bool)
-            or not isinstance(expires_in, int)
-            or not 0 <= expires_in <= MAX_TOKEN_LIFETIME
-        ):
-            raise InvalidArgument.of("expires_in_seconds", f"0 (never) to {MAX_TOKEN_LIFETIME}")
+        expires_in_arg(expires_in)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
 
         def work(tx: UnitOfWork) -> IssuedToken:

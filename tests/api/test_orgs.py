@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cardmint.client import (
@@ -15,6 +16,7 @@ from cardmint.client import (
     DepartmentNotFound,
     ExportNeedsAdmin,
     IdempotencyKeyReused,
+    InvalidArgument,
     LotNotFound,
     MemberNotFound,
     OrganizationExists,
@@ -317,3 +319,23 @@ def test_list_lots_shows_each_caller_its_scope(acme: Acme, connect: Connect) -> 
     assert [lot.id for lot in acme.outsider.list_lots()] == [globex_lot.id]
     with pytest.raises(PermissionDenied):
         list(connect("customer", account="nobody-in-particular").list_lots())
+
+
+def test_a_members_token_may_be_given_a_lifetime(acme: Acme, server: Running) -> None:
+    """AddMember's ``token_expires_in_seconds``: the new token says when it expires, and
+    the managers' listing too; out of range is refused before the membership changes."""
+    before = datetime.now(UTC)
+    made = acme.boss.add_member(
+        "acme", "temp", department="sales", request_id="add-temp", with_token=True, token_expires_in=3600
+    )
+    ends = made.token_expires_at.ToDatetime(tzinfo=UTC)
+    assert before + timedelta(hours=1) <= ends <= datetime.now(UTC) + timedelta(hours=1)
+    assert {t.id: t for t in acme.boss.tokens()}[made.token_id].expires_at == made.token_expires_at
+    with Client(f"127.0.0.1:{server.port}", made.token, timeout=30.0) as temp:
+        assert temp.get_account("temp").member.department == "sales"
+    plain = acme.boss.add_member("acme", "perm", request_id="add-perm", with_token=True)
+    assert plain.token and not plain.HasField("token_expires_at")
+    with pytest.raises(InvalidArgument) as refused:
+        acme.boss.add_member("acme", "never", request_id="add-never", with_token=True, token_expires_in=-1)
+    assert [v.field for v in refused.value.violations] == ["token_expires_in_seconds"]
+    assert "never" not in {m.account for m in acme.boss.members("acme")}

@@ -298,7 +298,7 @@ class AuthService:
             account_arg(account)
         if len(label) > 200:
             raise InvalidArgument.of("label", "at most 200 characters")
-        expires_in_arg(expires_in)
+        expires_in = expires_in_arg(expires_in)  # None: never
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
 
         def work(tx: UnitOfWork) -> IssuedToken:

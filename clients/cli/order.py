@@ -201,12 +201,16 @@ def _stock(c: Client, args: argparse.Namespace) -> None:
 
 def _pool(c: Client, args: argparse.Namespace) -> None:
     resp = c.stock(args.product)
+    if resp.HasField("retired_at"):
+        when = resp.retired_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        print(f"pool {resp.sku}: product retired {when} UTC; nothing is sold")
     if not resp.stock:
         print(f"pool {resp.sku}: empty")
     for s in resp.stock:
         face = _remote.fmt_money(s.face_value.minor_units, s.face_value.currency)
+        withdrawn = f", {s.withdrawn} withdrawn" if s.withdrawn else ""
         print(
-            f"pool {resp.sku} {face}: {s.available} available, {s.reserved} reserved,"
+            f"pool {resp.sku} {face}: {s.available} available{withdrawn}, {s.reserved} reserved,"
             f" {s.sold} sold, {s.returned} returned"
         )
 

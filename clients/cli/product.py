@@ -1,8 +1,10 @@
-"""``cardmint product create|list``: the catalog, through the server.
+"""``cardmint product create|list|retire|reinstate``: the catalog, through the server.
 
     cardmint product create --sku GC-100 --name "Gift card" --currency CNY --denominations 100,200,500
     cardmint product create --sku GC-ANY --name "Any amount" --currency CNY --min 1 --max 5000
-    cardmint product list
+    cardmint product list [--on-sale]
+    cardmint product retire GC-100 --reason "discontinued"
+    cardmint product reinstate GC-100
 
 Amounts are in the currency's major unit (see _remote).
 """
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    product = sub.add_parser("product", help="create and list products (through the server)")
+    product = sub.add_parser("product", help="create, list and retire products (through the server)")
     psub = product.add_subparsers(dest="product_action", required=True, metavar="PRODUCT_ACTION")
 
     create = psub.add_parser("create", help="add a product to the catalog")
@@ -38,7 +40,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _remote.add_common(create)
 
     lst = psub.add_parser("list", help="list the catalog")
+    lst.add_argument("--on-sale", action="store_true", help="only the products on sale (not retired)")
     _remote.add_common(lst)
+
+    retire = psub.add_parser(
+        "retire", help="stop selling a product (no new orders, lots or stock; issued cards stay good)"
+    )
+    retire.add_argument("sku", help="the product's SKU")
+    retire.add_argument("--reason", default="", help="why, for the audit trail (at most 200 characters)")
+    _remote.add_common(retire)
+
+    reinstate = psub.add_parser("reinstate", help="put a retired product back on sale")
+    reinstate.add_argument("sku", help="the product's SKU")
+    _remote.add_common(reinstate)
 
 
 def describe(p: catalog_pb2.Product) -> str:
@@ -53,7 +67,12 @@ def describe(p: catalog_pb2.Product) -> str:
         )
     validity = f"valid {p.validity_days} days" if p.HasField("validity_days") else "no expiry"
     delivery = "manual" if p.delivery == 2 else "auto"  # catalog_pb2.DELIVERY_REVIEW
-    return f"{p.sku}\t{p.name}\t{cur}\t{values}\t{validity}\tdelivery {delivery}"
+    state = (
+        f"retired {p.retired_at.ToDatetime().strftime('%Y-%m-%d %H:%M:%S')} UTC"
+        if p.HasField("retired_at")
+        else "on sale"
+    )
+    return f"{p.sku}\t{p.name}\t{cur}\t{values}\t{validity}\tdelivery {delivery}\t{state}"
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -93,10 +112,27 @@ def _create(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     with _remote.connect(args) as c:
-        for p in c.list_products():
+        for p in c.list_products(on_sale_only=args.on_sale):
             print(describe(p))
     return 0
 
 
+def _retire(args: argparse.Namespace) -> int:
+    with _remote.connect(args) as c:
+        p = c.retire_product(args.sku, reason=args.reason)
+    print(f"product {describe(p)}")
+    return 0
+
+
+def _reinstate(args: argparse.Namespace) -> int:
+    with _remote.connect(args) as c:
+        p = c.reinstate_product(args.sku)
+    print(f"product {describe(p)}")
+    return 0
+
+
+_ACTIONS = {"create": _create, "list": _list, "retire": _retire, "reinstate": _reinstate}
+
+
 def run(args: argparse.Namespace) -> int:
-    return _remote.guarded(_create if args.product_action == "create" else _list, args)
+    return _remote.guarded(_ACTIONS[args.product_action], args)

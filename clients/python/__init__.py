@@ -119,6 +119,7 @@ __all__ = [
     "PermissionDenied",
     "ProductExists",
     "ProductNotFound",
+    "ProductRetired",
     "RealNameRequired",
     "ReservationLimit",
     "RevealLimit",
@@ -302,6 +303,13 @@ class IdempotencyKeyReused(FailedPrecondition):
 
 class OrderNotFound(NotFound):
     reason = "ORDER_NOT_FOUND"
+
+
+class ProductRetired(FailedPrecondition):
+    """The product is no longer sold (no new orders, lots or pool stock); cards already
+    issued stay good. Metadata: ``sku``, ``retired_at``."""
+
+    reason = "PRODUCT_RETIRED"
 
 
 class SoldOut(FailedPrecondition):
@@ -500,6 +508,7 @@ ERRORS: dict[str, type[CardmintError]] = {
         ExportNeedsAdmin,
         ProductNotFound,
         ProductExists,
+        ProductRetired,
         LotNotFound,
         LotNotReady,
         LotVoid,
@@ -983,17 +992,30 @@ class Client:
     def get_product(self, sku: str) -> catalog_pb2.Product:
         return self._call(self.catalog.GetProduct, catalog_pb2.GetProductRequest(sku=sku), retry=True)
 
-    def list_products(self, *, page_size: int = 100) -> Iterator[catalog_pb2.Product]:
+    def list_products(
+        self, *, page_size: int = 100, on_sale_only: bool = False
+    ) -> Iterator[catalog_pb2.Product]:
+        """Every product in creation order (``on_sale_only``: not the retired ones), page by page."""
         token = ""
         while True:
             page = common_pb2.PageRequest(page_size=page_size, page_token=token)
-            resp = self._call(
-                self.catalog.ListProducts, catalog_pb2.ListProductsRequest(page=page), retry=True
-            )
+            request = catalog_pb2.ListProductsRequest(page=page, on_sale_only=on_sale_only)
+            resp = self._call(self.catalog.ListProducts, request, retry=True)
             yield from resp.products
             token = resp.page.next_page_token
             if not token:
                 return
+
+    def retire_product(self, sku: str, *, reason: str = "") -> catalog_pb2.Product:
+        """Stop selling ``sku`` (no new orders, lots or pool stock; issued cards stay good).
+        Retried like a read: retiring a retired product changes nothing."""
+        request = catalog_pb2.RetireProductRequest(sku=sku, reason=reason)
+        return self._call(self.catalog.RetireProduct, request, retry=True)
+
+    def reinstate_product(self, sku: str) -> catalog_pb2.Product:
+        """Put a retired product back on sale. Retried like ``retire_product``."""
+        request = catalog_pb2.ReinstateProductRequest(sku=sku)
+        return self._call(self.catalog.ReinstateProduct, request, retry=True)
 
     # -- lots -----------------------------------------------------------------------------
 

@@ -26,27 +26,31 @@ from cardmint.v1 import common_pb2 as cardmint_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61rdmint/v1/catalog.proto\x12\x0b\x63\x61rdmint.v1\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x0b\x41mountRange\x12\x17\n\x0fmin_minor_units\x18\x01 \x01(\x03\x12\x17\n\x0fmax_minor_units\x18\x02 \x01(\x03\"\xb9\x02\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x15\n\rdenominations\x18\x05 \x03(\x03\x12.\n\x0c\x61mount_range\x18\x06 \x01(\x0b\x32\x18.cardmint.v1.AmountRange\x12\x1a\n\rvalidity_days\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\'\n\x08\x64\x65livery\x18\x08 \x01(\x0e\x32\x15.cardmint.v1.Delivery\x12\x13\n\x0b\x63ode_length\x18\t \x01(\r\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nregistered\x18\x0b \x01(\x08\x42\x10\n\x0e_validity_days\"\x8a\x02\n\x14\x43reateProductRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x15\n\rdenominations\x18\x04 \x03(\x03\x12.\n\x0c\x61mount_range\x18\x05 \x01(\x0b\x32\x18.cardmint.v1.AmountRange\x12\x1a\n\rvalidity_days\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\'\n\x08\x64\x65livery\x18\x07 \x01(\x0e\x32\x15.cardmint.v1.Delivery\x12\x13\n\x0b\x63ode_length\x18\x08 \x01(\r\x12\x12\n\nregistered\x18\t \x01(\x08\x42\x10\n\x0e_validity_days\" \n\x11GetProductRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"=\n\x13ListProductsRequest\x12&\n\x04page\x18\x01 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\"g\n\x14ListProductsResponse\x12&\n\x08products\x18\x01 \x03(\x0b\x32\x14.cardmint.v1.Product\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse*L\n\x08\x44\x65livery\x12\x18\n\x14\x44\x45LIVERY_UNSPECIFIED\x10\x00\x12\x11\n\rDELIVERY_AUTO\x10\x01\x12\x13\n\x0f\x44\x45LIVERY_REVIEW\x10\x02\x32\xf3\x01\n\x0e\x43\x61talogService\x12H\n\rCreateProduct\x12!.cardmint.v1.CreateProductRequest\x1a\x14.cardmint.v1.Product\x12\x42\n\nGetProduct\x12\x1e.cardmint.v1.GetProductRequest\x1a\x14.cardmint.v1.Product\x12S\n\x0cListProducts\x12 .cardmint.v1.ListProductsRequest\x1a!.cardmint.v1.ListProductsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63\x61rdmint/v1/catalog.proto\x12\x0b\x63\x61rdmint.v1\x1a\x18\x63\x61rdmint/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"?\n\x0b\x41mountRange\x12\x17\n\x0fmin_minor_units\x18\x01 \x01(\x03\x12\x17\n\x0fmax_minor_units\x18\x02 \x01(\x03\"\xe9\x02\n\x07Product\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x15\n\rdenominations\x18\x05 \x03(\x03\x12.\n\x0c\x61mount_range\x18\x06 \x01(\x0b\x32\x18.cardmint.v1.AmountRange\x12\x1a\n\rvalidity_days\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\'\n\x08\x64\x65livery\x18\x08 \x01(\x0e\x32\x15.cardmint.v1.Delivery\x12\x13\n\x0b\x63ode_length\x18\t \x01(\r\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nregistered\x18\x0b \x01(\x08\x12.\n\nretired_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x10\n\x0e_validity_days\"\x8a\x02\n\x14\x43reateProductRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x15\n\rdenominations\x18\x04 \x03(\x03\x12.\n\x0c\x61mount_range\x18\x05 \x01(\x0b\x32\x18.cardmint.v1.AmountRange\x12\x1a\n\rvalidity_days\x18\x06 \x01(\rH\x00\x88\x01\x01\x12\'\n\x08\x64\x65livery\x18\x07 \x01(\x0e\x32\x15.cardmint.v1.Delivery\x12\x13\n\x0b\x63ode_length\x18\x08 \x01(\r\x12\x12\n\nregistered\x18\t \x01(\x08\x42\x10\n\x0e_validity_days\" \n\x11GetProductRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"S\n\x13ListProductsRequest\x12&\n\x04page\x18\x01 \x01(\x0b\x32\x18.cardmint.v1.PageRequest\x12\x14\n\x0con_sale_only\x18\x02 \x01(\x08\"3\n\x14RetireProductRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"&\n\x17ReinstateProductRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"g\n\x14ListProductsResponse\x12&\n\x08products\x18\x01 \x03(\x0b\x32\x14.cardmint.v1.Product\x12\'\n\x04page\x18\x02 \x01(\x0b\x32\x19.cardmint.v1.PageResponse*L\n\x08\x44\x65livery\x12\x18\n\x14\x44\x45LIVERY_UNSPECIFIED\x10\x00\x12\x11\n\rDELIVERY_AUTO\x10\x01\x12\x13\n\x0f\x44\x45LIVERY_REVIEW\x10\x02\x32\x8d\x03\n\x0e\x43\x61talogService\x12H\n\rCreateProduct\x12!.cardmint.v1.CreateProductRequest\x1a\x14.cardmint.v1.Product\x12\x42\n\nGetProduct\x12\x1e.cardmint.v1.GetProductRequest\x1a\x14.cardmint.v1.Product\x12S\n\x0cListProducts\x12 .cardmint.v1.ListProductsRequest\x1a!.cardmint.v1.ListProductsResponse\x12H\n\rRetireProduct\x12!.cardmint.v1.RetireProductRequest\x1a\x14.cardmint.v1.Product\x12N\n\x10ReinstateProduct\x12$.cardmint.v1.ReinstateProductRequest\x1a\x14.cardmint.v1.Productb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cardmint.v1.catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELIVERY']._serialized_start=953
-  _globals['_DELIVERY']._serialized_end=1029
+  _globals['_DELIVERY']._serialized_start=1116
+  _globals['_DELIVERY']._serialized_end=1192
   _globals['_AMOUNTRANGE']._serialized_start=101
   _globals['_AMOUNTRANGE']._serialized_end=164
   _globals['_PRODUCT']._serialized_start=167
-  _globals['_PRODUCT']._serialized_end=480
-  _globals['_CREATEPRODUCTREQUEST']._serialized_start=483
-  _globals['_CREATEPRODUCTREQUEST']._serialized_end=749
-  _globals['_GETPRODUCTREQUEST']._serialized_start=751
-  _globals['_GETPRODUCTREQUEST']._serialized_end=783
-  _globals['_LISTPRODUCTSREQUEST']._serialized_start=785
-  _globals['_LISTPRODUCTSREQUEST']._serialized_end=846
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=848
-  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=951
-  _globals['_CATALOGSERVICE']._serialized_start=1032
-  _globals['_CATALOGSERVICE']._serialized_end=1275
+  _globals['_PRODUCT']._serialized_end=528
+  _globals['_CREATEPRODUCTREQUEST']._serialized_start=531
+  _globals['_CREATEPRODUCTREQUEST']._serialized_end=797
+  _globals['_GETPRODUCTREQUEST']._serialized_start=799
+  _globals['_GETPRODUCTREQUEST']._serialized_end=831
+  _globals['_LISTPRODUCTSREQUEST']._serialized_start=833
+  _globals['_LISTPRODUCTSREQUEST']._serialized_end=916
+  _globals['_RETIREPRODUCTREQUEST']._serialized_start=918
+  _globals['_RETIREPRODUCTREQUEST']._serialized_end=969
+  _globals['_REINSTATEPRODUCTREQUEST']._serialized_start=971
+  _globals['_REINSTATEPRODUCTREQUEST']._serialized_end=1009
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_start=1011
+  _globals['_LISTPRODUCTSRESPONSE']._serialized_end=1114
+  _globals['_CATALOGSERVICE']._serialized_start=1195
+  _globals['_CATALOGSERVICE']._serialized_end=1592
 # @@protoc_insertion_point(module_scope)

@@ -88,6 +88,7 @@ class Product(_message.Message):
     CODE_LENGTH_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REGISTERED_FIELD_NUMBER: _builtins.int
+    RETIRED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Server-assigned id."""
     sku: _builtins.str
@@ -120,6 +121,10 @@ class Product(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the product was created."""
 
+    @_builtins.property
+    def retired_at(self) -> _timestamp_pb2.Timestamp:
+        """When staff retired it (RetireProduct): no longer sold. Unset while it is on sale."""
+
     def __init__(
         self,
         *,
@@ -134,10 +139,11 @@ class Product(_message.Message):
         code_length: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         registered: _builtins.bool = ...,
+        retired_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "created_at", b"created_at", "validity_days", b"validity_days"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "created_at", b"created_at", "retired_at", b"retired_at", "validity_days", b"validity_days"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "code_length", b"code_length", "created_at", b"created_at", "currency", b"currency", "delivery", b"delivery", "denominations", b"denominations", "id", b"id", "name", b"name", "registered", b"registered", "sku", b"sku", "validity_days", b"validity_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days", "amount_range", b"amount_range", "code_length", b"code_length", "created_at", b"created_at", "currency", b"currency", "delivery", b"delivery", "denominations", b"denominations", "id", b"id", "name", b"name", "registered", b"registered", "retired_at", b"retired_at", "sku", b"sku", "validity_days", b"validity_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__validity_days: _TypeAlias = _typing.Literal["validity_days"]  # noqa: Y015
     _WhichOneofArgType__validity_days: _TypeAlias = _typing.Literal["_validity_days", b"_validity_days"]  # noqa: Y015
@@ -238,6 +244,9 @@ class ListProductsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_FIELD_NUMBER: _builtins.int
+    ON_SALE_ONLY_FIELD_NUMBER: _builtins.int
+    on_sale_only: _builtins.bool
+    """Only the products on sale (not retired); false lists every product."""
     @_builtins.property
     def page(self) -> _common_pb2.PageRequest:
         """Paging."""
@@ -246,14 +255,63 @@ class ListProductsRequest(_message.Message):
         self,
         *,
         page: _common_pb2.PageRequest | None = ...,
+        on_sale_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_sale_only", b"on_sale_only", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListProductsRequest: _TypeAlias = ListProductsRequest  # noqa: Y015
+
+@_typing.final
+class RetireProductRequest(_message.Message):
+    """A product to stop selling."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    """The product's SKU."""
+    reason: _builtins.str
+    """Why, for the audit trail: at most 200 printable characters; may be empty."""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireProductRequest: _TypeAlias = RetireProductRequest  # noqa: Y015
+
+@_typing.final
+class ReinstateProductRequest(_message.Message):
+    """A retired product to sell again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SKU_FIELD_NUMBER: _builtins.int
+    sku: _builtins.str
+    """The product's SKU."""
+    def __init__(
+        self,
+        *,
+        sku: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sku", b"sku"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReinstateProductRequest: _TypeAlias = ReinstateProductRequest  # noqa: Y015
 
 @_typing.final
 class ListProductsResponse(_message.Message):

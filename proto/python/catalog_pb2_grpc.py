@@ -26,8 +26,8 @@ if _version_not_supported:
 
 
 class CatalogServiceStub:
-    """Creates and lists products. Creating needs the operator or admin role; reading is open
-    to every authenticated caller.
+    """Creates, lists and retires products. Creating, retiring and reinstating need the operator
+    or admin role; reading is open to every authenticated caller.
     """
 
     def __init__(self, channel):
@@ -51,11 +51,21 @@ class CatalogServiceStub:
                 request_serializer=cardmint_dot_v1_dot_catalog__pb2.ListProductsRequest.SerializeToString,
                 response_deserializer=cardmint_dot_v1_dot_catalog__pb2.ListProductsResponse.FromString,
                 _registered_method=True)
+        self.RetireProduct = channel.unary_unary(
+                '/cardmint.v1.CatalogService/RetireProduct',
+                request_serializer=cardmint_dot_v1_dot_catalog__pb2.RetireProductRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_catalog__pb2.Product.FromString,
+                _registered_method=True)
+        self.ReinstateProduct = channel.unary_unary(
+                '/cardmint.v1.CatalogService/ReinstateProduct',
+                request_serializer=cardmint_dot_v1_dot_catalog__pb2.ReinstateProductRequest.SerializeToString,
+                response_deserializer=cardmint_dot_v1_dot_catalog__pb2.Product.FromString,
+                _registered_method=True)
 
 
 class CatalogServiceServicer:
-    """Creates and lists products. Creating needs the operator or admin role; reading is open
-    to every authenticated caller.
+    """Creates, lists and retires products. Creating, retiring and reinstating need the operator
+    or admin role; reading is open to every authenticated caller.
     """
 
     def CreateProduct(self, request, context):
@@ -79,6 +89,26 @@ class CatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetireProduct(self, request, context):
+        """Stops selling a product. From the moment it commits, no order reserves its codes (in
+        every server process), and no lot is minted or stocked for it: those answer
+        FAILED_PRECONDITION, reason PRODUCT_RETIRED, metadata `sku` and `retired_at`. Cards
+        already issued stay good (bind, redeem, view), and orders that reserved codes before it
+        are paid and delivered as usual. Idempotent: retiring a retired product changes nothing
+        and answers it as it is. Audited (`product.retire`, with the reason).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReinstateProduct(self, request, context):
+        """Puts a retired product back on sale: its pool's unsold codes are sellable again.
+        Idempotent like RetireProduct. Audited (`product.reinstate`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +127,16 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     request_deserializer=cardmint_dot_v1_dot_catalog__pb2.ListProductsRequest.FromString,
                     response_serializer=cardmint_dot_v1_dot_catalog__pb2.ListProductsResponse.SerializeToString,
             ),
+            'RetireProduct': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireProduct,
+                    request_deserializer=cardmint_dot_v1_dot_catalog__pb2.RetireProductRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_catalog__pb2.Product.SerializeToString,
+            ),
+            'ReinstateProduct': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstateProduct,
+                    request_deserializer=cardmint_dot_v1_dot_catalog__pb2.ReinstateProductRequest.FromString,
+                    response_serializer=cardmint_dot_v1_dot_catalog__pb2.Product.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'cardmint.v1.CatalogService', rpc_method_handlers)
@@ -106,8 +146,8 @@ def add_CatalogServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CatalogService:
-    """Creates and lists products. Creating needs the operator or admin role; reading is open
-    to every authenticated caller.
+    """Creates, lists and retires products. Creating, retiring and reinstating need the operator
+    or admin role; reading is open to every authenticated caller.
     """
 
     @staticmethod
@@ -181,6 +221,60 @@ class CatalogService:
             '/cardmint.v1.CatalogService/ListProducts',
             cardmint_dot_v1_dot_catalog__pb2.ListProductsRequest.SerializeToString,
             cardmint_dot_v1_dot_catalog__pb2.ListProductsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireProduct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.CatalogService/RetireProduct',
+            cardmint_dot_v1_dot_catalog__pb2.RetireProductRequest.SerializeToString,
+            cardmint_dot_v1_dot_catalog__pb2.Product.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstateProduct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardmint.v1.CatalogService/ReinstateProduct',
+            cardmint_dot_v1_dot_catalog__pb2.ReinstateProductRequest.SerializeToString,
+            cardmint_dot_v1_dot_catalog__pb2.Product.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,8 +27,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class CatalogServiceStub:
-    """Creates and lists products. Creating needs the operator or admin role; reading is open
-    to every authenticated caller.
+    """Creates, lists and retires products. Creating, retiring and reinstating need the operator
+    or admin role; reading is open to every authenticated caller.
     """
 
     @_typing.overload
@@ -41,11 +41,23 @@ class CatalogServiceStub:
     """One product, by SKU."""
     ListProducts: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListProductsRequest, _catalog_pb2.ListProductsResponse]
     """Products in creation order."""
+    RetireProduct: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.RetireProductRequest, _catalog_pb2.Product]
+    """Stops selling a product. From the moment it commits, no order reserves its codes (in
+    every server process), and no lot is minted or stocked for it: those answer
+    FAILED_PRECONDITION, reason PRODUCT_RETIRED, metadata `sku` and `retired_at`. Cards
+    already issued stay good (bind, redeem, view), and orders that reserved codes before it
+    are paid and delivered as usual. Idempotent: retiring a retired product changes nothing
+    and answers it as it is. Audited (`product.retire`, with the reason).
+    """
+    ReinstateProduct: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ReinstateProductRequest, _catalog_pb2.Product]
+    """Puts a retired product back on sale: its pool's unsold codes are sellable again.
+    Idempotent like RetireProduct. Audited (`product.reinstate`).
+    """
 
 @_typing.type_check_only
 class CatalogServiceAsyncStub(CatalogServiceStub):
-    """Creates and lists products. Creating needs the operator or admin role; reading is open
-    to every authenticated caller.
+    """Creates, lists and retires products. Creating, retiring and reinstating need the operator
+    or admin role; reading is open to every authenticated caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -55,10 +67,22 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """One product, by SKU."""
     ListProducts: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListProductsRequest, _catalog_pb2.ListProductsResponse]  # type: ignore[assignment]
     """Products in creation order."""
+    RetireProduct: _aio.UnaryUnaryMultiCallable[_catalog_pb2.RetireProductRequest, _catalog_pb2.Product]  # type: ignore[assignment]
+    """Stops selling a product. From the moment it commits, no order reserves its codes (in
+    every server process), and no lot is minted or stocked for it: those answer
+    FAILED_PRECONDITION, reason PRODUCT_RETIRED, metadata `sku` and `retired_at`. Cards
+    already issued stay good (bind, redeem, view), and orders that reserved codes before it
+    are paid and delivered as usual. Idempotent: retiring a retired product changes nothing
+    and answers it as it is. Audited (`product.retire`, with the reason).
+    """
+    ReinstateProduct: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ReinstateProductRequest, _catalog_pb2.Product]  # type: ignore[assignment]
+    """Puts a retired product back on sale: its pool's unsold codes are sellable again.
+    Idempotent like RetireProduct. Audited (`product.reinstate`).
+    """
 
 class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Creates and lists products. Creating needs the operator or admin role; reading is open
-    to every authenticated caller.
+    """Creates, lists and retires products. Creating, retiring and reinstating need the operator
+    or admin role; reading is open to every authenticated caller.
     """
 
     @_abc_1.abstractmethod
@@ -84,5 +108,29 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.ListProductsResponse, _abc.Awaitable[_catalog_pb2.ListProductsResponse]]:
         """Products in creation order."""
+
+    @_abc_1.abstractmethod
+    def RetireProduct(
+        self,
+        request: _catalog_pb2.RetireProductRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.Product, _abc.Awaitable[_catalog_pb2.Product]]:
+        """Stops selling a product. From the moment it commits, no order reserves its codes (in
+        every server process), and no lot is minted or stocked for it: those answer
+        FAILED_PRECONDITION, reason PRODUCT_RETIRED, metadata `sku` and `retired_at`. Cards
+        already issued stay good (bind, redeem, view), and orders that reserved codes before it
+        are paid and delivered as usual. Idempotent: retiring a retired product changes nothing
+        and answers it as it is. Audited (`product.retire`, with the reason).
+        """
+
+    @_abc_1.abstractmethod
+    def ReinstateProduct(
+        self,
+        request: _catalog_pb2.ReinstateProductRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.Product, _abc.Awaitable[_catalog_pb2.Product]]:
+        """Puts a retired product back on sale: its pool's unsold codes are sellable again.
+        Idempotent like RetireProduct. Audited (`product.reinstate`).
+        """
 
 def add_CatalogServiceServicer_to_server(servicer: CatalogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

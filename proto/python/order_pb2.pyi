@@ -660,6 +660,7 @@ class PoolStock(_message.Message):
     RESERVED_FIELD_NUMBER: _builtins.int
     SOLD_FIELD_NUMBER: _builtins.int
     RETURNED_FIELD_NUMBER: _builtins.int
+    WITHDRAWN_FIELD_NUMBER: _builtins.int
     available: _builtins.int
     """For sale now (active, unbound, unexpired, not reserved)."""
     reserved: _builtins.int
@@ -668,6 +669,10 @@ class PoolStock(_message.Message):
     """Delivered."""
     returned: _builtins.int
     """Delivered, then refunded (void)."""
+    withdrawn: _builtins.int
+    """What `available` would count were the product on sale: while it is retired, its pool's
+    sellable codes count here and `available` is 0. Always 0 for a product on sale.
+    """
     @_builtins.property
     def face_value(self) -> _common_pb2.Money:
         """The face value."""
@@ -680,10 +685,11 @@ class PoolStock(_message.Message):
         reserved: _builtins.int = ...,
         sold: _builtins.int = ...,
         returned: _builtins.int = ...,
+        withdrawn: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["face_value", b"face_value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "face_value", b"face_value", "reserved", b"reserved", "returned", b"returned", "sold", b"sold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "face_value", b"face_value", "reserved", b"reserved", "returned", b"returned", "sold", b"sold", "withdrawn", b"withdrawn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -697,21 +703,27 @@ class GetStockResponse(_message.Message):
 
     SKU_FIELD_NUMBER: _builtins.int
     STOCK_FIELD_NUMBER: _builtins.int
+    RETIRED_AT_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
     """The product."""
     @_builtins.property
     def stock(self) -> _containers.RepeatedCompositeFieldContainer[Global___PoolStock]:
         """By face value, ascending."""
 
+    @_builtins.property
+    def retired_at(self) -> _timestamp_pb2.Timestamp:
+        """When the product was retired (nothing of it is sold); unset while it is on sale."""
+
     def __init__(
         self,
         *,
         sku: _builtins.str = ...,
         stock: _abc.Iterable[Global___PoolStock] | None = ...,
+        retired_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retired_at", b"retired_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sku", b"sku", "stock", b"stock"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retired_at", b"retired_at", "sku", b"sku", "stock", b"stock"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,6 +37,7 @@ def product_message(p: Product) -> catalog_pb2.Product:
         code_length=p.code_length,
         created_at=timestamp(p.created_at),
         registered=p.registered,
+        retired_at=timestamp(p.retired_at),
     )
 
 
@@ -73,13 +74,27 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> catalog_pb2.Product:
         return product_message(self._catalog.get_product(current_principal(), request.sku))
 
+    def RetireProduct(  # noqa: N802 - grpc's generated method names
+        self, request: catalog_pb2.RetireProductRequest, context: grpc.ServicerContext
+    ) -> catalog_pb2.Product:
+        product = self._catalog.retire_product(current_principal(), request.sku, reason=request.reason)
+        return product_message(product)
+
+    def ReinstateProduct(  # noqa: N802 - grpc's generated method names
+        self, request: catalog_pb2.ReinstateProductRequest, context: grpc.ServicerContext
+    ) -> catalog_pb2.Product:
+        return product_message(self._catalog.reinstate_product(current_principal(), request.sku))
+
     def ListProducts(  # noqa: N802 - grpc's generated method names
         self, request: catalog_pb2.ListProductsRequest, context: grpc.ServicerContext
     ) -> catalog_pb2.ListProductsResponse:
         size = page_size(request.page, MAX_PAGE)
         # One more than asked tells whether another page exists without a second query.
         found = self._catalog.list_products(
-            current_principal(), after_id=page_cursor(request.page) or 0, limit=size + 1
+            current_principal(),
+            after_id=page_cursor(request.page) or 0,
+            limit=size + 1,
+            on_sale_only=request.on_sale_only,
         )
         page = found[:size]
         more = len(found) > size

@@ -100,7 +100,7 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
     ) -> order_pb2.GetStockResponse:
         stock = self._orders.stock(current_principal(), request.sku)
         return order_pb2.GetStockResponse(
-            sku=request.sku,
+            sku=stock.sku,
             stock=[
                 order_pb2.PoolStock(
                     face_value=money(s.face_value, s.currency),
@@ -108,9 +108,11 @@ class OrderServicer(order_pb2_grpc.OrderServiceServicer):
                     reserved=s.reserved,
                     sold=s.sold,
                     returned=s.returned,
+                    withdrawn=s.withdrawn,
                 )
-                for s in stock
+                for s in stock.pools
             ],
+            retired_at=timestamp(stock.retired_at),
         )
 
     def CreateOrder(  # noqa: N802 - grpc's generated method names

@@ -10,10 +10,11 @@ from cardmint.server.storage import ConflictError, Delivery, NewProduct, Product
 from ._context import MAX_AMOUNT, STAFF, Context, detail, require
 from .auth import Principal
 from .currencies import ISO_4217
-from .errors import FieldViolation, InvalidArgument, ProductExists, ProductNotFound
+from .errors import FieldViolation, InvalidArgument, ProductExists, ProductNotFound, ProductRetired
+from .events import EventKind, emit
 from .profiles import Profile
 
-__all__ = ["CatalogService", "Delivery", "Product"]
+__all__ = ["CatalogService", "Delivery", "Product", "retired"]
 
 _SKU = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The hard cap on validity whatever the profile says (a profile's 0 means "no maximum").
@@ -151,6 +152,23 @@ def _profile_bounds(
         fail("validity_days", f"at most {profile.validity_days_max} days {under}")
 
 
+MAX_REASON = 200  # characters of a retirement's reason
+
+
+def retired(product: Product) -> ProductRetired:
+    """The refusal of a new order, lot or pool stock for ``product`` (retired)."""
+    at = product.retired_at
+    return ProductRetired(
+        metadata={"sku": product.sku, "retired_at": at.isoformat() if at is not None else ""}
+    )
+
+
+def _reason_arg(reason: object) -> str:
+    if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
+        raise InvalidArgument.of("reason", f"at most {MAX_REASON} printable characters")
+    return reason.strip()
+
+
 class CatalogService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
@@ -206,9 +224,53 @@ class CatalogService:
             raise ProductNotFound()
         return product
 
-    def list_products(self, principal: Principal, *, after_id: int = 0, limit: int = 100) -> list[Product]:
+    def retire_product(self, principal: Principal, sku: str, *, reason: str = "") -> Product:
+        """Stop selling ``sku``: from its commit on, no order reserves its codes (the pool's
+        picks read the retirement in the claiming statement, in every server process), and
+        no lot is minted or stocked for it. Cards already issued stay good (bind, redeem,
+        view), and orders that reserved codes before it are paid and delivered as usual.
+
+        Idempotent: retiring a retired product changes nothing and answers it as it is
+        (retired when it first was, with no second audit event)."""
+        return self._set_retired(principal, sku, retire=True, reason=_reason_arg(reason))
+
+    def reinstate_product(self, principal: Principal, sku: str) -> Product:
+        """Put a retired product back on sale; its pool's unsold codes are sellable again.
+        Idempotent like ``retire_product``."""
+        return self._set_retired(principal, sku, retire=False, reason="")
+
+    def _set_retired(self, principal: Principal, sku: str, *, retire: bool, reason: str) -> Product:
+        require(principal, STAFF)
+        if not isinstance(sku, str) or not _SKU.fullmatch(sku):
+            raise ProductNotFound()
+
+        def work(tx: UnitOfWork) -> Product:
+            product = tx.get_product_by_sku(sku)
+            if product is None:
+                raise ProductNotFound()
+            if not tx.set_product_retired(product.id, tx.now() if retire else None):
+                return product  # already so: nothing changed
+            after = tx.get_product(product.id)
+            assert after is not None  # products are never deleted
+            subject = f"product:{product.id}"
+            if retire:
+                tx.append_audit(principal.actor, "product.retire", subject, detail(sku=sku, reason=reason))
+                emit(tx, EventKind.PRODUCT_RETIRED, subject, sku=sku)
+            else:
+                tx.append_audit(principal.actor, "product.reinstate", subject, detail(sku=sku))
+                emit(tx, EventKind.PRODUCT_REINSTATED, subject, sku=sku)
+            return after
+
+        product = self._ctx.run(work)
+        self._ctx.wake()  # an event may have been committed
+        return product
+
+    def list_products(
+        self, principal: Principal, *, after_id: int = 0, limit: int = 100, on_sale_only: bool = False
+    ) -> list[Product]:
+        """Products in creation order; ``on_sale_only``: not the retired ones."""
         require(principal, _ANY_ROLE)
         if not 1 <= limit <= self._ctx.config.page_limit_max:
             raise InvalidArgument.of("limit", f"1-{self._ctx.config.page_limit_max}")
         with self._ctx.storage.read() as tx:
-            return tx.list_products(after_id, limit)
+            return tx.list_products(after_id, limit, on_sale_only=on_sale_only)

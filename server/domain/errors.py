@@ -67,6 +67,7 @@ __all__ = [
     "PermissionDenied",
     "ProductExists",
     "ProductNotFound",
+    "ProductRetired",
     "RealNameRequired",
     "ReservationLimit",
     "RevealLimit",
@@ -190,6 +191,17 @@ class ProductExists(DomainError):
         ErrorKind.ALREADY_EXISTS,
         "PRODUCT_EXISTS",
         "a product with this sku exists",
+    )
+
+
+class ProductRetired(DomainError):
+    """The product is no longer sold: no new orders, lots or pool stock for it (its cards
+    already issued stay good). Metadata: ``sku``, ``retired_at``."""
+
+    kind, reason, default_message = (
+        ErrorKind.FAILED_PRECONDITION,
+        "PRODUCT_RETIRED",
+        "this product is retired: it is no longer sold",
     )
 
 
@@ -568,6 +580,7 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     ExportNeedsAdmin,
     ProductNotFound,
     ProductExists,
+    ProductRetired,
     LotNotFound,
     LotNotReady,
     LotVoid,

@@ -51,6 +51,10 @@ class EventKind(enum.StrEnum):
     ORDER_REVIEW = "order.review"
     ORDER_REFUNDED = "order.refunded"
     ORDER_EXPIRED = "order.expired"
+    # The catalog (subject "product:<id>", detail the sku): a product retired (no longer
+    # sold; a storefront takes it down) or put back on sale.
+    PRODUCT_RETIRED = "product.retired"
+    PRODUCT_REINSTATED = "product.reinstated"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from cardmint.server.storage import (
 
 from ._context import MAX_AMOUNT, STAFF, Context, detail, int_arg, request_id_arg, require
 from .auth import Permission, Principal, may
+from .catalog import retired
 from .errors import (
     Contention,
     ExportNeedsAdmin,
@@ -240,6 +241,8 @@ class LotService:
             product = tx.get_product_by_sku(sku)
         if product is None:
             raise ProductNotFound()
+        if product.retired_at is not None and request_id is None:
+            raise retired(product)  # (with a request id, a repeat of a minted lot is answered)
         value = _check_face_value(product, face_value)
         prefix = serial_prefix(product)
         if len(prefix) + SERIAL_WIDTH + 1 > 64:
@@ -247,6 +250,9 @@ class LotService:
         fingerprint = blake3.blake3(json.dumps([_LOT_SCOPE, sku, count, value, owner]).encode()).digest()
 
         def new_lot(tx: UnitOfWork) -> Lot:
+            current = tx.get_product(product.id)  # retired since the read above, maybe
+            if current is not None and current.retired_at is not None:
+                raise retired(current)
             start = tx.reserve_serials(prefix, count)
             if start + count > 10**SERIAL_WIDTH:
                 raise InvalidArgument.of("count", "this product has run out of card numbers")

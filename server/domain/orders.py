@@ -46,7 +46,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import blake3
@@ -74,6 +74,7 @@ from ._context import MAX_AMOUNT, STAFF, Context, detail, int_arg, request_id_ar
 from .accounts import buyer_facts
 from .auth import Principal
 from .cards import card_state
+from .catalog import retired
 from .currencies import ISO_4217
 from .errors import (
     BankTransferRequired,
@@ -105,6 +106,7 @@ __all__ = [
     "OrderStatus",
     "OrderView",
     "PoolStock",
+    "Stock",
     "StockResult",
     "SweepResult",
 ]
@@ -181,6 +183,16 @@ class StockResult:
 
 
 @dataclass(frozen=True)
+class Stock:
+    """A product's pool: by face value, ascending. While the product is retired
+    (``retired_at``), nothing is available: what would be counts as ``withdrawn``."""
+
+    sku: str
+    retired_at: datetime | None
+    pools: tuple[PoolStock, ...]
+
+
+@dataclass(frozen=True)
 class SweepResult:
     expired: int  # unpaid reservations released
     refunded: int  # paid orders refunded for missing their delivery deadline
@@ -239,7 +251,9 @@ class OrderService:
         self._sweeper: threading.Thread | None = None
         # Products and account names never change once written (nothing updates or deletes
         # them), so this process remembers them instead of reading them in every order's
-        # transaction: a third of an order round trip's statements.
+        # transaction: a third of an order round trip's statements. A product's retirement
+        # is the one exception, and never read from here: the pool's picks read it in the
+        # claiming statement, and stocking and the stock report read the product afresh.
         self._products: dict[int, Product] = {}
         self._skus: dict[str, Product] = {}
         self._names: dict[int, str] = {}
@@ -309,11 +323,13 @@ class OrderService:
                 raise LotNotReady()
             if lot.status is LotStatus.VOID:
                 raise LotVoid()
-            product = self._product(tx, lot.product_id)
+            product = tx.get_product(lot.product_id)  # afresh: it may have been retired
             assert product is not None  # lots are never created without one
             have = tx.pool_lot_count(lot_id)
             if have:
                 return StockResult(lot_id, product.sku, have, already=True)
+            if product.retired_at is not None:
+                raise retired(product)
             if not tx.mark_lot_exported(lot_id):
                 raise LotExported()
             stocked = tx.stock_pool(lot_id)
@@ -324,14 +340,19 @@ class OrderService:
 
         return self._ctx.run(work)
 
-    def stock(self, principal: Principal, sku: str) -> tuple[PoolStock, ...]:
-        """The product's pool by face value: available (sellable now), reserved, sold, returned."""
+    def stock(self, principal: Principal, sku: str) -> Stock:
+        """The product's pool by face value: available (sellable now), reserved, sold,
+        returned; while the product is retired, withdrawn instead of available."""
         require(principal, _BUYERS)
         with self._ctx.storage.read() as tx:
-            product = self._product_by_sku(tx, sku) if isinstance(sku, str) and len(sku) <= 64 else None
+            # Afresh, not from this process's products: the answer tells whether it is retired.
+            product = tx.get_product_by_sku(sku) if isinstance(sku, str) and len(sku) <= 64 else None
             if product is None:
                 raise ProductNotFound()
-            return tuple(tx.pool_stock(product.id))
+            pools = tx.pool_stock(product.id)
+        if product.retired_at is not None:
+            pools = [replace(p, available=0, withdrawn=p.available) for p in pools]
+        return Stock(product.sku, product.retired_at, tuple(pools))
 
     # -- create -----------------------------------------------------------------------------
 
@@ -505,7 +526,11 @@ class OrderService:
             for product, line, got in zip(products, lines, found, strict=True):
                 if got < line.quantity:
                     # Raised inside: the order, its other lines' claims and the request id
-                    # all roll back with it.
+                    # all roll back with it. Short because retired (the picks skip a retired
+                    # product's pool), or sold out.
+                    current = tx.get_product(product.id)
+                    if current is not None and current.retired_at is not None:
+                        raise retired(current)
                     raise SoldOut(
                         metadata={
                             "sku": product.sku,

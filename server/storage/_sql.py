@@ -73,7 +73,7 @@ from .models import (
     Token,
 )
 
-__all__ = ["CARD_COLUMNS", "GENESIS_HASH", "CardRows", "Clock", "SqlTx", "audit_hash", "utcnow"]
+__all__ = ["CARD_COLUMNS", "GENESIS_HASH", "ON_SALE", "CardRows", "Clock", "SqlTx", "audit_hash", "utcnow"]
 
 Clock = Callable[[], datetime]
 GENESIS_HASH = bytes(32)
@@ -269,9 +269,15 @@ class _Cursor(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
+# What every pick of sellable pool cards (alias ``p``) adds: not of a retired product. Read in
+# the claiming statement itself, so a retirement another process committed counts at once.
+ON_SALE = (
+    " AND NOT EXISTS (SELECT 1 FROM products pr WHERE pr.id = p.product_id AND pr.retired_at IS NOT NULL)"
+)
+
 _PRODUCT = (
     "id, sku, name, currency, min_amount, max_amount, validity_days, delivery, code_length, created_at,"
-    " registered"
+    " registered, retired_at"
 )
 _LOT = (
     "id, product_id, count, face_value, currency, status, serial_prefix, serial_start, created_at,"
@@ -400,6 +406,7 @@ class SqlTx(ABC):
             code_length=row[8],
             created_at=self._dt(row[9]),
             registered=bool(row[10]),
+            retired_at=self._odt(row[11]),
         )
 
     def _lot(self, row: Any) -> Lot:
@@ -551,9 +558,27 @@ class SqlTx(ABC):
         row = self._one(f"SELECT {_PRODUCT} FROM products WHERE sku = ?", (sku,))
         return None if row is None else self._product(row)
 
-    def list_products(self, after_id: int = 0, limit: int = 100) -> list[Product]:
+    def set_product_retired(self, product_id: int, retired_at: datetime | None) -> bool:
+        """Retire the product at ``retired_at`` (None: put it back on sale); False when it
+        already was in that state (nothing changed)."""
+        if retired_at is None:
+            cur = self._execute(
+                "UPDATE products SET retired_at = NULL WHERE id = ? AND retired_at IS NOT NULL", (product_id,)
+            )
+        else:
+            cur = self._execute(
+                "UPDATE products SET retired_at = ? WHERE id = ? AND retired_at IS NULL",
+                (self._ts(retired_at), product_id),
+            )
+        return cur.rowcount == 1
+
+    def list_products(
+        self, after_id: int = 0, limit: int = 100, *, on_sale_only: bool = False
+    ) -> list[Product]:
+        """Products after ``after_id`` in id order; ``on_sale_only``: not the retired ones."""
+        sale = " AND retired_at IS NULL" if on_sale_only else ""
         rows = self._all(
-            f"SELECT {_PRODUCT} FROM products WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            f"SELECT {_PRODUCT} FROM products WHERE id > ?{sale} ORDER BY id LIMIT ?", (after_id, limit)
         )
         return [self._product(r) for r in rows]
 
@@ -1917,7 +1942,7 @@ class SqlTx(ABC):
         rows = self._all(
             "SELECT p.card_id FROM pool_cards p JOIN cards c ON c.id = p.card_id"
             " WHERE p.product_id = ? AND p.face_value = ? AND p.state = 'available' AND c.status = 'active'"
-            " AND c.account_id IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?)"
+            f" AND c.account_id IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?){ON_SALE}"
             f" ORDER BY p.card_id LIMIT ?{self._claim('p')}",
             (product_id, face_value, self._ts(self.now()), count),
         )
@@ -2000,7 +2025,7 @@ class SqlTx(ABC):
         pick = (
             "SELECT p.card_id FROM pool_cards p JOIN cards c ON c.id = p.card_id"
             " WHERE p.product_id = ? AND p.face_value = ? AND p.state = 'available' AND c.status = 'active'"
-            " AND c.account_id IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?)"
+            f" AND c.account_id IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?){ON_SALE}"
             " ORDER BY p.card_id LIMIT ?"
         )
         args = (product_id, face_value, now, count)

@@ -566,6 +566,11 @@ _V19 = """
 ALTER TABLE tokens ADD COLUMN expires_at {ts};
 """
 
+# v20: products may be retired (CatalogService.RetireProduct): no longer sold; NULL: on sale.
+_V20 = """
+ALTER TABLE products ADD COLUMN retired_at {ts};
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _V1, _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "card state feed", _V2),
@@ -585,4 +590,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(17, "idempotency expiry", _V17),
     Migration(18, "drop a duplicate index", _V18),
     Migration(19, "token expiry", _V19),
+    Migration(20, "product retirement", _V20),
 )

@@ -173,6 +173,9 @@ class Product:
     code_length: int
     created_at: datetime
     registered: bool = False
+    # When staff retired it (no new orders, lots or pool stock; its cards stay good); None
+    # while it is on sale.
+    retired_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -524,6 +527,9 @@ class PoolStock:
     reserved: int
     sold: int
     returned: int
+    # What ``available`` would count were the product on sale: its pool while it is retired
+    # (the domain moves the count here); 0 otherwise.
+    withdrawn: int = 0
 
 
 # -- organizations (enterprise accounts; docs/accounts.md)

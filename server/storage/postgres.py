@@ -38,6 +38,7 @@ from ._sql import (
     GENESIS_HASH,
     LOCK_AUDIT,
     LOCK_EVENTS,
+    ON_SALE,
     CardRows,
     Clock,
     SqlTx,
@@ -514,7 +515,7 @@ class _PgTx(SqlTx):
                 f"c{k} AS (SELECT p.card_id FROM pool_cards p JOIN cards c ON c.id = p.card_id"  # noqa: S608
                 " WHERE p.product_id = ? AND p.face_value = ? AND p.state = 'available'"
                 " AND c.status = 'active' AND c.account_id IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?)"
-                f" ORDER BY p.card_id LIMIT ?{self._claim('p')})"
+                f"{ON_SALE} ORDER BY p.card_id LIMIT ?{self._claim('p')})"
             )
             ctes.append(
                 f"r{k} AS (UPDATE pool_cards SET state = 'reserved', order_id = (SELECT id FROM o)"  # noqa: S608

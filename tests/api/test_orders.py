@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 
 import grpc
@@ -296,3 +297,47 @@ def test_buyers_race_for_the_pool(shop: Shop, backend: str) -> None:
     stock = merchant.stock(sku).stock[0]
     assert (stock.available, stock.reserved, stock.sold) == (0, 0, pool)
     print(f"\n[{backend}] {buyers} buyers, pool {pool}: all delivered once in {seconds:.1f} s")
+
+
+def test_a_retired_product_through_the_api(shop: Shop) -> None:
+    sku = shop.stock(4)
+    admin, operator = shop.connect("admin"), shop.connect("operator")
+    alice, merchant = shop.connect("customer", "alice"), shop.connect("merchant")
+    held = alice.create_order([(sku, 500, 1)], request_id="before-retire")
+    spare = admin.create_lot(sku, 2, 500)
+
+    with pytest.raises(client.PermissionDenied):
+        alice.retire_product(sku)
+    with pytest.raises(client.ProductNotFound):
+        operator.retire_product("NO-SUCH-SKU")
+    with pytest.raises(client.InvalidArgument) as bad:
+        operator.retire_product(sku, reason="r" * 201)
+    assert [v.field for v in bad.value.violations] == ["reason"]
+
+    product = operator.retire_product(sku, reason="issuer withdrew it")
+    assert product.sku == sku and product.HasField("retired_at")
+    assert operator.retire_product(sku).retired_at == product.retired_at  # idempotent
+    assert alice.get_product(sku).retired_at == product.retired_at
+    assert sku not in {p.sku for p in alice.list_products(on_sale_only=True)}
+    assert sku in {p.sku for p in alice.list_products()}
+
+    when = product.retired_at.ToDatetime().replace(tzinfo=UTC).isoformat()
+    with pytest.raises(client.ProductRetired) as refused:
+        alice.create_order([(sku, 500, 1)])
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.metadata == {"sku": sku, "retired_at": when}
+    with pytest.raises(client.ProductRetired):
+        admin.create_lot(sku, 1, 500)
+    with pytest.raises(client.ProductRetired):
+        admin.stock_pool(spare.id)
+    stock = alice.stock(sku)
+    assert stock.retired_at == product.retired_at
+    assert [(s.available, s.withdrawn, s.reserved) for s in stock.stock] == [(0, 3, 1)]
+
+    # Reserved before: paid and delivered as usual.
+    paid = merchant.confirm_payment(held.id, "gw-retired", 500, "CNY")
+    assert paid.status == DELIVERED and len(paid.codes) == 1
+
+    back = operator.reinstate_product(sku)
+    assert not back.HasField("retired_at") and not alice.stock(sku).HasField("retired_at")
+    assert alice.create_order([(sku, 500, 3)]).status == RESERVED

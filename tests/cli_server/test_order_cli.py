@@ -68,3 +68,29 @@ def test_review_cancel_list_and_refusals(cli: Cli, server: Running) -> None:
     assert gone.returncode == 1 and "ORDER_NOT_FOUND" in gone.stderr
     bad = cli("order", "create", "--product", "REV-1", "--face-value", "10", "-n", "0")
     assert bad.returncode == 2 and bad.stderr == "cardmint: -n must be at least 1\n"
+
+
+def test_retire_and_reinstate_a_product(cli: Cli, server: Running) -> None:
+    bob = server.domain.auth.create_token("customer", account="bob").token
+    _ok(cli("product", "create", "--sku", "OLD-1", "--name", "old card", "--currency", "CNY",
+            "--denominations", "10"))  # fmt: skip
+    _ok(cli("order", "stock", "--product", "OLD-1", "-n", "2"))
+    retired = _ok(cli("product", "retire", "OLD-1", "--reason", "discontinued"))
+    assert re.fullmatch(
+        r"product OLD-1\told card\t.*\tretired \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", retired[0]
+    )
+    # Listed with its state; left out of --on-sale.
+    assert _ok(cli("product", "list"))[-1].endswith(retired[0].rsplit("\t", 1)[1])
+    assert not any(line.startswith("OLD-1\t") for line in _ok(cli("product", "list", "--on-sale")))
+    refused = cli("order", "create", "--product", "OLD-1", "--face-value", "10", "--token", bob)
+    assert refused.returncode == 1 and "\ncardmint: PRODUCT_RETIRED: " in refused.stderr
+    pool = _ok(cli("order", "pool", "--product", "OLD-1"))
+    assert pool[0].startswith("pool OLD-1: product retired ") and pool[0].endswith(" UTC; nothing is sold")
+    assert pool[1] == "pool OLD-1 10.00 CNY: 0 available, 2 withdrawn, 0 reserved, 0 sold, 0 returned"
+    denied = cli("product", "retire", "OLD-1", "--token", bob)
+    assert denied.returncode == 2 and "PERMISSION_DENIED" in denied.stderr  # not a business refusal
+    back = _ok(cli("product", "reinstate", "OLD-1"))
+    assert back[0].startswith("product OLD-1\t") and back[0].endswith("\ton sale")
+    assert _ok(cli("order", "pool", "--product", "OLD-1")) == [
+        "pool OLD-1 10.00 CNY: 2 available, 0 reserved, 0 sold, 0 returned"
+    ]

@@ -29,6 +29,7 @@ from cardmint.server.domain import (
     PermissionDenied,
     Principal,
     ProductNotFound,
+    ProductRetired,
     ReservationLimit,
     RevealLimit,
     SoldOut,
@@ -86,7 +87,9 @@ def _stock(
 
 
 def _available(domain: Domain, who: Callers, shop: Shop) -> int:
-    return sum(s.available for s in domain.orders.stock(who.admin, shop.sku) if s.face_value == shop.face)
+    return sum(
+        s.available for s in domain.orders.stock(who.admin, shop.sku).pools if s.face_value == shop.face
+    )
 
 
 def _buy(domain: Domain, who: Callers, buyer: Principal, shop: Shop, n: int = 1) -> OrderView:
@@ -114,7 +117,7 @@ def test_order_pay_deliver_reveal(domain: Domain, who: Callers, storage: Storage
     assert paid.status is OrderStatus.DELIVERED and paid.paid_amount == 1500 and len(paid.codes) == 3
     # The payer (a merchant) sees masked codes only.
     assert all(c.code.startswith("****-") and not c.revealed for c in paid.codes)
-    (stock,) = domain.orders.stock(who.alice, shop.sku)
+    (stock,) = domain.orders.stock(who.alice, shop.sku).pools
     assert (stock.available, stock.reserved, stock.sold) == (2, 0, 3)
     seen = domain.orders.get_order(who.alice, order.id, reveal=True)
     assert all(c.revealed and "*" not in c.code for c in seen.codes)
@@ -203,7 +206,7 @@ def test_payment_is_idempotent_on_payment_id(domain: Domain, who: Callers) -> No
     again = _pay(domain, who, order, "gw-1")  # the gateway re-sends its notification
     assert again.replayed and again.status is OrderStatus.DELIVERED
     assert [c.serial for c in again.codes] == [c.serial for c in first.codes]
-    (stock,) = domain.orders.stock(who.admin, shop.sku)
+    (stock,) = domain.orders.stock(who.admin, shop.sku).pools
     assert (stock.available, stock.sold) == (4, 2)  # one delivery, not two
     with pytest.raises(IdempotencyKeyReused):
         domain.orders.confirm_payment(who.merchant, order.id, payment_id="gw-1", amount=999, currency="CNY")
@@ -315,7 +318,7 @@ def test_refund_delivered_codes_only_while_unbound_and_unspent(domain: Domain, w
     assert domain.orders.refund_order(who.alice, ok.id).status is OrderStatus.REFUNDED  # a retry
     with pytest.raises(CardVoid):  # a refunded code can no longer be bound
         domain.cards.bind(who.bob, codes[ok.id][0].code)
-    (stock,) = domain.orders.stock(who.admin, shop.sku)
+    (stock,) = domain.orders.stock(who.admin, shop.sku).pools
     assert (stock.sold, stock.returned) == (4, 2)
 
     domain.cards.bind(who.alice, codes[bound.id][1].code)
@@ -452,15 +455,33 @@ class ShopMachine(RuleBasedStateMachine):
         self.delivered: dict[int, frozenset[str]] = {}
         self.sold_ever: set[str] = set()
         self.expired_ever: set[int] = set()
+        self.retired = False
 
     @rule(buyer=st.integers(0, 1), n=st.integers(1, 3))
     def buy(self, buyer: int, n: int) -> None:
         try:
             o = _buy(self.domain, self.who, self.buyers[buyer], self.shop, n)
-        except SoldOut:
-            assert self._held() + n > self.POOL - self._gone()
+        except ProductRetired:
+            assert self.retired
             return
+        except SoldOut:
+            assert not self.retired and self._held() + n > self.POOL - self._gone()
+            return
+        assert not self.retired
         self.orders[o.id], self.quantity[o.id] = o.status, n
+
+    @rule(retire=st.booleans())
+    def retire_or_reinstate(self, retire: bool) -> None:
+        # Orders placed before a retirement are still paid, delivered, expired and refunded
+        # as before (the other rules check that); new ones are refused until reinstated.
+        catalog = self.domain.catalog
+        p = (
+            catalog.retire_product(self.who.operator, self.shop.sku, reason="state machine")
+            if retire
+            else catalog.reinstate_product(self.who.operator, self.shop.sku)
+        )
+        assert (p.retired_at is not None) is retire
+        self.retired = retire
 
     @precondition(lambda self: self.orders)
     @rule(pick=st.integers(0, 10**6), twice=st.booleans())
@@ -538,12 +559,13 @@ class ShopMachine(RuleBasedStateMachine):
 
     @invariant()
     def pool_agrees(self) -> None:
-        stock = {s.face_value: s for s in self.domain.orders.stock(self.who.admin, self.shop.sku)}
+        stock = {s.face_value: s for s in self.domain.orders.stock(self.who.admin, self.shop.sku).pools}
         s = stock[self.shop.face]
         returned = sum(self.quantity[o] for o in self.delivered if self.orders[o] is OrderStatus.REFUNDED)
         assert s.reserved == self._held()
         assert s.sold + s.returned == self._gone() and s.returned == returned
-        assert s.available + s.reserved + s.sold + s.returned == self.POOL
+        assert s.available + s.withdrawn + s.reserved + s.sold + s.returned == self.POOL
+        assert (s.available if self.retired else s.withdrawn) == 0
 
 
 def test_shop_state_machine(domain: Domain, who: Callers, clock: FakeClock) -> None:

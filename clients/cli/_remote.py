@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the client (grpc) is imported only when a remote command runs
     from cardmint.client import CardmintError, Client
+    from google.protobuf.timestamp_pb2 import Timestamp
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 TOKEN_ENV = "CARDMINT_TOKEN"  # noqa: S105 - the name of a variable, not a secret
@@ -99,6 +100,11 @@ def fmt_amount(minor: int, currency: str) -> str:
 
 def fmt_money(minor: int, currency: str) -> str:
     return f"{fmt_amount(minor, currency)} {currency}"
+
+
+def fmt_utc(ts: Timestamp) -> str:
+    """A wire timestamp to the second, in UTC: ``2026-11-29 19:08:11 UTC``."""
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def connect(args: argparse.Namespace) -> Client:

@@ -202,8 +202,7 @@ def _stock(c: Client, args: argparse.Namespace) -> None:
 def _pool(c: Client, args: argparse.Namespace) -> None:
     resp = c.stock(args.product)
     if resp.HasField("retired_at"):
-        when = resp.retired_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-        print(f"pool {resp.sku}: product retired {when} UTC; nothing is sold")
+        print(f"pool {resp.sku}: product retired {_remote.fmt_utc(resp.retired_at)}; nothing is sold")
     if not resp.stock:
         print(f"pool {resp.sku}: empty")
     for s in resp.stock:

@@ -67,11 +67,7 @@ def describe(p: catalog_pb2.Product) -> str:
         )
     validity = f"valid {p.validity_days} days" if p.HasField("validity_days") else "no expiry"
     delivery = "manual" if p.delivery == 2 else "auto"  # catalog_pb2.DELIVERY_REVIEW
-    state = (
-        f"retired {p.retired_at.ToDatetime().strftime('%Y-%m-%d %H:%M:%S')} UTC"
-        if p.HasField("retired_at")
-        else "on sale"
-    )
+    state = f"retired {_remote.fmt_utc(p.retired_at)}" if p.HasField("retired_at") else "on sale"
     return f"{p.sku}\t{p.name}\t{cur}\t{values}\t{validity}\tdelivery {delivery}\t{state}"
 
 

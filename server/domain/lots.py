@@ -241,8 +241,6 @@ class LotService:
             product = tx.get_product_by_sku(sku)
         if product is None:
             raise ProductNotFound()
-        if product.retired_at is not None and request_id is None:
-            raise retired(product)  # (with a request id, a repeat of a minted lot is answered)
         value = _check_face_value(product, face_value)
         prefix = serial_prefix(product)
         if len(prefix) + SERIAL_WIDTH + 1 > 64:
@@ -250,7 +248,9 @@ class LotService:
         fingerprint = blake3.blake3(json.dumps([_LOT_SCOPE, sku, count, value, owner]).encode()).digest()
 
         def new_lot(tx: UnitOfWork) -> Lot:
-            current = tx.get_product(product.id)  # retired since the read above, maybe
+            # Judged here, in the transaction: a retirement committed since the read above
+            # counts, and a repeated request for a lot minted before it is answered (above).
+            current = tx.get_product(product.id)
             if current is not None and current.retired_at is not None:
                 raise retired(current)
             start = tx.reserve_serials(prefix, count)

@@ -28,10 +28,12 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from cardmint.server.domain import DomainConfig
-from cardmint.server.tls import TlsFiles
+from cardmint.server.domain_config import DomainConfig
+
+if TYPE_CHECKING:  # tls imports grpc; it is needed only when a server starts with TLS
+    from cardmint.server.tls import TlsFiles
 
 __all__ = [
     "CONFIG_ENV",
@@ -376,6 +378,8 @@ class ServeConfig:
                 f"{', '.join(f'{k} ({self.sources[k]})' for k in given)}: TLS needs both tls_cert and"
                 " tls_key (client_ca adds mutual TLS)"
             )
+        from cardmint.server.tls import TlsFiles
+
         return TlsFiles(Path(cert), Path(key), Path(ca) if ca is not None else None)
 
     def shown(self, key: str) -> str:

@@ -44,6 +44,44 @@ def test_version() -> None:
     assert version("cardmint").startswith("0.")
 
 
+# What a command that talks to a server must not load: each costs its start time (numpy and
+# the native kernel ~0.1-0.3 s, the domain and storage ~0.3 s more) on every invocation.
+HEAVY = (
+    "numpy",
+    "cardmint.kernel",
+    "cardmint.server.domain",
+    "cardmint.server.storage",
+    "cardmint.server.tls",
+)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["card", "history", "--serial", "100000001"],
+        ["events", "--follow"],
+        ["compliance", "reports"],
+        ["order", "list"],
+        ["lot", "list"],
+    ],
+)
+def test_a_remote_command_starts_without_the_kernel_or_the_server(argv: list[str]) -> None:
+    """The parser (every command's options, the server's settings among them), the client
+    and a connection: nothing of ``HEAVY`` is imported."""
+    code = (
+        "import sys\n"
+        "from cardmint.cli import _parser\n"
+        "from cardmint.cli._remote import connect\n"
+        f"args = _parser().parse_args({[*argv, '--token', 't', '--server', '127.0.0.1:9']!r})\n"
+        "connect(args).close()\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(sorted(m for m in sys.modules for h in heavy if m == h or m.startswith(h + '.')))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "[]\n"
+
+
 def test_generate_default_format(kernel: Kernel) -> None:
     p = cardmint("keys", "generate", "-n", "2000", backend=kernel.name)
     assert p.returncode == 0, p.stderr

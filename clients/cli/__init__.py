@@ -21,6 +21,9 @@ Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
     cardmint card bind --code CODE [--account A]
     cardmint card bulk-bind FILE.csv --out RESULTS.csv [--organization ORG]
     cardmint card get --serial S
+    cardmint card history (--serial S | --account A) [--limit N]
+    cardmint card view --serial S [--full]
+    cardmint card freeze|unfreeze --serial S --reason WHY
     cardmint card report-loss --serial S --reason WHY [--account A] [--request-id ID]
     cardmint card review-loss --report ID (--approve | --reject) --note TEXT [--request-id ID]
     cardmint balance [--card SERIAL | --account A]
@@ -35,6 +38,9 @@ Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
     cardmint order list [--account A] [--status S] [--limit N]
     cardmint order cancel|refund --order ID      (refund: [--reason R])
     cardmint order review --order ID (--approve | --reject) [--reason R]
+    cardmint compliance reports [--kind aml|alert] [--limit N]
+    cardmint compliance blacklist FILE|- --source PARTNER [--length L]
+    cardmint events [--after ID] [--kind KIND]... [--follow [--for SECONDS]]
     cardmint load [--rate R --duration S | --search] [--mix balance=4,redeem=3,bind=2,order=1]
                   [--deadline S] [--json FILE]      (open-loop load; an admin token)
 
@@ -49,7 +55,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from importlib import metadata
 
 
 class UsageError(Exception):
@@ -57,6 +62,8 @@ class UsageError(Exception):
 
 
 def _version() -> str:
+    from importlib import metadata  # only for --version: it costs a command's start ~50 ms
+
     try:
         return metadata.version("cardmint")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -138,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         help="the quick table CI prints: kernel vs plain Python and server calls vs echo, one run",
     )
 
-    from . import admin, audit, backup, card, config, load, lot, order, product, serve
+    from . import admin, audit, backup, card, compliance, config, events, load, lot, order, product, serve
 
     serve.add_parser(sub)
     config.add_parser(sub)
@@ -148,17 +155,21 @@ def _parser() -> argparse.ArgumentParser:
     product.add_parser(sub)
     lot.add_parser(sub)
     card.add_parser(sub)
+    compliance.add_parser(sub)
+    events.add_parser(sub)
     order.add_parser(sub)
     load.add_parser(sub)
     return ap
 
 
 def _is_setup_error(e: Exception) -> bool:
-    """Storage and key-material errors, looked up only if the server modules were loaded
-    (the kernel commands never import them, and stay quick to start)."""
+    """Bad input to the kernel, storage and key-material errors: the user's to fix. Each
+    kind is looked up only if its module was loaded (a command that never loads the kernel
+    or the server stays quick to start: they pull in numpy and the native modules)."""
     kinds = [
         getattr(sys.modules.get(mod), name, None)
         for mod, name in (
+            ("cardmint.kernel", "KernelError"),
             ("cardmint.server.storage.errors", "StorageError"),
             ("cardmint.server.domain.errors", "KeyringError"),
         )
@@ -168,8 +179,6 @@ def _is_setup_error(e: Exception) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from cardmint.kernel import KernelError
-
     try:
         if args.command == "keys" and args.keys_command == "generate":
             from .keys import generate
@@ -227,6 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .order import run as run_order
 
             return run_order(args)
+        if args.command == "compliance":
+            from .compliance import run as run_compliance
+
+            return run_compliance(args)
+        if args.command == "events":
+            from .events import run as run_events
+
+            return run_events(args)
         if args.command == "load":
             from .load import run as run_load
 
@@ -235,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .card import run as run_card
 
             return run_card(args)
-    except (UsageError, KernelError) as e:
+    except UsageError as e:
         print(f"cardmint: {e}", file=sys.stderr)
         return 2
     except OSError as e:
@@ -244,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
-        if _is_setup_error(e):  # a bad --db, unreadable keys: the user's to fix
+        if _is_setup_error(e):  # bad kernel input, a bad --db, unreadable keys: the user's to fix
             print(f"cardmint: {e}", file=sys.stderr)
             return 2
         # Anything else is a bug: say so in one line; the traceback is for developers.

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # the client (grpc) is imported only when a remote command runs
     from cardmint.client import CardmintError, Client
@@ -105,6 +105,33 @@ def fmt_money(minor: int, currency: str) -> str:
 def fmt_utc(ts: Timestamp) -> str:
     """A wire timestamp to the second, in UTC: ``2026-11-29 19:08:11 UTC``."""
     return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+T = TypeVar("T")
+
+PAGE_MAX = 500  # the most items a listing call returns a page
+
+
+def page_size(limit: int) -> int:
+    """The page to ask for to show at most ``limit`` items (0: all); refuses a negative one."""
+    from . import UsageError
+
+    if limit < 0:
+        raise UsageError("--limit must be 0 (all) or more")
+    return min(limit, PAGE_MAX) if limit else PAGE_MAX
+
+
+def print_lines(items: Iterable[T], line: Callable[[T], str], limit: int, empty: str) -> None:
+    """One line per item, at most ``limit`` (0: all; the pages behind ``items`` are fetched
+    as they are consumed, so no more than needed); ``empty`` when there is none."""
+    shown = 0
+    for item in items:
+        print(line(item))
+        shown += 1
+        if shown == limit:
+            break
+    if not shown:
+        print(empty)
 
 
 def connect(args: argparse.Namespace) -> Client:

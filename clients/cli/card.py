@@ -3,6 +3,9 @@
     cardmint card bind --code XXXX-XXXX-XXXX-XXXX [--account alice]
     cardmint card bulk-bind FILE.csv --out RESULTS.csv [--organization ORG] [--request-id ID]
     cardmint card get --serial S
+    cardmint card history (--serial S | --account A) [--limit N]
+    cardmint card view --serial S [--full]
+    cardmint card freeze|unfreeze --serial S --reason WHY
     cardmint card report-loss --serial S --reason WHY [--account A] [--request-id ID]
     cardmint card review-loss --report ID (--approve | --reject) --note TEXT [--request-id ID]
     cardmint balance [--card SERIAL | --account A]
@@ -23,6 +26,14 @@ idempotent (request id ``ID:N``): run it again with the same ``--request-id`` an
 already done answer as before. Exit status 0 when every row is ok, 1 when some failed.
 ``report-loss`` and ``review-loss`` (docs/compliance.md, "Loss reports") are idempotent the
 same way.
+
+``card history`` prints a card's or an account's ledger, newest first, one entry a line
+(time, transaction id, kind, signed amount, the card's balance after it, the card, and the
+request id or the entry it answers). ``card view`` shows the holder the card's code, masked
+(last 4) unless ``--full``: a full view is a step-up, audited and rate-limited, and a burst
+of them freezes the card (docs/compliance.md). ``card freeze`` and ``card unfreeze`` are
+staff's (admin, operator): the reason goes into the audit log and the ``card.frozen`` /
+``card.unfrozen`` event; repeating either changes nothing.
 """
 
 from __future__ import annotations
@@ -61,6 +72,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     get = csub.add_parser("get", help="show a card")
     get.add_argument("--serial", required=True, help="the card's serial number")
     _remote.add_common(get)
+    hist = csub.add_parser("history", help="a card's or an account's transactions, newest first")
+    whose = hist.add_mutually_exclusive_group()
+    whose.add_argument("--serial", help="the card's serial number")
+    whose.add_argument("--account", help="the account (default: a customer token's own)")
+    hist.add_argument("--limit", type=int, default=50, help="at most this many entries (default 50; 0: all)")
+    _remote.add_common(hist)
+    view = csub.add_parser("view", help="show the holder a card's code: masked, or in full with --full")
+    view.add_argument("--serial", required=True, help="the card's serial number")
+    view.add_argument("--full", action="store_true", help="the whole code (a step-up: audited, rate-limited)")
+    _remote.add_common(view)
+    for action, what in (
+        ("freeze", "staff: stop a card (no binding, no spending)"),
+        ("unfreeze", "staff: let a frozen card be used again"),
+    ):
+        f = csub.add_parser(action, help=what)
+        f.add_argument("--serial", required=True, help="the card's serial number")
+        f.add_argument("--reason", required=True, help="why (recorded in the audit log and the event)")
+        _remote.add_common(f)
     lost = csub.add_parser("report-loss", help="report a bound card lost: frozen now, reissued after review")
     lost.add_argument("--serial", required=True, help="the card's serial number")
     lost.add_argument("--reason", required=True, help="why (recorded in the report and the audit log)")
@@ -145,6 +174,31 @@ def _transfer(r: balance_pb2.TransferReceipt, request_id: str) -> str:
         f"(balance {_remote.fmt_money(r.to_balance_after.minor_units, cur)}); "
         f"transactions {r.out_transaction_id}, {r.in_transaction_id}; request id {request_id}{replay}"
     )
+
+
+def transaction_line(t: balance_pb2.Transaction) -> str:
+    """One ledger entry: ``2026-11-29 20:45:12 UTC  #12  redeem  -25.00 CNY  balance
+    75.00 CNY  card 100000001  request spend-1``."""
+    from cardmint.v1 import balance_pb2
+
+    kind = balance_pb2.TransactionKind.Name(t.kind).removeprefix("TRANSACTION_KIND_").lower()
+    cur = t.amount.currency
+    parts = [_remote.fmt_utc(t.created_at), f"#{t.id}", kind, _remote.fmt_money(t.amount.minor_units, cur)]
+    if t.HasField("balance_after_minor_units"):
+        parts.append(f"balance {_remote.fmt_money(t.balance_after_minor_units, cur)}")
+    if t.serial:
+        parts.append(f"card {t.serial}")
+    if t.request_id:
+        parts.append(f"request {t.request_id}")
+    if t.reverses_id:
+        parts.append(f"answers #{t.reverses_id}")
+    return "  ".join(parts)
+
+
+def _history(c: Client, args: argparse.Namespace) -> None:
+    page = _remote.page_size(args.limit)
+    entries = c.transactions(serial=args.serial, account=args.account, page_size=page)
+    _remote.print_lines(entries, transaction_line, args.limit, "no transactions")
 
 
 def _loss(r: compliance_pb2.LossReport) -> str:
@@ -233,6 +287,17 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "card" and args.card_action == "report-loss":
             rid = _request_id(args)
             print(_loss(c.report_loss(args.serial, args.reason, account=args.account, request_id=rid)))
+        elif args.command == "card" and args.card_action == "history":
+            _history(c, args)
+        elif args.command == "card" and args.card_action == "view":
+            v = c.view_secret(args.serial, step_up=args.full)
+            print(
+                f"card {v.serial}: {v.code}" + (" (masked; --full shows the whole code)" if v.masked else "")
+            )
+        elif args.command == "card" and args.card_action in ("freeze", "unfreeze"):
+            act = c.freeze if args.card_action == "freeze" else c.unfreeze
+            done = "frozen" if args.card_action == "freeze" else "unfrozen"
+            print(f"{done}: {describe(act(args.serial, args.reason))}")
         elif args.command == "card" and args.card_action == "review-loss":
             rid = _request_id(args)
             print(_loss(c.review_loss(args.report, approve=args.approve, note=args.note, request_id=rid)))

@@ -35,9 +35,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
+if TYPE_CHECKING:  # grpc is imported when a load runs: the parser is built for every command
+    import grpc
 
 OPS = ("balance", "redeem", "bind", "order")
 DEFAULT_MIX = "balance=4,redeem=3,bind=2,order=1"
@@ -137,6 +138,7 @@ class Workload:
     before a phase (minted outside its clock); every operation then takes its own."""
 
     def __init__(self, addr: str, token: str, tag: str, channels: int = 4) -> None:
+        import grpc
         from cardmint.client import Client
         from cardmint.v1 import balance_pb2_grpc, card_pb2_grpc, order_pb2_grpc
 
@@ -206,6 +208,8 @@ class Workload:
             )
         lot = c.create_lot(self.card_sku, REDEEM_CARDS, CARD_FACE)
         self.redeem_serials = [serial for serial, _code in c.stream_lot(lot.id)]
+        import grpc
+
         for ch in self.channels:
             grpc.channel_ready_future(ch).result(timeout=30)
 
@@ -231,6 +235,8 @@ Done = Callable[[str], None]  # called once per operation with its final status 
 
 
 def _code(future: grpc.Future[Any]) -> str:
+    import grpc
+
     err = future.exception()
     if err is None:
         return "OK"

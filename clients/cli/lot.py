@@ -30,12 +30,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
 from . import _remote
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy is imported when an export runs: the parser is built for every command
+    import numpy as np
+    import numpy.typing as npt
     from cardmint.client import Client
     from cardmint.v1 import lot_pb2
 
@@ -207,7 +206,7 @@ def _expiry(lot: lot_pb2.Lot) -> str:
     return datetime.fromtimestamp(lot.expires_at.seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-Chunk = tuple[npt.NDArray[np.bytes_], npt.NDArray[np.bytes_]]
+Chunk = tuple["npt.NDArray[np.bytes_]", "npt.NDArray[np.bytes_]"]
 
 
 def _csv_tail(face: Decimal, cur: str, expiry: str) -> bytes:
@@ -221,6 +220,8 @@ def _csv_block(serials: npt.NDArray[np.bytes_], codes: npt.NDArray[np.bytes_], t
     """One chunk's rows as CSV, assembled column-wise in one buffer (a Python row per card
     is most of the time of writing 10^6 of them). None when a field would need quoting or a
     string is shorter than its array's width: then ``csv.writer`` writes the chunk."""
+    import numpy as np
+
     n, sw, cw = len(serials), serials.dtype.itemsize, codes.dtype.itemsize
     if n == 0:
         return b""
@@ -228,7 +229,8 @@ def _csv_block(serials: npt.NDArray[np.bytes_], codes: npt.NDArray[np.bytes_], t
     c_raw = np.ascontiguousarray(codes).view(np.uint8).reshape(n, cw)
     if not (s_raw[:, -1].all() and c_raw[:, -1].all()):
         return None
-    if np.isin(s_raw, _CSV_QUOTED).any() or np.isin(c_raw, _CSV_QUOTED).any():
+    quoted = np.frombuffer(_CSV_QUOTED, dtype=np.uint8)
+    if np.isin(s_raw, quoted).any() or np.isin(c_raw, quoted).any():
         return None
     line = np.empty((n, sw + 1 + cw + len(tail)), dtype=np.uint8)
     line[:, :sw] = s_raw
@@ -239,7 +241,7 @@ def _csv_block(serials: npt.NDArray[np.bytes_], codes: npt.NDArray[np.bytes_], t
 
 
 # Bytes that make csv.writer quote a field (delimiter, quote, line breaks).
-_CSV_QUOTED = np.frombuffer(b',"\r\n', dtype=np.uint8)
+_CSV_QUOTED = b',"\r\n'
 
 
 def _write_csv_chunks(path: Path, chunks: Iterable[Chunk], face: Decimal, cur: str, expiry: str) -> int:

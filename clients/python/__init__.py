@@ -29,15 +29,13 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 from cardmint.v1 import (
     account_pb2,
     account_pb2_grpc,
@@ -61,6 +59,10 @@ from cardmint.v1 import (
 )
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
+
+if TYPE_CHECKING:  # numpy is imported by the calls that move packed codes, when first made
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "ERRORS",
@@ -646,6 +648,8 @@ class CheckBatch:
     """
 
     def __init__(self, codes: Sequence[str], responses: Sequence[keys_pb2.CheckResponse]) -> None:
+        import numpy as np
+
         self._codes = codes
         self.status: npt.NDArray[np.uint8] = (
             np.concatenate([np.frombuffer(r.status, dtype=np.uint8) for r in responses])
@@ -678,6 +682,8 @@ class CheckBatch:
         return len(self.status)
 
     def counts(self) -> dict[str, int]:
+        import numpy as np
+
         numbers, counts = np.unique(self.status, return_counts=True)
         return {
             _CHECK_STATUS.get(int(n), "unspecified"): int(c) for n, c in zip(numbers, counts, strict=True)
@@ -708,6 +714,8 @@ _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusC
 
 
 def _pack(strings: Sequence[str]) -> common_pb2.PackedStrings:
+    import numpy as np
+
     joined = "".join(strings)
     data = joined.encode("utf-8", "surrogatepass")
     if len(data) == len(joined):  # all ASCII (the usual case): byte lengths = str lengths
@@ -720,6 +728,8 @@ def _pack(strings: Sequence[str]) -> common_pb2.PackedStrings:
 
 
 def _offsets(packed: common_pb2.PackedStrings) -> npt.NDArray[np.int64]:
+    import numpy as np
+
     if packed.width:
         return np.arange(len(packed.data) // packed.width + 1, dtype=np.int64) * packed.width
     offsets = np.zeros(len(packed.lengths) + 1, dtype=np.int64)
@@ -741,6 +751,8 @@ def _unpack(packed: common_pb2.PackedStrings) -> list[str]:
 
 def _unpack_array(packed: common_pb2.PackedStrings) -> npt.NDArray[np.bytes_]:
     """``PackedStrings`` as an ``S`` array: the message's buffer itself when fixed-width."""
+    import numpy as np
+
     data = packed.data
     if packed.width:
         if len(data) % packed.width:
@@ -1193,9 +1205,15 @@ class Client:
         """The newest event id (0 when there is none)."""
         return self._call(self.events.GetHead, event_pb2.GetHeadRequest(), retry=True).head_id
 
+    def event_feed(self) -> tuple[int, list[str]]:
+        """The newest event id (0 when there is none) and every kind of event the server
+        records (what ``subscribe_events(kinds=...)`` accepts), sorted."""
+        resp = self._call(self.events.GetHead, event_pb2.GetHeadRequest(), retry=True)
+        return resp.head_id, list(resp.kinds)
+
     def subscribe_events(
         self, after_id: int = 0, *, kinds: Sequence[str] = (), timeout: float | None = None
-    ) -> Iterator[event_pb2.Event]:
+    ) -> Generator[event_pb2.Event, None, None]:
         """Events after ``after_id`` in commit order, then new ones as they commit, until
         ``timeout`` s pass (None: until the server shuts down or the caller stops
         iterating). Keep the id of the last event handled and resume from it. To stop early,

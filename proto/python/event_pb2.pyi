@@ -31,7 +31,14 @@ class SubscribeRequest(_message.Message):
     """Start after this event id (0: from the first event)."""
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these kinds (empty: all). Known kinds: account.locked, card.locked."""
+        """Only these kinds (empty: all). The kinds: account.locked, card.locked,
+        client.locked (failed binds: an account, a card, an address or device locked out);
+        aml.report; card.frozen, card.unfrozen, alert.viewing (unusual viewing froze a card);
+        card.lost, card.reissued, card.loss_rejected, card.transferred; org.member_added,
+        org.member_removed, org.cards_bound; order.delivered, order.review, order.refunded,
+        order.expired; product.retired, product.reinstated. Any other kind is refused
+        (INVALID_ARGUMENT).
+        """
 
     def __init__(
         self,
@@ -106,21 +113,27 @@ Global___GetHeadRequest: _TypeAlias = GetHeadRequest  # noqa: Y015
 
 @_typing.final
 class GetHeadResponse(_message.Message):
-    """The newest event id."""
+    """The newest event id, and what may be asked for."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HEAD_ID_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
     head_id: _builtins.int
     """The newest event id; 0 when there is none yet."""
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every kind of event this server records, sorted: what `SubscribeRequest.kinds` accepts."""
+
     def __init__(
         self,
         *,
         head_id: _builtins.int = ...,
+        kinds: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_id", b"head_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_id", b"head_id", "kinds", b"kinds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -66,7 +66,8 @@ class EventServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetHead(self, request, context):
-        """The newest event id, for a notifier that wants no history.
+        """The newest event id, for a notifier that wants no history, and the kinds of event
+        this server records.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

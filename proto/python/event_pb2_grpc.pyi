@@ -43,7 +43,9 @@ class EventServiceStub:
     restart: ids only grow and follow commit order, so nothing is lost or repeated.
     """
     GetHead: _grpc.UnaryUnaryMultiCallable[_event_pb2.GetHeadRequest, _event_pb2.GetHeadResponse]
-    """The newest event id, for a notifier that wants no history."""
+    """The newest event id, for a notifier that wants no history, and the kinds of event
+    this server records.
+    """
 
 @_typing.type_check_only
 class EventServiceAsyncStub(EventServiceStub):
@@ -60,7 +62,9 @@ class EventServiceAsyncStub(EventServiceStub):
     restart: ids only grow and follow commit order, so nothing is lost or repeated.
     """
     GetHead: _aio.UnaryUnaryMultiCallable[_event_pb2.GetHeadRequest, _event_pb2.GetHeadResponse]  # type: ignore[assignment]
-    """The newest event id, for a notifier that wants no history."""
+    """The newest event id, for a notifier that wants no history, and the kinds of event
+    this server records.
+    """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     """The events cardmint's workflows record, in the order they committed. Every event is
@@ -86,6 +90,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _event_pb2.GetHeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_event_pb2.GetHeadResponse, _abc.Awaitable[_event_pb2.GetHeadResponse]]:
-        """The newest event id, for a notifier that wants no history."""
+        """The newest event id, for a notifier that wants no history, and the kinds of event
+        this server records.
+        """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

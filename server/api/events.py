@@ -43,4 +43,6 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
     def GetHead(  # noqa: N802 - grpc's generated method names
         self, request: event_pb2.GetHeadRequest, context: grpc.ServicerContext
     ) -> event_pb2.GetHeadResponse:
-        return event_pb2.GetHeadResponse(head_id=self._events.head(current_principal()))
+        return event_pb2.GetHeadResponse(
+            head_id=self._events.head(current_principal()), kinds=self._events.kinds()
+        )

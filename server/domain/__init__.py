@@ -4,9 +4,9 @@ Python. No grpc, no SQL: it calls cardmint.server.storage and raises domain erro
 docs/domain-api.md is the contract with the API layer.
 """
 
+from cardmint.server.domain_config import DomainConfig
 from cardmint.server.storage import Delivery, Lot, LotStatus, Product, Role
 
-from ._context import DomainConfig
 from .auth import AuthService, IssuedToken, Principal
 from .balances import (
     AccountBalance,

@@ -81,6 +81,11 @@ class EventService:
         with self._ctx.storage.read() as tx:
             return tx.events_head()
 
+    @staticmethod
+    def kinds() -> list[str]:
+        """Every kind of event recorded here, sorted: what ``subscribe`` filters on."""
+        return sorted(k.value for k in EventKind)
+
     def subscribe(
         self,
         principal: Principal,

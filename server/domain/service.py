@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from cardmint.kernel import Kernel, get_kernel
+from cardmint.server.domain_config import DomainConfig
 from cardmint.server.storage import Storage, UnitOfWork
 
-from ._context import Context, DomainConfig
+from ._context import Context
 from .accounts import AccountService
 from .auth import AuthService
 from .balances import BalanceService

@@ -95,6 +95,18 @@ def test_who_may_subscribe_and_what(connect: Connect) -> None:
         list(connect("admin").subscribe_events(0, kinds=["no.such.kind"], timeout=1.0))
 
 
+def test_the_head_names_every_kind_a_subscription_accepts(connect: Connect) -> None:
+    from cardmint.server.domain.events import EventKind
+
+    admin = connect("admin")
+    head, kinds = admin.event_feed()
+    assert head == admin.event_head() and kinds == sorted(k.value for k in EventKind)
+    # Each is accepted as a filter (a refused one fails the call at once).
+    assert list(admin.subscribe_events(head, kinds=kinds, timeout=0.3)) == []
+    with pytest.raises(PermissionDenied):
+        connect("merchant").event_feed()
+
+
 def test_server_shutdown_ends_subscriptions(connect: Connect, server: Running) -> None:
     admin = connect("admin")
     ended = threading.Event()

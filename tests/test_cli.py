@@ -63,6 +63,7 @@ HEAVY = (
         ["compliance", "reports"],
         ["order", "list"],
         ["lot", "list"],
+        ["org", "members", "--org", "acme"],
     ],
 )
 def test_a_remote_command_starts_without_the_kernel_or_the_server(argv: list[str]) -> None:

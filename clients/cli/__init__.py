@@ -41,6 +41,10 @@ Through a running server (each takes --server ADDR, default $CARDMINT_SERVER or
     cardmint compliance reports [--kind aml|alert] [--limit N]
     cardmint compliance blacklist FILE|- --source PARTNER [--length L]
     cardmint events [--after ID] [--kind KIND]... [--follow [--for SECONDS]]
+    cardmint org create NAME | add-department --org ORG NAME | departments --org ORG
+    cardmint org add-member --org ORG --account A [--role R] [--department D] [--with-token]
+    cardmint org remove-member --org ORG --account A | members --org ORG [--department D]
+    cardmint account show [--account A] | verify-real-name --account A
     cardmint load [--rate R --duration S | --search] [--mix balance=4,redeem=3,bind=2,order=1]
                   [--deadline S] [--json FILE]      (open-loop load; an admin token)
 
@@ -145,7 +149,21 @@ def _parser() -> argparse.ArgumentParser:
         help="the quick table CI prints: kernel vs plain Python and server calls vs echo, one run",
     )
 
-    from . import admin, audit, backup, card, compliance, config, events, load, lot, order, product, serve
+    from . import (
+        admin,
+        audit,
+        backup,
+        card,
+        compliance,
+        config,
+        events,
+        load,
+        lot,
+        order,
+        org,
+        product,
+        serve,
+    )
 
     serve.add_parser(sub)
     config.add_parser(sub)
@@ -157,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     card.add_parser(sub)
     compliance.add_parser(sub)
     events.add_parser(sub)
+    org.add_parser(sub)
     order.add_parser(sub)
     load.add_parser(sub)
     return ap
@@ -244,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .events import run as run_events
 
             return run_events(args)
+        if args.command in ("org", "account"):
+            from .org import run as run_org
+
+            return run_org(args)
         if args.command == "load":
             from .load import run as run_load
 

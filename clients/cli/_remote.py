@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterable
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, TypeVar
@@ -132,6 +133,20 @@ def print_lines(items: Iterable[T], line: Callable[[T], str], limit: int, empty:
             break
     if not shown:
         print(empty)
+
+
+def request_id(args: argparse.Namespace) -> str:
+    """``--request-id``, checked; when none was given a new one, printed on stderr before
+    the call so that an interrupted or failed call can be repeated with it."""
+    from . import UsageError
+
+    rid: str | None = args.request_id
+    if rid is None:
+        rid = uuid.uuid4().hex
+        print(f"cardmint: request id {rid} (to retry safely: --request-id {rid})", file=sys.stderr)
+    elif not (1 <= len(rid) <= 128 and rid.isascii() and rid.isprintable()):
+        raise UsageError("--request-id must be 1-128 printable ASCII characters")
+    return rid
 
 
 def connect(args: argparse.Namespace) -> Client:

@@ -29,6 +29,17 @@ def duration(text: str) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+def add_expires_in(p: argparse.ArgumentParser, flag: str) -> None:
+    """A token lifetime option (``flag``): seconds, as ``duration`` reads them; 0 = never."""
+    p.add_argument(
+        flag,
+        type=duration,
+        default=0,
+        metavar="DURATION",
+        help="the token stops working after this long: seconds, or 15m, 12h, 30d, 2w (default: never)",
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from .serve import add_store_flags
 
@@ -38,13 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     create.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
     create.add_argument("--account", help="the account a customer token acts for (customer role only)")
     create.add_argument("--label", default="", help="a note stored with the token")
-    create.add_argument(
-        "--expires-in",
-        type=duration,
-        default=0,
-        metavar="DURATION",
-        help="the token stops working after this long: seconds, or 15m, 12h, 30d, 2w (default: never)",
-    )
+    add_expires_in(create, "--expires-in")
     add_store_flags(create)
     listing = tsub.add_parser(
         "list", help="every token, oldest first: id, role, account, label, state (no secrets)"

@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
-import uuid
 from typing import TYPE_CHECKING
 
 from . import _remote
@@ -210,18 +208,6 @@ def _loss(r: compliance_pb2.LossReport) -> str:
     return line
 
 
-def _request_id(args: argparse.Namespace) -> str:
-    from . import UsageError
-
-    rid: str | None = args.request_id
-    if rid is None:
-        rid = uuid.uuid4().hex
-        print(f"cardmint: request id {rid} (to retry safely: --request-id {rid})", file=sys.stderr)
-    elif not (1 <= len(rid) <= 128 and rid.isascii() and rid.isprintable()):
-        raise UsageError("--request-id must be 1-128 printable ASCII characters")
-    return rid
-
-
 BULK_CHUNK = 10_000
 _HEADER_WORDS = ("card", "code", "serial")
 
@@ -245,7 +231,7 @@ def bulk_bind(c: Client, args: argparse.Namespace) -> int:
         organization = facts.member.organization if facts.HasField("member") else ""
         if not organization:
             raise UsageError("--organization is required (this token is not an organization member's)")
-    rid = _request_id(args)
+    rid = _remote.request_id(args)
     # Rows without exactly two cells never reach the server; the rest go in chunks.
     results: list[tuple[bool, str, str, str]] = [(False, "expected 2 columns: card,recipient", "", "")] * len(
         rows
@@ -285,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
             )
             print(f"bound{note}: {describe(resp.card)}")
         elif args.command == "card" and args.card_action == "report-loss":
-            rid = _request_id(args)
+            rid = _remote.request_id(args)
             print(_loss(c.report_loss(args.serial, args.reason, account=args.account, request_id=rid)))
         elif args.command == "card" and args.card_action == "history":
             _history(c, args)
@@ -299,7 +285,7 @@ def _run(args: argparse.Namespace) -> int:
             done = "frozen" if args.card_action == "freeze" else "unfrozen"
             print(f"{done}: {describe(act(args.serial, args.reason))}")
         elif args.command == "card" and args.card_action == "review-loss":
-            rid = _request_id(args)
+            rid = _remote.request_id(args)
             print(_loss(c.review_loss(args.report, approve=args.approve, note=args.note, request_id=rid)))
         elif args.command == "card":
             print(describe(c.get_card(args.serial)))
@@ -312,16 +298,16 @@ def _run(args: argparse.Namespace) -> int:
         elif args.command == "redeem":
             cur = (args.currency or c.get_card(args.card).balance.currency).upper()
             amount = _remote.to_minor(args.amount, cur, "--amount")
-            rid = _request_id(args)
+            rid = _remote.request_id(args)
             print(_receipt("redeemed", c.redeem(args.card, amount, cur, request_id=rid), rid))
         elif args.command == "transfer":
             cur = (args.currency or c.get_card(args.from_card).balance.currency).upper()
             amount = _remote.to_minor(args.amount, cur, "--amount")
-            rid = _request_id(args)
+            rid = _remote.request_id(args)
             print(_transfer(c.transfer(args.from_card, args.to_card, amount, cur, request_id=rid), rid))
         else:  # reverse
             amount = _remote.to_minor(args.amount, args.currency, "--amount")
-            rid = _request_id(args)
+            rid = _remote.request_id(args)
             print(_receipt("reversed", c.reverse(args.transaction, amount, request_id=rid), rid))
     return 0
 

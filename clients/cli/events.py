@@ -2,7 +2,7 @@
 
     cardmint events [--after ID] [--kind KIND]... [--follow [--for SECONDS]]
 
-One JSON object a line, oldest first: ``{"id": 7, "at": "2026-11-29T20:45:12Z", "kind":
+One JSON object a line, oldest first: ``{"id": 7, "at": "2026-11-29T20:45:12.250000Z", "kind":
 "card.frozen", "subject": "card:100000001", "detail": {...}}`` (never a code). Without
 ``--follow``, the events up to the newest one when the command started, then it exits;
 with it, new ones too as they commit, until interrupted (Ctrl-C: exit 0) or ``--for``

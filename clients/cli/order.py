@@ -24,8 +24,6 @@ customer token of the order's account) only; everybody else sees them masked.
 from __future__ import annotations
 
 import argparse
-import sys
-import uuid
 from typing import TYPE_CHECKING
 
 from . import _remote
@@ -220,12 +218,7 @@ def _create(c: Client, args: argparse.Namespace) -> None:
     if args.count < 1:
         raise UsageError("-n must be at least 1")
     _, face = _face(c, args.product, args.face_value)
-    rid: str | None = args.request_id
-    if rid is None:
-        rid = uuid.uuid4().hex
-        print(f"cardmint: request id {rid} (to retry safely: --request-id {rid})", file=sys.stderr)
-    elif not (1 <= len(rid) <= 128 and rid.isascii() and rid.isprintable()):
-        raise UsageError("--request-id must be 1-128 printable ASCII characters")
+    rid = _remote.request_id(args)
     o = c.create_order(
         [(args.product, face, args.count)],
         account=args.account,

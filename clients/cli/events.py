@@ -5,8 +5,8 @@
 One JSON object a line, oldest first: ``{"id": 7, "at": "2026-11-29T20:45:12.250000Z", "kind":
 "card.frozen", "subject": "card:100000001", "detail": {...}}`` (never a code). Without
 ``--follow``, the events up to the newest one when the command started, then it exits;
-with it, new ones too as they commit, until interrupted (Ctrl-C: exit 0) or ``--for``
-seconds have passed. Either way the last id printed goes to stderr: a script that handles
+with it, new ones too as they commit, until interrupted (Ctrl-C or SIGTERM: exit 0) or
+``--for`` seconds have passed. Either way the last id printed goes to stderr: a script that handles
 the lines resumes with ``--after`` that id, losing and repeating nothing (event ids only
 grow, in commit order).
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -63,8 +64,14 @@ def _print_until(c: Client, args: argparse.Namespace, head: int) -> int:
     return last
 
 
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM while following: stop as Ctrl-C does (a supervisor stopping a notifier)."""
+    raise KeyboardInterrupt
+
+
 def _follow(c: Client, args: argparse.Namespace) -> int:
     last: int = args.after
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         with contextlib.closing(
             c.subscribe_events(args.after, kinds=args.kind, timeout=args.seconds)
@@ -74,6 +81,8 @@ def _follow(c: Client, args: argparse.Namespace) -> int:
                 last = e.id
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return last
 
 

@@ -47,20 +47,15 @@ def event_json(e: event_pb2.Event) -> str:
 
 
 def _print_until(c: Client, args: argparse.Namespace, head: int) -> int:
-    """The events after ``--after`` up to ``head``; the last id printed."""
+    """The events after ``--after`` up to ``head``, filtered by the server; the last id
+    printed."""
     last: int = args.after
-    wanted = set(args.kind)
     if head <= args.after:
         return last
-    # Unfiltered on the wire: a filtered stream says nothing about the events it skips,
-    # so it could not tell when it has passed the head.
-    with contextlib.closing(c.subscribe_events(args.after)) as stream:
+    with contextlib.closing(c.subscribe_events(args.after, kinds=args.kind, until_id=head)) as stream:
         for e in stream:
-            if not wanted or e.kind in wanted:
-                print(event_json(e), flush=True)
-                last = e.id
-            if e.id >= head:
-                break
+            print(event_json(e), flush=True)
+            last = e.id
     return last
 
 

@@ -1212,15 +1212,22 @@ class Client:
         return resp.head_id, list(resp.kinds)
 
     def subscribe_events(
-        self, after_id: int = 0, *, kinds: Sequence[str] = (), timeout: float | None = None
+        self,
+        after_id: int = 0,
+        *,
+        kinds: Sequence[str] = (),
+        timeout: float | None = None,
+        until_id: int = 0,
     ) -> Generator[event_pb2.Event, None, None]:
         """Events after ``after_id`` in commit order, then new ones as they commit, until
         ``timeout`` s pass (None: until the server shuts down or the caller stops
-        iterating). Keep the id of the last event handled and resume from it. To stop early,
+        iterating); with ``until_id``, only up to that id (the stream then ends by itself:
+        a catch-up to ``event_head()``, filtered by ``kinds`` on the server). Keep the id
+        of the last event handled and resume from it. To stop early,
         ``close()`` the iterator (or use ``contextlib.closing``) rather than dropping it: an
         abandoned stream is cancelled by the garbage collector on an arbitrary thread."""
         call = self.events.Subscribe(
-            event_pb2.SubscribeRequest(after_id=after_id, kinds=list(kinds)),
+            event_pb2.SubscribeRequest(after_id=after_id, kinds=list(kinds), until_id=until_id),
             timeout=timeout,
             metadata=self._metadata,
         )

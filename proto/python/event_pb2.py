@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61rdmint/v1/event.proto\x12\x0b\x63\x61rdmint.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"3\n\x10SubscribeRequest\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x03\x12\r\n\x05kinds\x18\x02 \x03(\t\"o\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x05 \x01(\t\"\x10\n\x0eGetHeadRequest\"1\n\x0fGetHeadResponse\x12\x0f\n\x07head_id\x18\x01 \x01(\x03\x12\r\n\x05kinds\x18\x02 \x03(\t2\x96\x01\n\x0c\x45ventService\x12@\n\tSubscribe\x12\x1d.cardmint.v1.SubscribeRequest\x1a\x12.cardmint.v1.Event0\x01\x12\x44\n\x07GetHead\x12\x1b.cardmint.v1.GetHeadRequest\x1a\x1c.cardmint.v1.GetHeadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63\x61rdmint/v1/event.proto\x12\x0b\x63\x61rdmint.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x10SubscribeRequest\x12\x10\n\x08\x61\x66ter_id\x18\x01 \x01(\x03\x12\r\n\x05kinds\x18\x02 \x03(\t\x12\x10\n\x08until_id\x18\x03 \x01(\x03\"o\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\x05 \x01(\t\"\x10\n\x0eGetHeadRequest\"1\n\x0fGetHeadResponse\x12\x0f\n\x07head_id\x18\x01 \x01(\x03\x12\r\n\x05kinds\x18\x02 \x03(\t2\x96\x01\n\x0c\x45ventService\x12@\n\tSubscribe\x12\x1d.cardmint.v1.SubscribeRequest\x1a\x12.cardmint.v1.Event0\x01\x12\x44\n\x07GetHead\x12\x1b.cardmint.v1.GetHeadRequest\x1a\x1c.cardmint.v1.GetHeadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cardmint.v1.event_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBSCRIBEREQUEST']._serialized_start=73
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=124
-  _globals['_EVENT']._serialized_start=126
-  _globals['_EVENT']._serialized_end=237
-  _globals['_GETHEADREQUEST']._serialized_start=239
-  _globals['_GETHEADREQUEST']._serialized_end=255
-  _globals['_GETHEADRESPONSE']._serialized_start=257
-  _globals['_GETHEADRESPONSE']._serialized_end=306
-  _globals['_EVENTSERVICE']._serialized_start=309
-  _globals['_EVENTSERVICE']._serialized_end=459
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=142
+  _globals['_EVENT']._serialized_start=144
+  _globals['_EVENT']._serialized_end=255
+  _globals['_GETHEADREQUEST']._serialized_start=257
+  _globals['_GETHEADREQUEST']._serialized_end=273
+  _globals['_GETHEADRESPONSE']._serialized_start=275
+  _globals['_GETHEADRESPONSE']._serialized_end=324
+  _globals['_EVENTSERVICE']._serialized_start=327
+  _globals['_EVENTSERVICE']._serialized_end=477
 # @@protoc_insertion_point(module_scope)

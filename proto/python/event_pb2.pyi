@@ -27,8 +27,14 @@ class SubscribeRequest(_message.Message):
 
     AFTER_ID_FIELD_NUMBER: _builtins.int
     KINDS_FIELD_NUMBER: _builtins.int
+    UNTIL_ID_FIELD_NUMBER: _builtins.int
     after_id: _builtins.int
     """Start after this event id (0: from the first event)."""
+    until_id: _builtins.int
+    """Stop after this event id (0: never, follow new events). The stream ends once every
+    event up to it has been read, matching `kinds` or not: with `GetHead`'s id, a
+    catch-up that ends by itself, filtered here rather than by the caller.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these kinds (empty: all). The kinds: account.locked, card.locked,
@@ -45,10 +51,11 @@ class SubscribeRequest(_message.Message):
         *,
         after_id: _builtins.int = ...,
         kinds: _abc.Iterable[_builtins.str] | None = ...,
+        until_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "kinds", b"kinds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_id", b"after_id", "kinds", b"kinds", "until_id", b"until_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

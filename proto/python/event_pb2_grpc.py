@@ -57,7 +57,8 @@ class EventServiceServicer:
 
     def Subscribe(self, request, context):
         """Every event with an id above `after_id`, oldest first, then new ones as they commit,
-        until the caller cancels, the deadline passes or the server shuts down. A notifier
+        until `until_id` is reached (when given), the caller cancels, the deadline passes or
+        the server shuts down. A notifier
         keeps the id of the last event it has handled and resubscribes from it after a
         restart: ids only grow and follow commit order, so nothing is lost or repeated.
         """

@@ -38,7 +38,8 @@ class EventServiceStub:
     def __new__(cls, channel: _aio.Channel) -> EventServiceAsyncStub: ...
     Subscribe: _grpc.UnaryStreamMultiCallable[_event_pb2.SubscribeRequest, _event_pb2.Event]
     """Every event with an id above `after_id`, oldest first, then new ones as they commit,
-    until the caller cancels, the deadline passes or the server shuts down. A notifier
+    until `until_id` is reached (when given), the caller cancels, the deadline passes or
+    the server shuts down. A notifier
     keeps the id of the last event it has handled and resubscribes from it after a
     restart: ids only grow and follow commit order, so nothing is lost or repeated.
     """
@@ -57,7 +58,8 @@ class EventServiceAsyncStub(EventServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Subscribe: _aio.UnaryStreamMultiCallable[_event_pb2.SubscribeRequest, _event_pb2.Event]  # type: ignore[assignment]
     """Every event with an id above `after_id`, oldest first, then new ones as they commit,
-    until the caller cancels, the deadline passes or the server shuts down. A notifier
+    until `until_id` is reached (when given), the caller cancels, the deadline passes or
+    the server shuts down. A notifier
     keeps the id of the last event it has handled and resubscribes from it after a
     restart: ids only grow and follow commit order, so nothing is lost or repeated.
     """
@@ -79,7 +81,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_event_pb2.Event], _abc.AsyncIterator[_event_pb2.Event]]:
         """Every event with an id above `after_id`, oldest first, then new ones as they commit,
-        until the caller cancels, the deadline passes or the server shuts down. A notifier
+        until `until_id` is reached (when given), the caller cancels, the deadline passes or
+        the server shuts down. A notifier
         keeps the id of the last event it has handled and resubscribes from it after a
         restart: ids only grow and follow commit order, so nothing is lost or repeated.
         """

@@ -31,6 +31,7 @@ class EventServicer(event_pb2_grpc.EventServiceServicer):
             kinds=list(request.kinds),
             active=context.is_active,
             deadline=deadline,
+            until=request.until_id,
         ):
             yield event_pb2.Event(
                 id=e.id,

@@ -95,23 +95,30 @@ class EventService:
         active: Callable[[], bool] = lambda: True,
         poll_seconds: float = 0.5,
         deadline: float | None = None,
+        until: int = 0,
     ) -> Iterator[Event]:
         """Events with id > ``after``, oldest first, then new ones as they commit, for as
         long as ``active()`` holds, until the monotonic ``deadline`` (if given) and until
-        the domain closes (server shutdown ends every subscription at once).
+        the domain closes (server shutdown ends every subscription at once). With
+        ``until`` (> 0), the events up to that id only: it ends once the cursor reaches it.
 
         ``kinds`` filters (empty = all); a filtered-out event still moves the cursor.
         """
         require(principal, STAFF)
         cursor = int_arg(after, "after", 0, 2**63 - 1)
+        until = int_arg(until, "until_id", 0, 2**63 - 1)
         wanted = frozenset(kinds)
         if unknown := wanted - {k.value for k in EventKind}:
             raise InvalidArgument.of("kinds", f"unknown event kinds: {', '.join(sorted(unknown))}")
         closing = self._ctx.closing
         while active() and not closing.is_set() and (deadline is None or time.monotonic() < deadline):
+            if until and cursor >= until:
+                return
             with self._ctx.storage.read() as tx:
                 batch = tx.events_after(cursor, _PAGE)
             for e in batch:
+                if until and e.id > until:
+                    return
                 cursor = e.id
                 if not wanted or e.kind in wanted:
                     yield Event(e.id, e.at, e.kind, e.subject, json.loads(e.detail))

@@ -95,6 +95,29 @@ def test_who_may_subscribe_and_what(connect: Connect) -> None:
         list(connect("admin").subscribe_events(0, kinds=["no.such.kind"], timeout=1.0))
 
 
+def test_a_catch_up_to_the_head_ends_by_itself_and_filters_on_the_server(connect: Connect) -> None:
+    admin = connect("admin")
+    _, rows = _lot(admin, n=4)
+    _lock_account(connect, "alice", rows[0][1])  # event 1: account.locked
+    for serial, _code in rows[1:3]:  # events 2 and 3: card.frozen
+        admin.freeze(serial, "stolen")
+    head = admin.event_head()
+    assert head == 3
+    _lock_account(connect, "dan", rows[3][1])  # event 4, past the head asked for
+
+    # No timeout: each stream must end by itself at its until_id.
+    upto = list(admin.subscribe_events(0, until_id=head))
+    assert [e.id for e in upto] == [1, 2, 3]
+    frozen = list(admin.subscribe_events(0, kinds=["card.frozen"], until_id=head))
+    assert [(e.id, e.kind) for e in frozen] == [(2, "card.frozen"), (3, "card.frozen")]
+    # Nothing matching before the bound: the stream still ends (the cursor passed it).
+    assert list(admin.subscribe_events(0, kinds=["order.delivered"], until_id=head)) == []
+    assert list(admin.subscribe_events(head, until_id=head)) == []
+    assert [e.id for e in admin.subscribe_events(2, until_id=4)] == [3, 4]
+    with pytest.raises(InvalidArgument):
+        list(admin.subscribe_events(0, until_id=-1))
+
+
 def test_the_head_names_every_kind_a_subscription_accepts(connect: Connect) -> None:
     from cardmint.server.domain.events import EventKind
 

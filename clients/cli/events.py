@@ -59,25 +59,48 @@ def _print_until(c: Client, args: argparse.Namespace, head: int) -> int:
     return last
 
 
-def _stop(signum: int, frame: object) -> None:
-    """SIGTERM while following: stop as Ctrl-C does (a supervisor stopping a notifier)."""
-    raise KeyboardInterrupt
+class _Stop:
+    """Ctrl-C or SIGTERM while following (a supervisor stopping a notifier): a clean stop
+    that never separates an event's line from the id reported as the last one.
+
+    While the stream waits for the next event, the signal interrupts the wait at once
+    (an event received but not yet printed is simply read again on resume). From the
+    moment one is taken until its line is out and its id recorded, the signal only asks
+    for a stop, which comes right after."""
+
+    def __init__(self) -> None:
+        self.waiting = True
+        self.asked = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.waiting:
+            raise KeyboardInterrupt
+        self.asked = True
 
 
 def _follow(c: Client, args: argparse.Namespace) -> int:
     last: int = args.after
-    previous = signal.signal(signal.SIGTERM, _stop)
+    stop = _Stop()
+    handled = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when SIGINT is ignored
+        handled.append(signal.SIGINT)
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
     try:
         with contextlib.closing(
             c.subscribe_events(args.after, kinds=args.kind, timeout=args.seconds)
         ) as stream:
             for e in stream:
+                stop.waiting = False
                 print(event_json(e), flush=True)
                 last = e.id
+                if stop.asked:
+                    break
+                stop.waiting = True
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return last
 
 

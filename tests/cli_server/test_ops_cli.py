@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import select
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from subprocess import CompletedProcess
 
+import pytest
 from cardmint.server.app import Running
+from cardmint.v1 import event_pb2
 
 from tests.cli_server.conftest import cli_env
 
@@ -198,3 +201,52 @@ def test_compliance_reports_list_the_aml_records(cli: Cli, tmp_path: Path) -> No
     assert "  50000.01 CNY  platform@" in line and '"redeem"' in line
     assert cli("compliance", "reports", "--kind", "alert").stdout == "no reports\n"
     assert cli("compliance", "reports", "--limit", "1").stdout.splitlines() == [line]
+
+
+class _FakeFeed:
+    """Stands in for the client: a stream of events 1..n; ``kill_at`` sends this process
+    SIGTERM while the stream waits for event ``kill_at`` (before yielding it)."""
+
+    def __init__(self, n: int, kill_at: int = 0) -> None:
+        self.n, self.kill_at = n, kill_at
+
+    def subscribe_events(self, after_id: int = 0, **_: object) -> Iterator[event_pb2.Event]:
+        for i in range(after_id + 1, self.n + 1):
+            if i == self.kill_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield event_pb2.Event(id=i, kind="card.frozen", subject=f"card:{i}", detail_json="{}")
+
+
+def _follow(feed: _FakeFeed, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[int]]:
+    import argparse
+
+    from cardmint.cli import events
+
+    args = argparse.Namespace(after=0, kind=[], seconds=None)
+    last = events._follow(feed, args)  # type: ignore[arg-type]
+    printed = [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()]
+    return last, printed
+
+
+def test_a_stop_while_waiting_reports_the_last_printed_event(capsys: pytest.CaptureFixture[str]) -> None:
+    last, printed = _follow(_FakeFeed(5, kill_at=3), capsys)
+    assert printed == [1, 2] and last == 2
+
+
+def test_a_stop_while_printing_lets_that_line_and_its_id_go_out_together(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cardmint.cli import events
+
+    shown = events.event_json
+
+    def slow_line(e: event_pb2.Event) -> str:
+        if e.id == 2:  # the signal lands between taking event 2 and recording its id
+            os.kill(os.getpid(), signal.SIGTERM)
+        return shown(e)
+
+    monkeypatch.setattr(events, "event_json", slow_line)
+    before = signal.getsignal(signal.SIGTERM)
+    last, printed = _follow(_FakeFeed(5), capsys)
+    assert printed == [1, 2] and last == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # put back as it was

@@ -1203,7 +1203,7 @@ class Client:
 
     def event_head(self) -> int:
         """The newest event id (0 when there is none)."""
-        return self._call(self.events.GetHead, event_pb2.GetHeadRequest(), retry=True).head_id
+        return self.event_feed()[0]
 
     def event_feed(self) -> tuple[int, list[str]]:
         """The newest event id (0 when there is none) and every kind of event the server
